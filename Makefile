@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: install demo test lint bench drills clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+install: $(PY)
+	$(PIP) install -q -e ".[dev]"
+
+demo: install
+	RUNBOT_ENGINE=embedded $(VENV)/bin/runbot demo
+
+test: install
+	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check app tests bench
+
+bench: install
+	$(PY) -m bench
+
+drills: install
+	RUNBOT_DRILL_POINTS=100 $(VENV)/bin/pytest -q -m drill
+
+clean:
+	rm -rf .runbot $(VENV)

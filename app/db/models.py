@@ -1,0 +1,160 @@
+"""SQLModel tables.
+
+Every target row carries *desired* state (what people asked for, bumped as `generation`) and
+*observed* state (what the last finished run achieved, `observed_generation`). Workers converge
+the two; events never run the engine. Lease columns make claims survive a killed worker.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: SQLite drops tzinfo, so normalise on both engines."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Silo(SQLModel, table=True):
+    name: str = Field(primary_key=True, max_length=63)
+    stack: str = Field(max_length=200)
+    stack_source: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    vars: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    desired: str = Field(default="present", max_length=20)
+    force_destroy: bool = False
+    generation: int = 1
+    observed_generation: int = 0
+    status: str = Field(default="pending", max_length=20, index=True)
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    capacity: int | None = None
+    outputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    lease_owner: str | None = Field(default=None, max_length=120)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Environment(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("silo_name", "slot", name="uq_environment_silo_slot"),
+        Index("ix_environment_repo_pr", "repository", "pr_number"),
+        Index("ix_environment_pending", "generation", "observed_generation"),
+    )
+
+    id: str = Field(primary_key=True, max_length=63)
+    silo_name: str = Field(foreign_key="silo.name", max_length=63, index=True)
+    stack: str = Field(max_length=200)
+    stack_source: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    repository: str = Field(max_length=200)
+    pr_number: int
+    installation_id: int | None = None
+    author: str = Field(default="", max_length=100)
+    head_sha: str = Field(default="", max_length=64)
+    head_ref: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    deployed_sha: str | None = Field(default=None, max_length=64)
+    vars: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    desired: str = Field(default="present", max_length=20)
+    generation: int = 1
+    observed_generation: int = 0
+    status: str = Field(default="pending", max_length=20, index=True)
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    trigger: str = Field(default="cli", max_length=40)
+    slot: int | None = None
+    url: str | None = Field(default=None, sa_column=Column(Text))
+    outputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    ttl: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    last_activity_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, index=True, sa_type=UTCDateTime)
+    warned_for: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lease_owner: str | None = Field(default=None, max_length=120)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    attempts: int = 0
+    last_run_id: int | None = None
+    # GitHub side effects are reconciled like the engine: bump sync_version on every visible
+    # change, and the notifier converges synced_version to it.
+    sync_version: int = 1
+    synced_version: int = 0
+    deployment_id: int | None = None
+    created_at: datetime = Field(default_factory=utcnow, index=True, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    destroyed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Run(SQLModel, table=True):
+    __table_args__ = (Index("ix_run_target", "target_kind", "target_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    target_kind: str = Field(max_length=20)
+    target_id: str = Field(max_length=63)
+    operation: str = Field(max_length=20)
+    trigger: str = Field(default="", max_length=40)
+    status: str = Field(default="running", max_length=20, index=True)
+    phase: str = Field(default="queued", max_length=20)
+    exit_code: int | None = None
+    generation: int = 0
+    head_sha: str | None = Field(default=None, max_length=64)
+    stack_commit: str | None = Field(default=None, max_length=64)
+    worker: str = Field(default="", max_length=120)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class RunLogChunk(SQLModel, table=True):
+    """Log lines are appended in chunks so a run's log can be tailed while it is still going."""
+
+    __table_args__ = (Index("ix_runlogchunk_run_seq", "run_id", "seq", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id")
+    seq: int
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Delivery(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=100)
+    event: str = Field(max_length=60)
+    action: str | None = Field(default=None, max_length=60)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="pending", max_length=20, index=True)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    attempts: int = 0
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class OutboxMessage(SQLModel, table=True):
+    """In local mode, the GitHub writes the App would have made."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    method: str = Field(max_length=10)
+    path: str = Field(sa_column=Column(Text, nullable=False))
+    body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,368 @@
+"""Runs the engine (tofu, terraform, or the embedded shim) as an argv, never a shell string.
+
+Each run gets a fresh working copy of the template, a JSON var file, its own backend scope and
+an explicit CLI config. Logs stream line by line to the caller so they can be stored and tailed
+while the run is going. Cancellation is SIGINT first, so the engine can release its state lock,
+then SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from app.engine import embedded
+from app.engine.backends import backend_for
+
+LineSink = Callable[[str], None]
+PhaseSink = Callable[[str], None]
+
+VAR_FILE = "runbot.tfvars.json"
+BACKEND_FILE = "runbot_backend_override.tf"
+_COPY_IGNORE = shutil.ignore_patterns(".terraform", "*.tfstate", "*.tfstate.*", "*.tfvars.json")
+
+
+class EngineError(Exception):
+    """Base for engine failures; messages are plain sentences."""
+
+
+class EngineMissing(EngineError):
+    pass
+
+
+class EngineFailed(EngineError):
+    def __init__(self, message: str, *, phase: str, exit_code: int | None) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.exit_code = exit_code
+
+
+class EngineCancelled(EngineFailed):
+    pass
+
+
+@dataclass
+class EngineJob:
+    target: str  # e.g. "silo-local-default" or "env-pr-42-k3x9q"
+    template_dir: Path
+    operation: Literal["apply", "destroy"]
+    variables: dict[str, Any]
+    declared_backend: str | None = None
+    secret_env: dict[str, str] = field(default_factory=dict)
+    redact: Iterable[str] = ()
+
+
+@dataclass
+class EngineResult:
+    outputs: dict[str, dict[str, Any]]  # name -> {"value", "sensitive", "type"}
+
+
+def resolve_engine(name: str) -> list[str]:
+    """Turn RUNBOT_ENGINE into an argv prefix, or explain how to get an engine."""
+    if name == "embedded":
+        if not embedded.available():
+            raise EngineMissing(f"RUNBOT_ENGINE=embedded but {embedded.INSTALL_HINT}")
+        return [sys.executable, "-m", "app.engine.embedded"]
+    if os.path.isabs(name):
+        if not os.access(name, os.X_OK):
+            raise EngineMissing(
+                f"RUNBOT_ENGINE={name} is not an executable file. Point it at a tofu or terraform"
+                " binary, or set RUNBOT_ENGINE=embedded."
+            )
+        return [name]
+    found = shutil.which(name)
+    if not found:
+        raise EngineMissing(
+            f"the engine '{name}' is not on PATH. Install OpenTofu "
+            "(https://opentofu.org/docs/intro/install/) or set RUNBOT_ENGINE to the path of a tofu"
+            f" or terraform binary; for local trials, set RUNBOT_ENGINE=embedded ({embedded.INSTALL_HINT})."
+        )
+    return [found]
+
+
+class Redactor:
+    """Scrubs secret values out of log lines before they are stored or shown anywhere."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        for secret in self._secrets:
+            if secret in line:
+                line = line.replace(secret, "***")
+        return line
+
+
+class EngineRunner:
+    def __init__(
+        self,
+        engine: str,
+        data_dir: Path,
+        database_url: str | None = None,
+        timeout: float = 3600.0,
+        cancel_grace: float = 60.0,
+    ) -> None:
+        self.engine = engine
+        self.data_dir = data_dir.absolute()
+        self.database_url = database_url
+        self.timeout = timeout
+        self.cancel_grace = cancel_grace
+
+    def argv_prefix(self) -> list[str]:
+        return resolve_engine(self.engine)
+
+    def _cli_config(self) -> Path:
+        cache = self.data_dir / "plugin-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "engine.tfrc"
+        text = f"plugin_cache_dir = {json.dumps(str(cache))}\ndisable_checkpoint = true\n"
+        if not config.exists() or config.read_text() != text:
+            config.write_text(text)
+        return config
+
+    def child_env(self, target: str, extra: dict[str, str]) -> dict[str, str]:
+        # The App's own secrets (RUNBOT_*) never reach templates.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBOT_", "TF_"))}
+        env.update(
+            TF_IN_AUTOMATION="1",
+            TF_INPUT="0",
+            CHECKPOINT_DISABLE="1",
+            TF_DATA_DIR=str(self.data_dir / "tfdata" / target),
+            TF_PLUGIN_CACHE_DIR=str(self.data_dir / "plugin-cache"),
+            TF_CLI_CONFIG_FILE=str(self._cli_config()),
+        )
+        env.update(extra)
+        return env
+
+    async def version(self) -> str:
+        prefix = self.argv_prefix()
+        proc = await asyncio.create_subprocess_exec(
+            *prefix,
+            "version",
+            "-json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.child_env("version", {}),
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+        try:
+            return str(json.loads(out)["terraform_version"])
+        except (ValueError, KeyError):
+            return out.decode(errors="replace").strip().splitlines()[0] if out else "unknown"
+
+    async def execute(
+        self,
+        job: EngineJob,
+        on_line: LineSink,
+        on_phase: PhaseSink | None = None,
+        cancel: asyncio.Event | None = None,
+    ) -> EngineResult:
+        prefix = self.argv_prefix()
+        backend = backend_for(job.target, job.declared_backend, self.data_dir, self.database_url)
+        redact = Redactor([*job.redact, *job.secret_env.values(), *backend.env.values()])
+        workdir = self.data_dir / "work" / job.target / uuid.uuid4().hex[:12]
+        shutil.copytree(job.template_dir, workdir, ignore=_COPY_IGNORE)
+        try:
+            if backend.override_file:
+                (workdir / BACKEND_FILE).write_text(backend.override_file)
+            var_file = workdir / VAR_FILE
+            fd = os.open(var_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(job.variables, handle)
+            env = self.child_env(job.target, {**backend.env, **job.secret_env})
+            Path(env["TF_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout
+            common = ["-input=false", "-no-color"]
+            steps: list[tuple[str, list[str]]] = [
+                ("init", ["init", "-reconfigure", *common, *backend.config_args])
+            ]
+            if job.operation == "apply":
+                steps.append(
+                    (
+                        "apply",
+                        [
+                            "apply",
+                            "-auto-approve",
+                            *common,
+                            "-lock-timeout=120s",
+                            f"-var-file={var_file}",
+                        ],
+                    )
+                )
+            else:
+                steps.append(
+                    (
+                        "destroy",
+                        [
+                            "destroy",
+                            "-auto-approve",
+                            *common,
+                            "-lock-timeout=120s",
+                            f"-var-file={var_file}",
+                        ],
+                    )
+                )
+            for phase, args in steps:
+                if on_phase:
+                    on_phase(phase)
+                on_line(f"$ {Path(prefix[-1]).name} {' '.join(args)}")
+                await self._run_phase(
+                    prefix, workdir, args, env, phase, deadline, on_line, redact, cancel
+                )
+            outputs: dict[str, dict[str, Any]] = {}
+            if job.operation == "apply":
+                if on_phase:
+                    on_phase("output")
+                outputs = await self._read_outputs(prefix, workdir, env, deadline, redact, on_line)
+            return EngineResult(outputs=outputs)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _spawn(
+        self, prefix: list[str], workdir: Path, args: list[str], env: dict[str, str], merge: bool
+    ) -> asyncio.subprocess.Process:
+        try:
+            return await asyncio.create_subprocess_exec(
+                *prefix,
+                f"-chdir={workdir}",
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT if merge else asyncio.subprocess.PIPE,
+                env=env,
+                # Own process group: our signals reach the engine only when we decide so.
+                start_new_session=True,
+                limit=1 << 20,
+            )
+        except FileNotFoundError as exc:
+            raise EngineMissing(f"cannot start the engine {prefix[0]}: {exc.strerror}") from exc
+
+    async def _run_phase(
+        self,
+        prefix: list[str],
+        workdir: Path,
+        args: list[str],
+        env: dict[str, str],
+        phase: str,
+        deadline: float,
+        on_line: LineSink,
+        redact: Redactor,
+        cancel: asyncio.Event | None,
+    ) -> None:
+        proc = await self._spawn(prefix, workdir, args, env, merge=True)
+        assert proc.stdout is not None
+
+        async def pump() -> None:
+            assert proc.stdout is not None
+            while raw := await proc.stdout.readline():
+                on_line(redact(raw.decode(errors="replace").rstrip("\n")))
+
+        pump_task = asyncio.create_task(pump())
+        waiters = {pump_task}
+        cancel_task = asyncio.create_task(cancel.wait()) if cancel else None
+        if cancel_task:
+            waiters.add(cancel_task)
+        loop = asyncio.get_running_loop()
+        try:
+            done, _ = await asyncio.wait(
+                waiters,
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if pump_task not in done:
+                reason = (
+                    "cancelled" if cancel_task in done else f"timed out after {self.timeout:.0f}s"
+                )
+                on_line(
+                    f"runbot: {phase} {reason}; sending SIGINT so the engine can release its lock"
+                )
+                await self._stop(proc, on_line)
+                await asyncio.wait({pump_task}, timeout=5)
+                raise EngineCancelled(f"{phase} {reason}", phase=phase, exit_code=proc.returncode)
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            # The worker itself is being cancelled (shutdown): still let the engine stop cleanly.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._stop(proc, on_line))
+            raise
+        finally:
+            if cancel_task:
+                cancel_task.cancel()
+            pump_task.cancel()
+        if code != 0:
+            raise EngineFailed(f"{phase} failed with exit code {code}", phase=phase, exit_code=code)
+
+    async def _stop(self, proc: asyncio.subprocess.Process, on_line: LineSink) -> None:
+        for sig, wait in ((signal.SIGINT, self.cancel_grace), (signal.SIGTERM, 10.0)):
+            if proc.returncode is not None:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=wait)
+                return
+            except TimeoutError:
+                on_line(f"runbot: engine still running after {sig.name}; escalating")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+    async def _read_outputs(
+        self,
+        prefix: list[str],
+        workdir: Path,
+        env: dict[str, str],
+        deadline: float,
+        redact: Redactor,
+        on_line: LineSink,
+    ) -> dict[str, dict[str, Any]]:
+        # Not streamed to the log: `output -json` prints sensitive values in clear.
+        proc = await self._spawn(
+            prefix, workdir, ["output", "-json", "-no-color"], env, merge=False
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(), timeout=max(1.0, deadline - loop.time())
+            )
+        except TimeoutError:
+            await self._stop(proc, on_line)
+            raise EngineCancelled("output timed out", phase="output", exit_code=None) from None
+        if proc.returncode != 0:
+            on_line(redact(err.decode(errors="replace")))
+            raise EngineFailed("reading outputs failed", phase="output", exit_code=proc.returncode)
+        parsed = json.loads(out or b"{}")
+        return {
+            name: {
+                "value": item.get("value"),
+                "sensitive": bool(item.get("sensitive")),
+                "type": item.get("type"),
+            }
+            for name, item in parsed.items()
+        }
+
+    def forget(self, target: str) -> None:
+        """Drop a destroyed target's state and engine data, so nothing is left behind."""
+        shutil.rmtree(self.data_dir / "tfdata" / target, ignore_errors=True)
+        shutil.rmtree(self.data_dir / "work" / target, ignore_errors=True)
+        for suffix in ("", ".backup", ".lock.info"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / "state" / f"{target}.tfstate{suffix}").unlink()
+        if self.database_url and self.database_url.startswith("postgresql"):
+            import psycopg
+
+            from app.engine.backends import libpq_url, schema_name
+
+            with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema_name(target)}" CASCADE')

@@ -1,0 +1,620 @@
+"""``.runbot.yml``: the per-repository configuration, parsed from text (fetching lives elsewhere).
+
+The file is written by people who will only ever see our error as a PR comment, so every
+rejection becomes one ConfigError naming the field, the problem and a corrected example.
+The text is untrusted (anyone who can push a branch can edit it): it is size-limited, loaded
+with ``yaml.safe_load`` only, and walked with a node budget before validation so alias bombs
+and self-referencing documents cannot stall the webhook worker.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from app.ttl.durations import MAX_DURATION, DurationError, format_duration, parse_duration
+from app.ttl.policy import TTLPolicy
+
+__all__ = [
+    "CONFIG_FILENAME",
+    "MAX_CONFIG_BYTES",
+    "ConfigError",
+    "GitStack",
+    "LabelsConfig",
+    "LocalStack",
+    "RepoConfig",
+    "TTLConfig",
+    "parse_repo_config",
+]
+
+CONFIG_FILENAME = ".runbot.yml"
+MAX_CONFIG_BYTES = 64 * 1024
+
+#: Stack names become directory and state-key components, hence the tight alphabet.
+STACK_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+#: Silo names use the stack alphabet; the extra length fits the derived "<stack>-default".
+SILO_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,79}")
+#: Terraform variable identifiers.
+VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+_GIT_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+_GIT_URL_RES = (
+    re.compile(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/[^\s\\]+"),
+    re.compile(r"ssh://[^\s\\/]+/[^\s\\]+"),
+    re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s\\:][^\s\\]*"),
+)
+_DRIVE_RE = re.compile(r"[A-Za-z]:")
+_SILO_SAFE_RE = re.compile(r"[^a-z0-9_-]+")
+
+_MAX_NODES = 10_000
+_MAX_DEPTH = 32
+_MAX_LABEL_LEN = 50  # GitHub's own limit for label names
+_SHOW_LIMIT = 60
+_MAX_OTHERS_SHOWN = 5
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+# A corrected example per top-level field, shown in the PR comment next to the problem.
+_EXAMPLES: dict[str, str] = {
+    "stack": (
+        "stack: local\n"
+        "# or a stack kept in this repository:\n"
+        "# stack: {path: .runbot/stacks/web}\n"
+        "# or one from another git repository:\n"
+        "# stack: {git: https://github.com/acme/stacks.git, ref: main, path: web}"
+    ),
+    "silo": "stack: local\nsilo: local-default",
+    "vars": "stack: local\nvars:\n  greeting: hi\n  replicas: 2\n  features: [search, billing]",
+    "ttl": "stack: local\nttl:\n  idle: 48h        # destroy after 48h without pushes\n"
+    "  max: 7d          # never keep an environment longer than 7d\n"
+    "  warn_before: 1h  # comment 1h before it expires",
+    "drafts": "stack: local\ndrafts: false",
+    "forks": "stack: local\nforks: off  # or: approve",
+    "labels": "stack: local\nlabels:\n  require: [preview]",
+    "max_environments": "stack: local\nmax_environments: 10  # between 1 and 1000",
+    "wait_for_ci": "stack: local\nwait_for_ci: false",
+}
+_DOCUMENT_EXAMPLE = "stack: local\nttl:\n  idle: 48h\n  max: 7d\nmax_environments: 10"
+
+
+def _show(value: object) -> str:
+    """Echo a bad value as inline code: bounded length, no way out of the code span (so an
+    echoed ``@someone`` cannot ping anyone)."""
+    text = value if isinstance(value, str) else repr(value)
+    text = " ".join(text.split())
+    if len(text) > _SHOW_LIMIT:
+        text = text[: _SHOW_LIMIT - 1] + "…"
+    return "`" + text.replace("`", "'") + "`"
+
+
+class _Problem(ValueError):
+    """A validator failure deeper than pydantic's location (e.g. inside ``vars``)."""
+
+    def __init__(self, message: str, subpath: Sequence[str | int] = ()) -> None:
+        super().__init__(message)
+        self.subpath = tuple(subpath)
+
+
+class ConfigError(ValueError):
+    """``.runbot.yml`` was rejected; ``markdown()`` is ready to post as a PR comment.
+
+    ``field`` is a dotted path (``ttl.idle``, ``vars.greeting``), or "" when the problem is
+    the document itself (YAML syntax, size); ``line`` is set for YAML syntax errors.
+    """
+
+    def __init__(
+        self,
+        field: str,
+        problem: str,
+        *,
+        line: int | None = None,
+        example: str | None = None,
+        others: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.field = field
+        self.problem = problem
+        self.line = line
+        self.example = example if example is not None else _example_for(field)
+        self.others = tuple(others)
+        where = field or "document"
+        if line is not None:
+            where += f" (line {line})"
+        super().__init__(f"{CONFIG_FILENAME}: {where}: {problem}")
+
+    def markdown(self) -> str:
+        """A PR comment: which field, what is wrong, and a corrected example."""
+        if self.field:
+            where = _show(self.field)
+        elif self.line is not None:
+            where = f"line {self.line}"
+        else:
+            where = "the whole file"
+        lines = [
+            f"### runbot could not use `{CONFIG_FILENAME}`",
+            "",
+            f"**Where:** {where}",
+            f"**Problem:** {self.problem}",
+            "",
+            "A valid example:",
+            "",
+            "```yaml",
+            self.example,
+            "```",
+        ]
+        if self.others:
+            lines += ["", "Also found:"]
+            lines += [
+                f"- {_show(field)}: {problem}" if field else f"- {problem}"
+                for field, problem in self.others[:_MAX_OTHERS_SHOWN]
+            ]
+            if len(self.others) > _MAX_OTHERS_SHOWN:
+                lines.append(f"- …and {len(self.others) - _MAX_OTHERS_SHOWN} more")
+        return "\n".join(lines)
+
+
+def _example_for(field: str) -> str:
+    top = re.split(r"[.\[]", field, maxsplit=1)[0] if field else ""
+    return _EXAMPLES.get(top, _DOCUMENT_EXAMPLE)
+
+
+# --- field validators ---------------------------------------------------------------------
+
+
+def _check_relative_path(value: object) -> str:
+    """A path inside a repository: relative, no '..', normalised to a/b/c (or '.')."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a path string like .runbot/stacks/web, got {_show(value)}")
+    text = value.strip()
+    if not text:
+        raise ValueError("the path is empty; use a path like .runbot/stacks/web")
+    if len(text) > 255 or not text.isprintable():
+        raise ValueError(f"{_show(text)} is not a usable path (too long or control characters)")
+    if text.startswith(("/", "\\", "~")) or _DRIVE_RE.match(text):
+        raise ValueError(f"{_show(text)} is absolute; use a path relative to the repository root")
+    segments = re.split(r"[/\\]", text)
+    if ".." in segments:
+        raise ValueError(f"{_show(text)} contains '..'; the stack must stay inside the repository")
+    kept = [segment for segment in segments if segment not in ("", ".")]
+    return "/".join(kept) or "."
+
+
+class GitStack(BaseModel):
+    """A stack fetched from another git repository at ``ref`` (default branch when None)."""
+
+    model_config = _STRICT
+
+    git: str
+    ref: str | None = None
+    path: str = "."
+
+    @field_validator("git", mode="before")
+    @classmethod
+    def _git_url(cls, value: object) -> str:
+        # Only plain https/ssh remotes: git's "ext::" and "file://" transports would let a
+        # config file run commands or read the runbot host's disk, and a leading '-' would
+        # be taken as an option by the git CLI.
+        if not isinstance(value, str):
+            raise ValueError(f"expected a git URL string, got {_show(value)}")
+        url = value.strip()
+        if not any(pattern.fullmatch(url) for pattern in _GIT_URL_RES):
+            raise ValueError(
+                f"{_show(url)} is not a supported git URL; use https://host/org/repo.git "
+                "or git@host:org/repo.git"
+            )
+        return url
+
+    @field_validator("ref", mode="before")
+    @classmethod
+    def _git_ref(cls, value: object) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(
+                f"expected a branch, tag or commit string (quote it), got {_show(value)}"
+            )
+        ref = value.strip()
+        if (
+            not _GIT_REF_RE.fullmatch(ref)
+            or ".." in ref
+            or "//" in ref
+            or ref.endswith(("/", ".", ".lock"))
+        ):
+            raise ValueError(f"{_show(ref)} is not a valid branch, tag or commit")
+        return ref
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: object) -> str:
+        return _check_relative_path(value)
+
+
+class LocalStack(BaseModel):
+    """A stack kept in the PR's own repository, e.g. ``.runbot/stacks/web``."""
+
+    model_config = _STRICT
+
+    path: str
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: object) -> str:
+        return _check_relative_path(value)
+
+
+def _check_stack_name(value: str) -> str:
+    if STACK_NAME_RE.fullmatch(value):
+        return value
+    hint = ""
+    lowered = value.strip().lower()
+    if lowered != value and STACK_NAME_RE.fullmatch(lowered):
+        hint = f" (did you mean {_show(lowered)}?)"
+    raise ValueError(
+        f"{_show(value)} is not a valid stack name: use 1-63 lowercase letters, digits, '-' "
+        f"or '_', starting with a letter or digit{hint}"
+    )
+
+
+def _stack_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "name"
+    if isinstance(value, dict):
+        return "git" if "git" in value else "local"
+    return None
+
+
+_STACK_TAGS = frozenset({"name", "git", "local"})
+
+StackSpec = Annotated[
+    Annotated[str, Tag("name")]
+    | Annotated[GitStack, Tag("git")]
+    | Annotated[LocalStack, Tag("local")],
+    Discriminator(
+        _stack_kind,
+        custom_error_type="stack_type",
+        custom_error_message="expected a stack name like `local` or a mapping like "
+        "`{path: .runbot/stacks/web}` or `{git: URL, ref: main, path: web}`",
+    ),
+]
+
+
+def _check_duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        if value.microseconds or not timedelta(0) < value <= MAX_DURATION:
+            raise ValueError(f"must be whole seconds between 1s and {MAX_DURATION.days}d")
+        return value
+    if isinstance(value, bool) or not isinstance(value, str):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(f"{_show(value)} has no unit; write it like 48h, 30m or 2d")
+        raise ValueError(f"expected a duration like 48h, 30m or 2d, got {_show(value)}")
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class TTLConfig(BaseModel):
+    """Lifetimes in ``.runbot.yml``; same meaning and defaults as :class:`TTLPolicy`."""
+
+    model_config = _STRICT
+
+    idle: timedelta = TTLPolicy.idle
+    max: timedelta = TTLPolicy.max
+    warn_before: timedelta = TTLPolicy.warn_before
+
+    @field_validator("idle", "max", "warn_before", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta:
+        return _check_duration(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TTLConfig:
+        if self.idle > self.max:
+            raise _Problem(
+                f"idle ({format_duration(self.idle)}) is longer than max "
+                f"({format_duration(self.max)}); idle must be at most max",
+                ["idle"],
+            )
+        if self.warn_before >= self.idle:
+            raise _Problem(
+                f"warn_before ({format_duration(self.warn_before)}) must be shorter than idle "
+                f"({format_duration(self.idle)}), or the warning would go out before any activity",
+                ["warn_before"],
+            )
+        return self
+
+
+class LabelsConfig(BaseModel):
+    """Labels a PR must carry before it gets an environment (all of them)."""
+
+    model_config = _STRICT
+
+    require: list[str] = Field(default_factory=list)
+
+    @field_validator("require", mode="before")
+    @classmethod
+    def _labels(cls, value: object) -> list[str]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of label names like [preview], got {_show(value)}")
+        labels: list[str] = []
+        for index, label in enumerate(value):
+            if not isinstance(label, str) or not label.strip():
+                raise _Problem(f"expected a label name, got {_show(label)}", [index])
+            if len(label) > _MAX_LABEL_LEN:
+                raise _Problem(f"label names are at most {_MAX_LABEL_LEN} characters", [index])
+            labels.append(label.strip())
+        return labels
+
+
+def _check_var_value(value: object, path: list[str | int], depth: int) -> object:
+    """Values must be expressible as Terraform variables: JSON-like, finite, not too deep."""
+    if depth > _MAX_DEPTH:
+        raise _Problem(f"nested deeper than {_MAX_DEPTH} levels", path)
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Problem(f"{_show(value)} is not a finite number", path)
+        return value
+    if isinstance(value, list):
+        return [_check_var_value(item, [*path, i], depth + 1) for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        checked: dict[str, object] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Problem(f"map keys must be strings; quote {_show(key)}", path)
+            checked[key] = _check_var_value(item, [*path, key], depth + 1)
+        return checked
+    if isinstance(value, date):
+        raise _Problem(f"YAML reads {_show(value.isoformat())} as a date; quote it", path)
+    raise _Problem(
+        f"{_show(value)} ({type(value).__name__}) is not supported; quote it to pass it as text",
+        path,
+    )
+
+
+class RepoConfig(BaseModel):
+    """The validated ``.runbot.yml``. ``silo`` is always filled in (derived if not given)."""
+
+    model_config = _STRICT
+
+    stack: StackSpec
+    silo: str = ""
+    vars: dict[str, Any] = Field(default_factory=dict)
+    ttl: TTLConfig = Field(default_factory=TTLConfig)
+    drafts: Annotated[bool, Field(strict=True)] = False
+    forks: Literal["off", "approve"] = "off"
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
+    max_environments: Annotated[int, Field(strict=True, ge=1, le=1000)] = 10
+    wait_for_ci: Annotated[bool, Field(strict=True)] = False
+
+    @field_validator("stack", mode="before")
+    @classmethod
+    def _stack_name(cls, value: object) -> object:
+        return _check_stack_name(value) if isinstance(value, str) else value
+
+    @field_validator("silo", mode="before")
+    @classmethod
+    def _silo(cls, value: object) -> str:
+        # Only runs for an explicit value; the default "" is filled in by _derive_silo.
+        if not isinstance(value, str) or not SILO_NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"{_show(value)} is not a valid silo name: use 1-80 lowercase letters, digits, "
+                "'-' or '_', starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("vars", mode="before")
+    @classmethod
+    def _vars(cls, value: object) -> dict[str, object]:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of variable names to values, got {_show(value)}")
+        checked: dict[str, object] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not VAR_NAME_RE.fullmatch(key):
+                raise ValueError(
+                    f"{_show(key)} is not a valid variable name: start with a letter or '_', "
+                    "then letters, digits, '_' or '-'"
+                )
+            checked[key] = _check_var_value(item, [key], 1)
+        return checked
+
+    @field_validator("forks", mode="before")
+    @classmethod
+    def _forks(cls, value: object) -> str:
+        # YAML 1.1 reads a bare `off` (and `no`, `false`) as False: that is what people mean.
+        if value is False:
+            return "off"
+        if value is True:
+            raise ValueError(
+                "must be `off` or `approve`; `on`, `yes` and `true` are ambiguous here"
+            )
+        if isinstance(value, str) and value.strip().lower() in ("off", "approve"):
+            return value.strip().lower()
+        raise ValueError(f"must be `off` or `approve`, got {_show(value)}")
+
+    @model_validator(mode="after")
+    def _derive_silo(self) -> RepoConfig:
+        if self.silo:
+            return self
+        return self.model_copy(update={"silo": _default_silo(self.stack)})
+
+    def ttl_policy(self) -> TTLPolicy:
+        """The TTL arithmetic's view of ``ttl``."""
+        return TTLPolicy(idle=self.ttl.idle, max=self.ttl.max, warn_before=self.ttl.warn_before)
+
+
+def _default_silo(stack: str | GitStack | LocalStack) -> str:
+    """``<stack>-default``; for mapping stacks the last path segment stands in for the name."""
+    if isinstance(stack, str):
+        return f"{stack}-default"
+    segment = stack.path.rsplit("/", 1)[-1] if stack.path != "." else ""
+    if not segment and isinstance(stack, GitStack):
+        segment = re.split(r"[/:]", stack.git.rstrip("/"))[-1].removesuffix(".git")
+    name = _SILO_SAFE_RE.sub("-", segment.lower()).strip("-_")[:63] or "stack"
+    return f"{name}-default"
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def _walk_budget(document: object) -> None:
+    """Refuse documents that are huge once aliases are expanded, cyclic, or absurdly deep."""
+    stack: list[tuple[object, int]] = [(document, 0)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > _MAX_NODES:
+            raise ConfigError(
+                "",
+                f"the document has more than {_MAX_NODES} values once YAML "
+                "aliases are expanded; simplify it",
+            )
+        if depth > _MAX_DEPTH:
+            raise ConfigError("", f"values are nested deeper than {_MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((item, depth + 1) for item in node.values())
+        elif isinstance(node, list | tuple | set | frozenset):
+            stack.extend((item, depth + 1) for item in node)
+
+
+def _field_path(loc: Sequence[Any]) -> str:
+    path = ""
+    parts = list(loc)
+    if len(parts) > 1 and parts[0] == "stack" and parts[1] in _STACK_TAGS:
+        del parts[1]  # discriminator tag, not something the user wrote
+    for part in parts:
+        if isinstance(part, int) and path:
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path
+
+
+def _known_keys(parent: str) -> list[str]:
+    models: dict[str, type[BaseModel]] = {
+        "": RepoConfig,
+        "ttl": TTLConfig,
+        "labels": LabelsConfig,
+    }
+    if parent == "stack":
+        return sorted({*GitStack.model_fields, *LocalStack.model_fields})
+    model = models.get(parent)
+    return list(model.model_fields) if model else []
+
+
+def _describe(error: Any) -> tuple[str, str, str | None]:
+    """(field, problem, example override) for one pydantic error."""
+    loc = list(error["loc"])
+    kind = error["type"]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, _Problem):
+        loc += list(cause.subpath)
+    field = _field_path(loc)
+    if kind == "missing":
+        return field, "is required", None
+    if kind in ("extra_forbidden", "invalid_key"):
+        key = str(loc[-1]) if loc else ""
+        parent = _field_path(loc[:-1])
+        suggestion = difflib.get_close_matches(key, _known_keys(parent), n=1, cutoff=0.6)
+        problem = f"{_show(key)} is not a known setting."
+        example = None
+        if suggestion:
+            problem += f" Did you mean `{suggestion[0]}`?"
+            if not parent:
+                example = _EXAMPLES.get(suggestion[0])
+        known = _known_keys(parent)
+        if known:
+            problem += " Known settings here: " + ", ".join(f"`{k}`" for k in known) + "."
+        return field, problem, example
+    message = str(error["msg"])
+    if kind == "value_error":
+        message = str(cause) if cause is not None else message.removeprefix("Value error, ")
+        return field, message, None
+    value = error.get("input")
+    return field, f"{message}, got {_show(value)} ({_yaml_kind(value)})", None
+
+
+def _yaml_kind(value: object) -> str:
+    """Name a value's type the way a YAML author thinks of it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
+
+
+def _load(text: str) -> object:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or "invalid YAML"
+        if exc.context:
+            problem = f"{problem} ({exc.context})"
+        where = f" on line {line}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError("", f"YAML syntax error{where}: {problem}", line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"YAML error: {' '.join(str(exc).split())[:200]}") from None
+    except RecursionError:
+        raise ConfigError("", f"values are nested deeper than {_MAX_DEPTH} levels") from None
+    except Exception as exc:  # e.g. ValueError from an impossible date like 2024-13-45
+        detail = " ".join(str(exc).split())[:200]
+        raise ConfigError("", f"the YAML could not be read: {detail}") from None
+
+
+def parse_repo_config(text: str) -> RepoConfig:
+    """Validate the text of ``.runbot.yml``; raises ConfigError (and nothing else) if unusable."""
+    if not isinstance(text, str):
+        raise ConfigError("", f"expected the file's text, got {type(text).__name__}")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            "", f"the file is {size} bytes; the limit is {MAX_CONFIG_BYTES // 1024} KB"
+        )
+    document = _load(text)
+    if document is None:
+        raise ConfigError("stack", "is required: the file is empty, so runbot has no stack")
+    if not isinstance(document, dict):
+        raise ConfigError(
+            "",
+            f"the file must be a mapping of settings (like `stack: local`), "
+            f"not a {type(document).__name__}",
+        )
+    _walk_budget(document)
+    try:
+        return RepoConfig.model_validate(document)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # An unknown key is usually the cause of a "missing" one (`stak:` for `stack:`).
+        errors.sort(key=lambda error: error["type"] not in ("extra_forbidden", "invalid_key"))
+        described = [_describe(error) for error in errors]
+        field, problem, example = described[0]
+        others = [(f, p) for f, p, _ in described[1:]]
+        raise ConfigError(field, problem, example=example, others=others) from None
+    except RecursionError:
+        raise ConfigError("", f"values are nested deeper than {_MAX_DEPTH} levels") from None

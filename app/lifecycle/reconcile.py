@@ -1,0 +1,747 @@
+"""Reconcile workers: claim a target whose desired state moved, and converge it with the engine.
+
+A claim is a lease on the row (FOR UPDATE SKIP LOCKED on PostgreSQL), renewed by a heartbeat
+while the engine runs. A worker that dies stops renewing; when the lease expires another worker
+claims the row and re-runs the same desired generation, which the engine makes idempotent.
+Workers always read the newest desired state at claim time, so bursts of changes coalesce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from app.db.models import Environment, Run, Silo, utcnow
+from app.db.session import Database
+from app.engine.logs import RunLogWriter
+from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob, EngineRunner
+from app.lifecycle.states import (
+    LIVE,
+    Action,
+    Desired,
+    Status,
+    check_transition,
+    plan_action,
+    status_after_apply,
+    status_during_apply,
+)
+from app.stacks.catalog import Catalog, Stack, StackError, StackSource, load_stack
+from app.stacks.git import fetch_git_stack
+from app.stacks.mapping import instance_inputs, silo_inputs
+
+log = logging.getLogger("runbot.reconcile")
+
+Target = Silo | Environment
+LineEcho = Callable[[str, str], None]  # (target label, line)
+PhaseEcho = Callable[[str, str], None]  # (target label, phase)
+Listener = Callable[[str, str], None]  # (kind, id): called after every visible change
+
+RETRY_DELAYS = (10.0, 60.0, 300.0)  # automatic retries of failed destroys: nothing may leak
+
+
+@dataclass
+class Claim:
+    kind: str  # "silo" | "environment"
+    id: str
+    generation: int
+
+
+class LeaseLost(Exception):
+    pass
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        db: Database,
+        catalog: Catalog,
+        runner: EngineRunner,
+        data_dir: Path,
+        *,
+        max_concurrent_runs: int = 4,
+        lease_seconds: float = 30.0,
+        default_capacity: int = 20,
+        worker_id: str | None = None,
+        echo_line: LineEcho | None = None,
+        echo_phase: PhaseEcho | None = None,
+        listeners: list[Listener] | None = None,
+    ) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.runner = runner
+        self.data_dir = data_dir.absolute()
+        self.max_concurrent_runs = max_concurrent_runs
+        self.lease = timedelta(seconds=lease_seconds)
+        self.default_capacity = default_capacity
+        self.worker_id = worker_id or default_worker_id()
+        self.echo_line = echo_line
+        self.echo_phase = echo_phase
+        self.listeners = listeners or []
+        self.wakeup = asyncio.Event()
+
+    # ----- claiming --------------------------------------------------------------------------
+
+    def _claimable(self, model: type[Target], now: datetime) -> Any:
+        return (
+            select(model)
+            .where(model.generation != model.observed_generation)
+            .where(or_(col(model.lease_expires_at).is_(None), col(model.lease_expires_at) < now))
+            .where(or_(col(model.next_attempt_at).is_(None), col(model.next_attempt_at) <= now))
+            .order_by(col(model.updated_at))
+            .limit(1)
+        )
+
+    def claim(self) -> Claim | None:
+        """Lease the oldest target that needs work, if the global run cap allows another."""
+        now = utcnow()
+        with self.db.session() as session:
+            if self.db.is_postgres:
+                # Serialises only the cap check across replicas; rows are then taken SKIP LOCKED.
+                session.exec(select(func.pg_advisory_xact_lock(7215062)))  # type: ignore[call-overload]
+            active = 0
+            for model in (Silo, Environment):
+                active += session.exec(
+                    select(func.count()).select_from(model).where(col(model.lease_expires_at) > now)
+                ).one()
+            if active >= self.max_concurrent_runs:
+                return None
+            for model, kind in ((Silo, "silo"), (Environment, "environment")):
+                query = self._claimable(model, now)
+                if self.db.is_postgres:
+                    query = query.with_for_update(skip_locked=True)
+                row = session.exec(query).first()
+                if row is None:
+                    continue
+                key = row.name if isinstance(row, Silo) else row.id
+                pk = model.name if model is Silo else model.id  # type: ignore[attr-defined]
+                result = session.execute(
+                    update(model)
+                    .where(pk == key)
+                    .where(
+                        or_(
+                            col(model.lease_expires_at).is_(None), col(model.lease_expires_at) < now
+                        )
+                    )
+                    .values(lease_owner=self.worker_id, lease_expires_at=now + self.lease)
+                )
+                session.commit()
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    return Claim(kind=kind, id=key, generation=row.generation)
+                return None
+        return None
+
+    def _renew(self, claim: Claim) -> None:
+        model = Silo if claim.kind == "silo" else Environment
+        pk = model.name if model is Silo else model.id  # type: ignore[attr-defined]
+        with self.db.session() as session:
+            result = session.execute(
+                update(model)
+                .where(pk == claim.id)
+                .where(model.lease_owner == self.worker_id)
+                .values(lease_expires_at=utcnow() + self.lease)
+            )
+            session.commit()
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLost(f"{claim.kind} {claim.id}: lease taken over by another worker")
+
+    async def _heartbeat(self, claim: Claim, cancel: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            try:
+                self._renew(claim)
+            except LeaseLost:
+                log.warning("lost the lease on %s %s; cancelling its run", claim.kind, claim.id)
+                cancel.set()
+                return
+            except Exception:  # a DB blip: keep trying until the lease really runs out
+                log.exception("heartbeat failed for %s %s", claim.kind, claim.id)
+
+    # ----- the loop --------------------------------------------------------------------------
+
+    async def step(self) -> bool:
+        """Claim and converge one target; False when nothing was claimable."""
+        claim = self.claim()
+        if claim is None:
+            return False
+        await self._converge(claim)
+        return True
+
+    async def _converge(self, claim: Claim) -> None:
+        try:
+            if claim.kind == "silo":
+                await self.converge_silo(claim)
+            else:
+                await self.converge_environment(claim)
+        except LeaseLost:
+            log.warning("%s %s: lease lost; another worker continues", claim.kind, claim.id)
+        except Exception:
+            # Never let one target kill the worker; its lease expires and it is retried.
+            log.exception("converging %s %s failed unexpectedly", claim.kind, claim.id)
+
+    async def run(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
+        """Run up to max_concurrent_runs convergences at once until `stop` is set."""
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                self.wakeup.clear()
+                while len(tasks) < self.max_concurrent_runs:
+                    claim = self.claim()
+                    if claim is None:
+                        break
+                    task = asyncio.create_task(self._converge(claim))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                waiters = [
+                    asyncio.create_task(self.wakeup.wait()),
+                    asyncio.create_task(stop.wait()),
+                ]
+                await asyncio.wait(
+                    [*waiters, *tasks], timeout=poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(
+        self, until: Callable[[], bool], timeout: float = 3600.0, poll: float = 0.2
+    ) -> None:
+        """Work in the foreground until `until()` holds: the CLI's way of running a change."""
+        stop = asyncio.Event()
+        worker = asyncio.create_task(self.run(stop, poll_interval=poll))
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while not until():
+                if worker.done():
+                    worker.result()
+                if loop.time() > deadline:
+                    raise TimeoutError("gave up waiting for the target to converge")
+                await asyncio.sleep(poll)
+        finally:
+            stop.set()
+            await worker
+
+    # ----- helpers ---------------------------------------------------------------------------
+
+    def _notify(self, kind: str, target_id: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(kind, target_id)
+            except Exception:
+                log.exception("listener failed for %s %s", kind, target_id)
+
+    def _save(self, claim: Claim, mutate: Callable[[Any], None], release: bool = False) -> Any:
+        """Apply a change to the claimed row, but only while we still hold its lease."""
+        model = Silo if claim.kind == "silo" else Environment
+        with self.db.session() as session:
+            row = session.get(model, claim.id, with_for_update=self.db.is_postgres)
+            if row is None or row.lease_owner != self.worker_id:
+                raise LeaseLost(f"{claim.kind} {claim.id}")
+            old_status = row.status
+            mutate(row)
+            if row.status != old_status:
+                check_transition(old_status, row.status)
+            row.updated_at = utcnow()
+            if isinstance(row, Environment):
+                row.sync_version += 1
+            if release:
+                row.lease_owner, row.lease_expires_at = None, None
+            session.add(row)
+            session.commit()
+        self._notify(claim.kind, claim.id)
+        return row
+
+    def _release_later(self, claim: Claim, delay: float, status: str, reason: str) -> None:
+        def mutate(row: Any) -> None:
+            row.status, row.reason = status, reason
+            row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+
+        self._save(claim, mutate, release=True)
+
+    def _load_stack(self, name: str, source: dict[str, Any]) -> tuple[Stack, str]:
+        """The stack's code, pinned to the recorded commit for git stacks."""
+        kind = source.get("kind", "catalog")
+        if kind == "catalog":
+            return self.catalog.get(name), ""
+        if kind == "git":
+            path, commit = fetch_git_stack(
+                source["url"],
+                source.get("ref", ""),
+                source.get("path", ""),
+                self.data_dir / "stacks-cache",
+                env=None,
+                commit=source.get("commit") or None,
+            )
+            return load_stack(
+                name,
+                path,
+                StackSource(
+                    kind="git",
+                    url=source["url"],
+                    ref=source.get("ref", ""),
+                    path=source.get("path", ""),
+                    commit=commit,
+                ),
+            ), commit
+        if kind == "repo":
+            path = Path(source["dir"])
+            return load_stack(
+                name,
+                path,
+                StackSource(
+                    kind="repo", path=source.get("path", ""), commit=source.get("commit", "")
+                ),
+            ), source.get("commit", "")
+        raise StackError(f"unknown stack source kind '{kind}'")
+
+    def _start_run(
+        self, claim: Claim, operation: str, trigger: str, head_sha: str | None, commit: str
+    ) -> Run:
+        with self.db.session() as session:
+            run = Run(
+                target_kind=claim.kind,
+                target_id=claim.id,
+                operation=operation,
+                trigger=trigger,
+                generation=claim.generation,
+                head_sha=head_sha,
+                stack_commit=commit or None,
+                worker=self.worker_id,
+                phase="init",
+            )
+            session.add(run)
+            session.commit()
+            session.refresh(run)
+            return run
+
+    def _finish_run(
+        self, run: Run, status: str, error: str | None = None, exit_code: int | None = None
+    ) -> None:
+        with self.db.session() as session:
+            row = session.get(Run, run.id)
+            assert row is not None
+            row.status, row.error, row.exit_code = status, error, exit_code
+            row.finished_at = utcnow()
+            session.add(row)
+            session.commit()
+
+    def _set_phase(self, run: Run, label: str) -> Callable[[str], None]:
+        def on_phase(phase: str) -> None:
+            with self.db.session() as session:
+                row = session.get(Run, run.id)
+                if row is not None:
+                    row.phase = phase
+                    session.add(row)
+                    session.commit()
+            if self.echo_phase:
+                self.echo_phase(label, phase)
+
+        return on_phase
+
+    async def _execute(
+        self, claim: Claim, run: Run, label: str, job: EngineJob
+    ) -> tuple[dict[str, Any] | None, str | None, list[str]]:
+        """Run the engine under a heartbeat. Returns (outputs, error sentence, log tail)."""
+        echo = (lambda line: self.echo_line(label, line)) if self.echo_line else None
+        writer = RunLogWriter(self.db, run.id or 0, echo=echo)
+        cancel = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(claim, cancel))
+        try:
+            result = await self.runner.execute(
+                job, writer.line, self._set_phase(run, label), cancel
+            )
+        except EngineCancelled as exc:
+            writer.flush()
+            self._finish_run(run, "cancelled", str(exc), exc.exit_code)
+            if cancel.is_set():
+                raise LeaseLost(f"{claim.kind} {claim.id}") from exc
+            return None, f"the engine {exc}", writer.tail
+        except EngineFailed as exc:
+            writer.flush()
+            self._finish_run(run, "failed", str(exc), exc.exit_code)
+            return None, f"the engine's {exc}", writer.tail
+        except (EngineError, StackError, OSError) as exc:
+            writer.line(f"runbot: {exc}")
+            writer.flush()
+            self._finish_run(run, "failed", str(exc))
+            return None, str(exc), writer.tail
+        except asyncio.CancelledError:
+            writer.line("runbot: worker shutting down; another worker will continue this run")
+            writer.flush()
+            self._finish_run(run, "cancelled", "worker shut down")
+            raise
+        finally:
+            heartbeat.cancel()
+        writer.flush()
+        self._finish_run(run, "succeeded", exit_code=0)
+        return result.outputs, None, writer.tail
+
+    # ----- silos -----------------------------------------------------------------------------
+
+    def _silo_workspace(self, name: str) -> Path:
+        return self.data_dir / "workspace" / f"silo-{name}"
+
+    async def converge_silo(self, claim: Claim) -> None:
+        with self.db.session() as session:
+            silo = session.get(Silo, claim.id)
+            assert silo is not None
+            live = session.exec(
+                select(func.count())
+                .select_from(Environment)
+                .where(
+                    Environment.silo_name == silo.name,
+                    col(Environment.status).in_([s.value for s in LIVE]),
+                )
+            ).one()
+        action = plan_action(silo.desired, silo.status)
+        label = f"silo {silo.name}"
+        if action is Action.NONE:
+            self._save(
+                claim,
+                lambda row: setattr(row, "observed_generation", claim.generation),
+                release=True,
+            )
+            return
+        if action is Action.FORGET:
+
+            def forget(row: Silo) -> None:
+                row.status, row.observed_generation = Status.DESTROYED, claim.generation
+
+            self._save(claim, forget, release=True)
+            return
+        if action is Action.DESTROY and live:
+            self._release_later(
+                claim,
+                2.0,
+                silo.status if silo.status != Status.PENDING else Status.PENDING,
+                f"waiting for {live} environment(s) to be destroyed first",
+            )
+            return
+        try:
+            stack, commit = self._load_stack(silo.stack, silo.stack_source)
+            workspace = self._silo_workspace(silo.name)
+            workspace.mkdir(parents=True, exist_ok=True)
+            inputs = silo_inputs(
+                stack.silo,
+                {"runbot_silo_name": silo.name, "runbot_workspace_dir": str(workspace)},
+                silo.vars,
+            )
+        except StackError as exc:
+            self._fail(claim, str(exc), None)
+            return
+        operation = "apply" if action is Action.APPLY else "destroy"
+        busy = status_during_apply(silo.status) if action is Action.APPLY else Status.DESTROYING
+
+        def begin(row: Silo) -> None:
+            row.status, row.reason = busy, None
+            if commit:
+                row.stack_source = {**row.stack_source, "commit": commit}
+
+        self._save(claim, begin)
+        run = self._start_run(claim, operation, "cli", None, commit)
+        job = EngineJob(
+            target=f"silo-{silo.name}",
+            template_dir=stack.silo.path,
+            operation=operation,
+            variables=inputs,
+            declared_backend=stack.silo.backend,
+            redact=_sensitive_values(silo.outputs),
+        )
+        outputs, error, tail = await self._execute(claim, run, label, job)
+        if error is not None:
+            self._fail(claim, error, run.id, retry=operation == "destroy")
+            return
+        if operation == "apply":
+            assert outputs is not None
+            changed = _public_values(outputs) != _public_values(silo.outputs) or _secret_values(
+                outputs
+            ) != _secret_values(silo.outputs)
+
+            def done(row: Silo) -> None:
+                row.status, row.outputs, row.observed_generation = (
+                    Status.READY,
+                    outputs,
+                    claim.generation,
+                )
+                capacity = outputs.get("runbot_capacity", {}).get("value")
+                row.capacity = (
+                    int(capacity)
+                    if isinstance(capacity, int | float | str) and str(capacity).isdigit()
+                    else self.default_capacity
+                )
+                row.reason, row.next_attempt_at = None, None
+
+            self._save(claim, done, release=True)
+            if changed and silo.outputs:
+                self._refresh_instances(silo.name)
+            self._kick_queued(silo.name)
+        else:
+            self.runner.forget(f"silo-{silo.name}")
+            shutil.rmtree(self._silo_workspace(silo.name), ignore_errors=True)
+
+            def gone(row: Silo) -> None:
+                row.status, row.outputs, row.capacity = Status.DESTROYED, {}, None
+                row.observed_generation, row.reason = claim.generation, None
+
+            self._save(claim, gone, release=True)
+
+    def _refresh_instances(self, silo_name: str) -> None:
+        """Silo outputs feed instance inputs: re-apply live instances when they change."""
+        with self.db.session() as session:
+            for env in session.exec(
+                select(Environment).where(
+                    Environment.silo_name == silo_name,
+                    col(Environment.status).in_([Status.READY.value, Status.SLEEPING.value]),
+                    Environment.desired != Desired.ABSENT,
+                )
+            ):
+                env.generation += 1
+                env.trigger = "silo-update"
+                session.add(env)
+            session.commit()
+        self.wakeup.set()
+
+    def _kick_queued(self, silo_name: str) -> None:
+        with self.db.session() as session:
+            session.execute(
+                update(Environment)
+                .where(Environment.silo_name == silo_name, Environment.status == Status.QUEUED)
+                .values(next_attempt_at=None)
+            )
+            session.commit()
+        self.wakeup.set()
+
+    def _fail(self, claim: Claim, error: str, run_id: int | None, retry: bool = False) -> None:
+        def mutate(row: Any) -> None:
+            row.status, row.reason = Status.FAILED, error
+            if run_id is not None and isinstance(row, Environment):
+                row.last_run_id = run_id
+            row.attempts += 1 if isinstance(row, Environment) else 0
+            attempts = row.attempts if isinstance(row, Environment) else 0
+            if retry and attempts <= len(RETRY_DELAYS) and isinstance(row, Environment):
+                # Leave the generation unobserved so the destroy is tried again later.
+                row.next_attempt_at = utcnow() + timedelta(seconds=RETRY_DELAYS[attempts - 1])
+            else:
+                row.observed_generation = claim.generation
+
+        self._save(claim, mutate, release=True)
+
+    # ----- environments ----------------------------------------------------------------------
+
+    def _allocate_slot(self, env: Environment, silo: Silo) -> int | None:
+        capacity = silo.capacity or self.default_capacity
+        with self.db.session() as session:
+            used = set(
+                session.exec(
+                    select(Environment.slot).where(
+                        Environment.silo_name == silo.name, col(Environment.slot).is_not(None)
+                    )
+                )
+            )
+            free = next((slot for slot in range(capacity) if slot not in used), None)
+            if free is None:
+                return None
+            row = session.get(Environment, env.id)
+            assert row is not None
+            row.slot = free
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:  # another worker took it in the meantime
+                session.rollback()
+                return None
+            return free
+
+    async def converge_environment(self, claim: Claim) -> None:
+        with self.db.session() as session:
+            env = session.get(Environment, claim.id)
+            assert env is not None
+            silo = session.get(Silo, env.silo_name)
+            assert silo is not None
+        action = plan_action(env.desired, env.status)
+        label = env.id
+        if action is Action.NONE:
+            self._save(
+                claim,
+                lambda row: setattr(row, "observed_generation", claim.generation),
+                release=True,
+            )
+            return
+        if action is Action.FORGET:
+
+            def forget(row: Environment) -> None:
+                row.status, row.slot, row.url = Status.DESTROYED, None, None
+                row.destroyed_at, row.observed_generation = utcnow(), claim.generation
+
+            self._save(claim, forget, release=True)
+            self._kick_queued(silo.name)
+            return
+        if action is Action.APPLY:
+            if silo.status != Status.READY or silo.desired == Desired.ABSENT:
+                why = f"silo '{silo.name}' is {silo.status}"
+                if silo.status == Status.FAILED:
+                    why += f": {silo.reason} (fix it, then `runbot silo update {silo.name}`)"
+                self._release_later(claim, 2.0, self._queued_or_same(env), f"waiting: {why}")
+                return
+            if env.slot is None and self._allocate_slot(env, silo) is None:
+                capacity = silo.capacity or self.default_capacity
+                self._release_later(
+                    claim,
+                    5.0,
+                    self._queued_or_same(env),
+                    f"silo '{silo.name}' is full ({capacity}/{capacity} slots in use);"
+                    " it starts when a slot frees",
+                )
+                return
+            with self.db.session() as session:
+                env = session.get(Environment, claim.id)
+                assert env is not None
+        try:
+            stack, commit = self._load_stack(env.stack, env.stack_source)
+            workspace = self.data_dir / "workspace" / f"env-{env.id}"
+            runbot = {
+                "runbot_instance_id": env.id,
+                "runbot_slot": env.slot if env.slot is not None else 0,
+                "runbot_pr_number": env.pr_number,
+                "runbot_head_sha": env.head_sha,
+                "runbot_head_ref": env.head_ref,
+                "runbot_repository": env.repository,
+                "runbot_suspended": env.desired == Desired.SUSPENDED,
+                "runbot_workspace_dir": str(workspace),
+            }
+            inputs = instance_inputs(stack.instance, runbot, env.vars, _plain_values(silo.outputs))
+        except StackError as exc:
+            self._fail(claim, str(exc), None)
+            return
+        operation = "apply" if action is Action.APPLY else "destroy"
+        busy = status_during_apply(env.status) if operation == "apply" else Status.DESTROYING
+        head_sha, desired = env.head_sha, env.desired
+
+        def begin(row: Environment) -> None:
+            row.status = busy
+            if busy is not Status.DESTROYING:
+                row.reason = None
+            if commit:
+                row.stack_source = {**row.stack_source, "commit": commit}
+
+        self._save(claim, begin)
+        run = self._start_run(claim, operation, env.trigger, head_sha, commit)
+        self._save(claim, lambda row: setattr(row, "last_run_id", run.id))
+        workspace.mkdir(parents=True, exist_ok=True)
+        job = EngineJob(
+            target=f"env-{env.id}",
+            template_dir=stack.instance.path,
+            operation=operation,
+            variables=inputs,
+            declared_backend=stack.instance.backend,
+            redact=[*_sensitive_values(silo.outputs), *_sensitive_values(env.outputs)],
+        )
+        outputs, error, _tail = await self._execute(claim, run, label, job)
+        if error is not None:
+            self._fail(claim, error, run.id, retry=operation == "destroy")
+            return
+        if operation == "apply":
+            assert outputs is not None
+            url = outputs.get("url", {}).get("value")
+
+            def done(row: Environment) -> None:
+                row.status = status_after_apply(desired)
+                row.outputs, row.deployed_sha, row.observed_generation = (
+                    outputs,
+                    head_sha,
+                    claim.generation,
+                )
+                row.url = (
+                    str(url) if url is not None and not outputs["url"].get("sensitive") else None
+                )
+                row.attempts, row.next_attempt_at = 0, None
+
+            self._save(claim, done, release=True)
+        else:
+            self.runner.forget(f"env-{env.id}")
+            shutil.rmtree(workspace, ignore_errors=True)
+
+            def gone(row: Environment) -> None:
+                row.status, row.slot, row.url, row.outputs = Status.DESTROYED, None, None, {}
+                row.destroyed_at, row.observed_generation, row.attempts = (
+                    utcnow(),
+                    claim.generation,
+                    0,
+                )
+
+            self._save(claim, gone, release=True)
+            self._kick_queued(silo.name)
+
+    @staticmethod
+    def _queued_or_same(env: Environment) -> str:
+        return Status.QUEUED if env.status in (Status.PENDING, Status.QUEUED) else env.status
+
+
+def _plain_values(outputs: dict[str, Any]) -> dict[str, Any]:
+    return {name: item.get("value") for name, item in outputs.items()}
+
+
+def _public_values(outputs: dict[str, Any]) -> dict[str, Any]:
+    return {name: item.get("value") for name, item in outputs.items() if not item.get("sensitive")}
+
+
+def _secret_values(outputs: dict[str, Any]) -> dict[str, Any]:
+    return {name: item.get("value") for name, item in outputs.items() if item.get("sensitive")}
+
+
+def _sensitive_values(outputs: dict[str, Any]) -> list[str]:
+    """Every string inside sensitive outputs, so logs can be scrubbed of them."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif value is not None and not isinstance(value, bool):
+            found.append(str(value))
+
+    for item in outputs.values():
+        if item.get("sensitive"):
+            walk(item.get("value"))
+    return found
+
+
+def public_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Outputs as shown anywhere (CLI, API, dashboard, comments): sensitive values masked."""
+    return {
+        name: ("(sensitive)" if item.get("sensitive") else item.get("value"))
+        for name, item in outputs.items()
+    }
+
+
+async def cancel_quietly(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

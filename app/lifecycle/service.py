@@ -1,0 +1,363 @@
+"""Desired-state operations on silos and environments.
+
+Everything that wants something (CLI, webhooks, comment commands, dashboard, API, TTL reaper)
+calls these. They only record intent and bump `generation`; the reconciler does the work.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import col, select
+
+from app.db.models import Environment, Silo, utcnow
+from app.db.session import Database
+from app.lifecycle.ids import new_environment_id
+from app.lifecycle.states import LIVE, Desired, Status
+from app.stacks.catalog import Catalog, StackError, StackSource, validate_name
+from app.stacks.mapping import RUNBOT_INSTANCE_VARIABLES, MappingError, check_type
+from app.ttl.policy import TTLPolicy, expiry_after_activity
+
+REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
+SHA = re.compile(r"^[0-9a-f]{4,64}$")
+
+
+class LifecycleError(Exception):
+    """A request that cannot be honoured; the message says why and what to do instead."""
+
+
+class NotFound(LifecycleError):
+    pass
+
+
+class Conflict(LifecycleError):
+    pass
+
+
+def ttl_policy_of(env: Environment) -> TTLPolicy:
+    if not env.ttl:
+        return TTLPolicy()
+    return TTLPolicy(
+        idle=timedelta(seconds=env.ttl["idle"]),
+        max=timedelta(seconds=env.ttl["max"]),
+        warn_before=timedelta(seconds=env.ttl["warn_before"]),
+    )
+
+
+def _ttl_record(policy: TTLPolicy) -> dict[str, float]:
+    return {
+        "idle": policy.idle.total_seconds(),
+        "max": policy.max.total_seconds(),
+        "warn_before": policy.warn_before.total_seconds(),
+    }
+
+
+def _touch(target: Silo | Environment) -> None:
+    target.generation += 1
+    target.next_attempt_at = None
+    target.updated_at = utcnow()
+    if isinstance(target, Environment):
+        target.sync_version += 1
+
+
+class Lifecycle:
+    def __init__(self, db: Database, catalog: Catalog, default_capacity: int = 20) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.default_capacity = default_capacity
+
+    # ----- silos -----------------------------------------------------------------------------
+
+    def create_silo(
+        self,
+        name: str,
+        stack: str,
+        vars: dict[str, Any] | None = None,
+        source: StackSource | None = None,
+    ) -> Silo:
+        validate_name("silo", name)
+        if source is None or source.kind == "catalog":
+            loaded = self.catalog.get(stack)
+            for key, value in (vars or {}).items():
+                if key in loaded.silo.variables:
+                    check_type(loaded.silo.variables[key], value)
+                else:
+                    raise LifecycleError(
+                        f"the silo template of stack '{stack}' declares no variable '{key}';"
+                        f" it declares: {', '.join(sorted(loaded.silo.variables)) or 'none'}"
+                    )
+        source_record = {"kind": "catalog"} if source is None else source.__dict__.copy()
+        with self.db.session() as session:
+            silo = session.get(Silo, name)
+            if silo is not None and silo.status != Status.DESTROYED:
+                raise Conflict(
+                    f"silo '{name}' already exists ({silo.status}); use `runbot silo update {name}`"
+                )
+            if silo is None:
+                silo = Silo(name=name, stack=stack, stack_source=source_record, vars=vars or {})
+            else:
+                silo.stack, silo.stack_source, silo.vars = stack, source_record, vars or {}
+                silo.desired, silo.status, silo.reason, silo.force_destroy = (
+                    "present",
+                    "pending",
+                    None,
+                    False,
+                )
+                silo.outputs, silo.capacity = {}, None
+                _touch(silo)
+            session.add(silo)
+            session.commit()
+            return silo
+
+    def update_silo(
+        self, name: str, vars: dict[str, Any] | None = None, refresh: bool = True
+    ) -> Silo:
+        """Re-apply a silo: new vars, a changed template, or (git stacks) the ref's newest commit."""
+        with self.db.session() as session:
+            silo = self._live_silo(session, name)
+            if vars is not None:
+                silo.vars = {**silo.vars, **vars}
+            if refresh and silo.stack_source.get("kind") == "git":
+                silo.stack_source = {**silo.stack_source, "commit": ""}
+            _touch(silo)
+            session.add(silo)
+            session.commit()
+            return silo
+
+    def destroy_silo(self, name: str, force: bool = False) -> Silo:
+        with self.db.session() as session:
+            silo = self._live_silo(session, name)
+            live = self._live_environments(session, name)
+            if live and not force:
+                ids = ", ".join(env.id for env in live[:10])
+                raise Conflict(
+                    f"silo '{name}' still has {len(live)} live environment(s) ({ids}); destroy them"
+                    " first, or pass --force to destroy them and then the silo"
+                )
+            for env in live:
+                if env.desired != Desired.ABSENT:
+                    env.desired, env.reason, env.trigger = (
+                        Desired.ABSENT,
+                        "silo destroyed",
+                        "silo-destroy",
+                    )
+                    _touch(env)
+                    session.add(env)
+            silo.desired, silo.force_destroy = Desired.ABSENT, force
+            _touch(silo)
+            session.add(silo)
+            session.commit()
+            return silo
+
+    def get_silo(self, name: str) -> Silo:
+        with self.db.session() as session:
+            silo = session.get(Silo, name)
+            if silo is None:
+                raise NotFound(f"no silo named '{name}'; `runbot silo list` shows the silos")
+            return silo
+
+    def list_silos(self) -> list[Silo]:
+        with self.db.session() as session:
+            return list(session.exec(select(Silo).order_by(Silo.name)))
+
+    def _live_silo(self, session: Any, name: str) -> Silo:
+        silo = session.get(Silo, name)
+        if silo is None or silo.status == Status.DESTROYED:
+            raise NotFound(f"no live silo named '{name}'; `runbot silo list` shows the silos")
+        if silo.desired == Desired.ABSENT:
+            raise Conflict(f"silo '{name}' is being destroyed")
+        return silo
+
+    @staticmethod
+    def _live_environments(session: Any, silo_name: str) -> list[Environment]:
+        query = select(Environment).where(
+            Environment.silo_name == silo_name, col(Environment.status).in_([s.value for s in LIVE])
+        )
+        return list(session.exec(query))
+
+    # ----- environments ----------------------------------------------------------------------
+
+    def check_instance_inputs(self, silo: Silo, repo_vars: dict[str, Any]) -> None:
+        """Reject, before any apply, an instance that needs a variable nobody provides."""
+        if silo.stack_source.get("kind", "catalog") != "catalog":
+            return  # checked by the reconciler once the pinned code is fetched
+        stack = self.catalog.get(silo.stack)
+        silo_outputs = set(stack.silo.outputs) | set(silo.outputs)
+        for name, variable in stack.instance.variables.items():
+            if name in repo_vars:
+                check_type(variable, repo_vars[name])
+            elif (
+                variable.required
+                and name not in RUNBOT_INSTANCE_VARIABLES
+                and name not in silo_outputs
+            ):
+                raise MappingError(
+                    f"{variable.file}:{variable.line}: instance variable '{name}' has no default and"
+                    " nothing provides it: add it under `vars:` in .runbot.yml (or --var with the"
+                    " CLI), or give the silo an output of that name"
+                )
+
+    def create_environment(
+        self,
+        silo: str,
+        repository: str,
+        pr_number: int,
+        head_sha: str,
+        head_ref: str = "",
+        author: str = "",
+        vars: dict[str, Any] | None = None,
+        trigger: str = "cli",
+        installation_id: int | None = None,
+        ttl: TTLPolicy | None = None,
+        now: datetime | None = None,
+    ) -> Environment:
+        if not REPOSITORY.match(repository):
+            raise LifecycleError(f"repository '{repository}' is not of the form owner/name")
+        if not SHA.match(head_sha):
+            raise LifecycleError(f"head SHA '{head_sha}' is not a hexadecimal commit id")
+        if pr_number < 0 or pr_number > 10**9:
+            raise LifecycleError(f"PR number {pr_number} is out of range")
+        now = now or utcnow()
+        policy = ttl or TTLPolicy()
+        with self.db.session() as session:
+            silo_row = self._live_silo(session, silo)
+            try:
+                self.check_instance_inputs(silo_row, vars or {})
+            except StackError as exc:
+                raise LifecycleError(str(exc)) from exc
+            env = Environment(
+                id=new_environment_id(pr_number),
+                silo_name=silo_row.name,
+                stack=silo_row.stack,
+                stack_source=dict(silo_row.stack_source),
+                repository=repository,
+                pr_number=pr_number,
+                installation_id=installation_id,
+                author=author,
+                head_sha=head_sha,
+                head_ref=head_ref,
+                vars=vars or {},
+                trigger=trigger,
+                ttl=_ttl_record(policy),
+                last_activity_at=now,
+                created_at=now,
+                expires_at=expiry_after_activity(policy, now, now),
+            )
+            session.add(env)
+            session.commit()
+            return env
+
+    def _load_env(self, session: Any, env_id: str) -> Environment:
+        env = session.get(Environment, env_id)
+        if env is None:
+            raise NotFound(f"no environment '{env_id}'; `runbot env list` shows them")
+        return env
+
+    def _live_env(self, session: Any, env_id: str) -> Environment:
+        env = self._load_env(session, env_id)
+        if env.status == Status.DESTROYED or env.desired == Desired.ABSENT:
+            raise Conflict(f"environment '{env_id}' is destroyed or being destroyed")
+        return env
+
+    def _record_activity(self, env: Environment, now: datetime) -> None:
+        env.last_activity_at = now
+        env.expires_at = expiry_after_activity(ttl_policy_of(env), env.created_at, now)
+
+    def update_environment(
+        self,
+        env_id: str,
+        head_sha: str | None = None,
+        head_ref: str | None = None,
+        vars: dict[str, Any] | None = None,
+        trigger: str = "cli",
+        now: datetime | None = None,
+    ) -> Environment:
+        """New SHA or vars: the newest request wins; intermediate ones are never applied."""
+        if head_sha is not None and not SHA.match(head_sha):
+            raise LifecycleError(f"head SHA '{head_sha}' is not a hexadecimal commit id")
+        with self.db.session() as session:
+            env = self._live_env(session, env_id)
+            if head_sha is not None:
+                env.head_sha = head_sha
+            if head_ref is not None:
+                env.head_ref = head_ref
+            if vars is not None:
+                env.vars = vars
+            env.trigger = trigger
+            self._record_activity(env, now or utcnow())
+            _touch(env)
+            session.add(env)
+            session.commit()
+            return env
+
+    def set_suspended(self, env_id: str, suspended: bool, trigger: str = "cli") -> Environment:
+        with self.db.session() as session:
+            env = self._live_env(session, env_id)
+            env.desired = Desired.SUSPENDED if suspended else Desired.PRESENT
+            env.trigger = trigger
+            if not suspended:
+                self._record_activity(env, utcnow())
+            _touch(env)
+            session.add(env)
+            session.commit()
+            return env
+
+    def retry(self, env_id: str, trigger: str = "cli") -> Environment:
+        """Run the desired state again (after a failure, or to re-apply unchanged inputs)."""
+        with self.db.session() as session:
+            env = self._load_env(session, env_id)
+            if env.status == Status.DESTROYED:
+                raise Conflict(f"environment '{env_id}' is destroyed; create a new one")
+            env.trigger = trigger
+            env.attempts = 0
+            _touch(env)
+            session.add(env)
+            session.commit()
+            return env
+
+    def destroy_environment(
+        self, env_id: str, reason: str = "requested", trigger: str = "cli"
+    ) -> Environment:
+        with self.db.session() as session:
+            env = self._load_env(session, env_id)
+            if env.desired == Desired.ABSENT:
+                if env.status == Status.FAILED:  # a failed destroy: asking again retries it
+                    _touch(env)
+                    session.add(env)
+                    session.commit()
+                return env
+            env.desired, env.reason, env.trigger = Desired.ABSENT, reason, trigger
+            _touch(env)
+            session.add(env)
+            session.commit()
+            return env
+
+    def get_environment(self, env_id: str) -> Environment:
+        with self.db.session() as session:
+            return self._load_env(session, env_id)
+
+    def list_environments(
+        self, include_destroyed: bool = False, silo: str | None = None
+    ) -> list[Environment]:
+        with self.db.session() as session:
+            query = select(Environment).order_by(col(Environment.created_at).desc())
+            if not include_destroyed:
+                query = query.where(Environment.status != Status.DESTROYED)
+            if silo:
+                query = query.where(Environment.silo_name == silo)
+            return list(session.exec(query))
+
+    def live_environment_for(self, repository: str, pr_number: int) -> Environment | None:
+        """The PR's current environment: not destroyed and not on its way out."""
+        with self.db.session() as session:
+            query = (
+                select(Environment)
+                .where(Environment.repository == repository, Environment.pr_number == pr_number)
+                .where(
+                    Environment.desired != Desired.ABSENT, Environment.status != Status.DESTROYED
+                )
+                .order_by(col(Environment.created_at).desc())
+            )
+            return session.exec(query).first()

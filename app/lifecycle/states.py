@@ -1,0 +1,111 @@
+"""The silo and environment state machines, as pure data and functions.
+
+Desired state is what people asked for; status is what the last run observed. `plan_action`
+is the only place that decides what a worker does with a claimed target.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Desired(StrEnum):
+    PRESENT = "present"
+    SUSPENDED = "suspended"  # environments only: applied with runbot_suspended=true
+    ABSENT = "absent"
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    CREATING = "creating"
+    READY = "ready"
+    UPDATING = "updating"
+    SLEEPING = "sleeping"
+    FAILED = "failed"
+    DESTROYING = "destroying"
+    DESTROYED = "destroyed"
+
+
+class Action(StrEnum):
+    NONE = "none"
+    APPLY = "apply"
+    DESTROY = "destroy"
+    FORGET = "forget"  # desired absent, and nothing was ever applied: no engine run needed
+
+
+# Statuses where the engine may have created something that a destroy must clean up.
+MAY_HOLD_RESOURCES = frozenset(
+    {
+        Status.CREATING,
+        Status.READY,
+        Status.UPDATING,
+        Status.SLEEPING,
+        Status.FAILED,
+        Status.DESTROYING,
+    }
+)
+LIVE = frozenset(
+    {
+        Status.PENDING,
+        Status.QUEUED,
+        Status.CREATING,
+        Status.READY,
+        Status.UPDATING,
+        Status.SLEEPING,
+        Status.FAILED,
+        Status.DESTROYING,
+    }
+)
+BUSY = frozenset({Status.CREATING, Status.UPDATING, Status.DESTROYING})
+
+# Allowed status transitions; the reconciler asserts every move against this table.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset(
+        {Status.QUEUED, Status.CREATING, Status.DESTROYED, Status.DESTROYING}
+    ),
+    Status.QUEUED: frozenset({Status.QUEUED, Status.CREATING, Status.DESTROYED, Status.DESTROYING}),
+    Status.CREATING: frozenset(
+        {Status.CREATING, Status.READY, Status.SLEEPING, Status.FAILED, Status.DESTROYING}
+    ),
+    Status.READY: frozenset({Status.UPDATING, Status.DESTROYING, Status.READY}),
+    Status.UPDATING: frozenset(
+        {Status.UPDATING, Status.READY, Status.SLEEPING, Status.FAILED, Status.DESTROYING}
+    ),
+    Status.SLEEPING: frozenset({Status.UPDATING, Status.DESTROYING, Status.SLEEPING}),
+    Status.FAILED: frozenset({Status.CREATING, Status.UPDATING, Status.DESTROYING, Status.FAILED}),
+    Status.DESTROYING: frozenset({Status.DESTROYING, Status.DESTROYED, Status.FAILED}),
+    Status.DESTROYED: frozenset({Status.DESTROYED}),
+}
+
+
+class TransitionError(Exception):
+    pass
+
+
+def check_transition(current: str, new: str) -> Status:
+    old, target = Status(current), Status(new)
+    if target not in TRANSITIONS[old]:
+        raise TransitionError(f"illegal status change {old} -> {target}")
+    return target
+
+
+def plan_action(desired: str, status: str) -> Action:
+    """What converging a claimed target means, given what is wanted and what was observed."""
+    want, have = Desired(desired), Status(status)
+    if want is Desired.ABSENT:
+        if have is Status.DESTROYED:
+            return Action.NONE
+        return Action.DESTROY if have in MAY_HOLD_RESOURCES else Action.FORGET
+    if have is Status.DESTROYED:
+        return Action.NONE  # a destroyed target never comes back; a new one gets a new id
+    return Action.APPLY
+
+
+def status_during_apply(status: str) -> Status:
+    """Creating until the target has been ready once; updating afterwards."""
+    return Status.UPDATING if Status(status) in (Status.READY, Status.SLEEPING) else Status.CREATING
+
+
+def status_after_apply(desired: str) -> Status:
+    return Status.SLEEPING if Desired(desired) is Desired.SUSPENDED else Status.READY

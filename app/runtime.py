@@ -1,0 +1,48 @@
+"""The composition root: builds the database, catalog, engine runner and lifecycle from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.db.session import Database
+from app.engine.runner import EngineRunner
+from app.lifecycle.reconcile import Reconciler
+from app.lifecycle.service import Lifecycle
+from app.settings import Settings
+from app.stacks.catalog import Catalog
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    catalog: Catalog
+    runner: EngineRunner
+    lifecycle: Lifecycle
+
+    def reconciler(self, **overrides: Any) -> Reconciler:
+        options: dict[str, Any] = {
+            "max_concurrent_runs": self.settings.max_concurrent_runs,
+            "lease_seconds": self.settings.lease_seconds,
+            "default_capacity": self.settings.default_capacity,
+        }
+        options.update(overrides)
+        return Reconciler(self.db, self.catalog, self.runner, self.settings.data_dir, **options)
+
+
+def build_runtime(settings: Settings, migrate: bool = True) -> Runtime:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    if migrate:
+        db.migrate()
+    catalog = Catalog(settings.templates_dir)
+    runner = EngineRunner(
+        settings.engine_name,
+        settings.data_dir,
+        settings.resolved_database_url if settings.is_postgres else None,
+        timeout=settings.engine_timeout,
+        cancel_grace=settings.engine_cancel_grace,
+    )
+    lifecycle = Lifecycle(db, catalog, settings.default_capacity)
+    return Runtime(settings=settings, db=db, catalog=catalog, runner=runner, lifecycle=lifecycle)

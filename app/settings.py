@@ -1,0 +1,139 @@
+"""RUNBOT_* settings, read from the environment and `.env`.
+
+A bad value must stop the process at start with a sentence naming the setting, not a traceback
+deep inside a worker an hour later.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message names it and says what is expected."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RUNBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # GitHub App
+    github_app_id: int | None = None
+    github_private_key: str | None = None
+    github_private_key_path: Path | None = None
+    github_webhook_secret: str | None = None
+    github_api_url: str = "https://api.github.com"
+    github_url: str = "https://github.com"
+    github_api_version: str = "2022-11-28"
+    github_app_slug: str | None = None
+    github_client_id: str | None = None
+    github_client_secret: str | None = None
+
+    # Storage and templates
+    database_url: str | None = None
+    data_dir: Path = Path(".runbot")
+    templates_dir: Path = Path("infra-templates")
+
+    # Engine
+    engine: str | None = None
+    engine_timeout: float = Field(default=3600.0, gt=0)
+    engine_cancel_grace: float = Field(default=60.0, ge=0)
+
+    # Runtime
+    public_url: str = "http://127.0.0.1:8000"
+    max_concurrent_runs: int = Field(default=4, ge=1, le=256)
+    scheduler_interval: float = Field(default=30.0, gt=0, le=86400)
+    default_capacity: int = Field(default=20, ge=1, le=100000)
+    lease_seconds: float = Field(default=30.0, gt=1)
+    worker_poll_interval: float = Field(default=1.0, gt=0)
+    api_token: str | None = None
+    session_secret: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("github_api_url", "github_url", "public_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _key_source(self) -> Settings:
+        if self.github_private_key and self.github_private_key_path:
+            raise ValueError(
+                "set RUNBOT_GITHUB_PRIVATE_KEY or RUNBOT_GITHUB_PRIVATE_KEY_PATH, not both"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'runbot.db').absolute()}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.resolved_database_url.startswith("postgresql")
+
+    @cached_property
+    def private_key(self) -> str | None:
+        if self.github_private_key:
+            return self.github_private_key.replace("\\n", "\n")
+        if self.github_private_key_path:
+            try:
+                return self.github_private_key_path.read_text()
+            except OSError as exc:
+                raise SettingsError(
+                    f"RUNBOT_GITHUB_PRIVATE_KEY_PATH: cannot read {self.github_private_key_path}:"
+                    f" {exc.strerror}"
+                ) from exc
+        return None
+
+    @property
+    def local_mode(self) -> bool:
+        """No App credentials: GitHub writes go to the local outbox instead of GitHub."""
+        return not (
+            self.github_app_id and (self.github_private_key or self.github_private_key_path)
+        )
+
+    @property
+    def engine_name(self) -> str:
+        """The configured engine, or the first one available: tofu, terraform, embedded."""
+        if self.engine:
+            return self.engine
+        for candidate in ("tofu", "terraform"):
+            if shutil.which(candidate):
+                return candidate
+        return "embedded"
+
+
+_SECRET_WORDS = re.compile(r"secret|key|token|password", re.IGNORECASE)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning pydantic's report into one plain sentence per bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            name = f"RUNBOT_{field.upper()}" if error["loc"] else "settings"
+            shown = "<hidden>" if _SECRET_WORDS.search(field) else repr(error.get("input"))
+            problems.append(f"{name}: {error['msg']} (got {shown})")
+        raise SettingsError("invalid setting: " + "; ".join(problems)) from None

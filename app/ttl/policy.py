@@ -1,0 +1,141 @@
+"""TTL arithmetic for preview environments: when they expire, when to warn, how far they extend.
+
+Everything here is pure so the scheduler, the comment handlers and the UI agree on the same
+numbers. All datetimes must be timezone-aware; naive ones are rejected loudly because mixing
+them with aware values is the classic source of off-by-hours expiry bugs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+__all__ = [
+    "ExtendResult",
+    "TTLPolicy",
+    "expiry_after_activity",
+    "extend",
+    "humanize_until",
+    "is_expired",
+    "needs_warning",
+    "warning_due_at",
+]
+
+
+@dataclass(frozen=True)
+class TTLPolicy:
+    """How long an environment lives: ``idle`` after the last activity, never beyond ``max``
+    after creation, with a heads-up ``warn_before`` the expiry."""
+
+    idle: timedelta = timedelta(hours=48)
+    max: timedelta = timedelta(days=7)
+    warn_before: timedelta = timedelta(hours=1)
+
+    def __post_init__(self) -> None:
+        if self.idle <= timedelta(0):
+            raise ValueError(f"idle must be positive, got {self.idle}")
+        if self.max <= timedelta(0):
+            raise ValueError(f"max must be positive, got {self.max}")
+        if self.warn_before < timedelta(0):
+            raise ValueError(f"warn_before must not be negative, got {self.warn_before}")
+
+
+@dataclass(frozen=True)
+class ExtendResult:
+    """Outcome of an extend request; ``capped`` tells the reply to explain the ``cap``."""
+
+    expires_at: datetime
+    capped: bool
+    cap: datetime
+
+
+def _aware(name: str, value: datetime) -> datetime:
+    """Reject naive datetimes: comparing them with aware ones fails late and confusingly."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware (UTC), got naive {value.isoformat()}")
+    return value
+
+
+def expiry_after_activity(
+    policy: TTLPolicy, created_at: datetime, activity_at: datetime
+) -> datetime:
+    """Expiry after a push/comment: ``idle`` from the activity, but never past the max lifetime."""
+    _aware("created_at", created_at)
+    _aware("activity_at", activity_at)
+    return min(activity_at + policy.idle, created_at + policy.max)
+
+
+def warning_due_at(policy: TTLPolicy, expires_at: datetime) -> datetime:
+    """When the "about to expire" comment should go out."""
+    return _aware("expires_at", expires_at) - policy.warn_before
+
+
+def extend(
+    policy: TTLPolicy,
+    created_at: datetime,
+    now: datetime,
+    current_expiry: datetime,
+    by: timedelta,
+) -> ExtendResult:
+    """Push the expiry ``by`` further, counted from now if the environment already expired.
+
+    The result never passes ``created_at + policy.max``; ``capped`` is True when that limit
+    cut the request short (including when the expiry already sits at the cap). An extend never
+    moves the expiry earlier, so an environment whose expiry is beyond the cap (e.g. after the
+    repo lowered ``ttl.max``) keeps it and the result reports ``capped``.
+    """
+    _aware("created_at", created_at)
+    _aware("now", now)
+    _aware("current_expiry", current_expiry)
+    if by <= timedelta(0):
+        raise ValueError(f"extend needs a positive duration, got {by}")
+    cap = created_at + policy.max
+    wanted = max(current_expiry, now) + by
+    if wanted <= cap:
+        return ExtendResult(expires_at=wanted, capped=False, cap=cap)
+    return ExtendResult(expires_at=max(cap, current_expiry), capped=True, cap=cap)
+
+
+def is_expired(expires_at: datetime, now: datetime) -> bool:
+    """An environment is expired at its expiry instant, not one tick later."""
+    return _aware("now", now) >= _aware("expires_at", expires_at)
+
+
+def needs_warning(
+    expires_at: datetime, warned_for: datetime | None, now: datetime, policy: TTLPolicy
+) -> bool:
+    """Whether to post the expiry warning now.
+
+    ``warned_for`` is the expiry we last warned about: one warning per expiry value, so a
+    scheduler tick that runs twice stays quiet, while a new expiry (after an extend) may warn
+    again. Already-expired environments get destroyed, not warned.
+    """
+    _aware("expires_at", expires_at)
+    _aware("now", now)
+    if warned_for is not None and _aware("warned_for", warned_for) == expires_at:
+        return False
+    return expires_at - policy.warn_before <= now < expires_at
+
+
+_HUMAN_UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
+
+
+def humanize_until(target: datetime, now: datetime) -> str:
+    """``"in 3h 5m"``, ``"in 45s"``, ``"2d ago"``: the two largest units, for comments and UI.
+
+    Truncates toward zero (a comment saying "in 3h" when 3h 59s remain is the safe side);
+    anything under a second is ``"now"``.
+    """
+    delta = _aware("target", target) - _aware("now", now)
+    magnitude = abs(delta)
+    remaining = magnitude.days * 86_400 + magnitude.seconds
+    if remaining == 0:
+        return "now"
+    counts: list[tuple[int, str]] = []
+    for unit, size in _HUMAN_UNITS:
+        count, remaining = divmod(remaining, size)
+        counts.append((count, unit))
+    first = next(i for i, (count, _) in enumerate(counts) if count)
+    # The largest unit and the one right below it; a zero in the second slot is left out.
+    text = " ".join(f"{count}{unit}" for count, unit in counts[first : first + 2] if count)
+    return f"in {text}" if delta > timedelta(0) else f"{text} ago"

@@ -1,0 +1,87 @@
+terraform {
+  # Built-ins only (terraform_data, local-exec), so the stack runs on OpenTofu and Terraform
+  # without downloading any provider.
+  required_version = ">= 1.6.0"
+}
+
+locals {
+  port         = var.port_base + var.runbot_slot
+  instance_dir = "${trimsuffix(var.shared_dir, "/")}/${var.runbot_instance_id}"
+
+  # Everything a provisioner needs travels in `environment`, never in the command string: the
+  # head ref is attacker-controlled and may hold quotes, `$()`, `;` or newlines.
+  server_env = {
+    SCRIPT              = "${trimsuffix(var.shared_dir, "/")}/server.py"
+    RUNBOT_INSTANCE_ID  = var.runbot_instance_id
+    RUNBOT_INSTANCE_DIR = local.instance_dir
+    RUNBOT_BIND_HOST    = var.bind_host
+    RUNBOT_PORT         = tostring(local.port)
+  }
+
+  page_json = jsonencode({
+    repository  = var.runbot_repository
+    pr_number   = var.runbot_pr_number
+    head_sha    = var.runbot_head_sha
+    head_ref    = var.runbot_head_ref
+    instance_id = var.runbot_instance_id
+    greeting    = var.greeting
+  })
+
+  url_host = length(regexall(":", var.bind_host)) > 0 ? "[${var.bind_host}]" : var.bind_host
+}
+
+# The instance directory. Its destroy also stops the server (idempotent) so nothing survives
+# even if a crashed apply never recorded terraform_data.server in state.
+resource "terraform_data" "files" {
+  input            = local.server_env
+  triggers_replace = local.server_env
+
+  provisioner "local-exec" {
+    command     = "mkdir -p -- \"$RUNBOT_INSTANCE_DIR\""
+    environment = self.input
+  }
+
+  provisioner "local-exec" {
+    when        = destroy
+    command     = "if [ -f \"$SCRIPT\" ]; then python3 \"$SCRIPT\" stop; fi && rm -rf -- \"$RUNBOT_INSTANCE_DIR\""
+    environment = self.input
+  }
+}
+
+# The page data; the server reads it on every request, so a new SHA only rewrites this file.
+# local-exec runs only at creation, hence the replacement on every change.
+resource "terraform_data" "page" {
+  triggers_replace = {
+    dir  = terraform_data.files.output.RUNBOT_INSTANCE_DIR
+    page = local.page_json
+  }
+
+  provisioner "local-exec" {
+    command = "python3 \"$SCRIPT\" write-page"
+    environment = merge(local.server_env, {
+      RUNBOT_PAGE_JSON = local.page_json
+    })
+  }
+}
+
+# The running server: absent while suspended, so suspending stops it and waking starts it
+# while the files above stay.
+resource "terraform_data" "server" {
+  count = var.runbot_suspended ? 0 : 1
+
+  input            = terraform_data.files.output
+  triggers_replace = terraform_data.files.output
+
+  provisioner "local-exec" {
+    command     = "python3 \"$SCRIPT\" start"
+    environment = self.input
+  }
+
+  provisioner "local-exec" {
+    when        = destroy
+    command     = "if [ -f \"$SCRIPT\" ]; then python3 \"$SCRIPT\" stop; fi"
+    environment = self.input
+  }
+
+  depends_on = [terraform_data.page]
+}

@@ -1,0 +1,26 @@
+output "runbot_capacity" {
+  description = "How many instances runbot may place in this silo."
+  value       = var.capacity
+}
+
+output "port_base" {
+  description = "First TCP port; instance slot N listens on port_base + N."
+  value       = var.port_base
+}
+
+output "shared_dir" {
+  description = "Directory holding server.py and one sub-directory per instance."
+  # Via the script resource so consumers only see the directory once server.py is in it.
+  value = dirname(terraform_data.server_script.triggers_replace.script)
+}
+
+output "bind_host" {
+  description = "Address the instance servers listen on."
+  value       = var.bind_host
+}
+
+output "admin_token" {
+  description = "Silo admin secret (stable across re-applies)."
+  value       = sha256("runbot-admin:${terraform_data.admin_token.id}")
+  sensitive   = true
+}

@@ -1,0 +1,42 @@
+variable "runbot_silo_name" {
+  type        = string
+  description = "Name of the silo (provided by runbot)."
+}
+
+variable "runbot_workspace_dir" {
+  type        = string
+  description = "Absolute directory runbot owns for this silo (provided by runbot). The shared directory is created inside it."
+
+  validation {
+    condition     = startswith(var.runbot_workspace_dir, "/")
+    error_message = "runbot_workspace_dir must be an absolute path."
+  }
+}
+
+variable "port_base" {
+  type        = number
+  description = "First TCP port; the instance in slot N listens on port_base + N."
+  default     = 47100
+
+  validation {
+    condition     = var.port_base >= 1024 && var.port_base <= 65535
+    error_message = "port_base must be between 1024 and 65535."
+  }
+}
+
+variable "capacity" {
+  type        = number
+  description = "How many instances (slots) this silo can hold at once."
+  default     = 20
+
+  validation {
+    condition     = var.capacity >= 1
+    error_message = "capacity must be at least 1."
+  }
+}
+
+variable "bind_host" {
+  type        = string
+  description = "Address the instance servers listen on. Keep the loopback default unless a proxy in front needs another one."
+  default     = "127.0.0.1"
+}

@@ -1,0 +1,109 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), settings, and free loopback ports.
+
+PostgreSQL tests use RUNBOT_TEST_POSTGRES_URL (default: the local server). Without a reachable
+server they skip and say why, unless RUNBOT_REQUIRE_POSTGRES=1 (set by .ci/run), where a missing
+server is a failure rather than a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from app.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "infra-templates"
+DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+
+def _admin_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def postgres_admin_url() -> str:
+    """The server to create test databases on, or skip/fail saying why."""
+    url = os.environ.get("RUNBOT_TEST_POSTGRES_URL", DEFAULT_PG)
+    try:
+        with psycopg.connect(_admin_dsn(url), connect_timeout=3):
+            pass
+    except psycopg.Error as exc:
+        reason = f"PostgreSQL not reachable at {make_url(url).render_as_string()}: {exc}".strip()
+        if os.environ.get("RUNBOT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason + " (RUNBOT_REQUIRE_POSTGRES=1)")
+        pytest.skip(reason + "; set RUNBOT_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    admin = postgres_admin_url()
+    name = f"runbot_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_admin_dsn(admin), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_admin_dsn(admin), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs a test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runbot.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def port_range_free(base: int, count: int) -> bool:
+    for port in range(base, base + count):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+@pytest.fixture
+def port_base() -> int:
+    """A base port with 25 free ports above it, for one local silo."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 40000, 50)
+        if port_range_free(base, 25):
+            return base
+    raise RuntimeError("no free port range on loopback")
+
+
+def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "templates_dir": TEMPLATES,
+        "engine": "embedded",
+        "database_url": database_url,
+        "lease_seconds": 6.0,
+        "engine_cancel_grace": 10.0,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never read a developer's .env or RUNBOT_* variables by accident."""
+    for key in list(os.environ):
+        if key.startswith("RUNBOT_") and key not in ("RUNBOT_TEST_POSTGRES_URL", "RUNBOT_REQUIRE_POSTGRES"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)

@@ -1,0 +1,65 @@
+"""Small helpers for tests that drive the real local stack."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Callable
+
+import httpx
+
+from app.db.models import Environment, Silo
+from app.lifecycle.states import Status
+from app.runtime import Runtime
+
+
+def fetch(url: str, timeout: float = 3.0) -> httpx.Response:
+    return httpx.get(url, timeout=timeout)
+
+
+def refuses(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=2.0)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def processes_matching(pattern: str) -> list[str]:
+    """Command lines of live processes whose argv contains `pattern` (excluding pgrep itself)."""
+    out = subprocess.run(["pgrep", "-af", "--", pattern], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
+def settled(row: Silo | Environment) -> bool:
+    return row.observed_generation >= row.generation and row.lease_owner is None
+
+
+async def converge(rt: Runtime, check: Callable[[], bool], timeout: float = 120.0, **options: object) -> None:
+    reconciler = rt.reconciler(**options)
+    await reconciler.drain(check, timeout=timeout, poll=0.1)
+
+
+def converge_sync(rt: Runtime, check: Callable[[], bool], timeout: float = 120.0, **options: object) -> None:
+    asyncio.run(converge(rt, check, timeout, **options))
+
+
+def silo_ready(rt: Runtime, name: str) -> Callable[[], bool]:
+    def check() -> bool:
+        silo = rt.lifecycle.get_silo(name)
+        return settled(silo) and silo.status in (Status.READY, Status.FAILED, Status.DESTROYED)
+
+    return check
+
+
+def env_settled(rt: Runtime, env_id: str) -> Callable[[], bool]:
+    return lambda: settled(rt.lifecycle.get_environment(env_id))
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
