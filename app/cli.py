@@ -297,7 +297,8 @@ def env_list(
         typer.echo("no environments")
     for env in envs:
         typer.echo(
-            f"{env.id:22} {env.status:11} {env.repository}#{env.pr_number:<6} slot={env.slot!s:4} {env.url or ''}"
+            f"{env.id:22} {env.status:11} {env.repository}#{env.pr_number:<6}"
+            f" slot={env.slot!s:4} {env.url or ''}"
         )
 
 

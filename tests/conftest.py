@@ -104,6 +104,9 @@ def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: 
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests never read a developer's .env or RUNBOT_* variables by accident."""
     for key in list(os.environ):
-        if key.startswith("RUNBOT_") and key not in ("RUNBOT_TEST_POSTGRES_URL", "RUNBOT_REQUIRE_POSTGRES"):
+        if key.startswith("RUNBOT_") and key not in (
+            "RUNBOT_TEST_POSTGRES_URL",
+            "RUNBOT_REQUIRE_POSTGRES",
+        ):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)

@@ -36,12 +36,16 @@ def settled(row: Silo | Environment) -> bool:
     return row.observed_generation >= row.generation and row.lease_owner is None
 
 
-async def converge(rt: Runtime, check: Callable[[], bool], timeout: float = 120.0, **options: object) -> None:
+async def converge(
+    rt: Runtime, check: Callable[[], bool], timeout: float = 120.0, **options: object
+) -> None:
     reconciler = rt.reconciler(**options)
     await reconciler.drain(check, timeout=timeout, poll=0.1)
 
 
-def converge_sync(rt: Runtime, check: Callable[[], bool], timeout: float = 120.0, **options: object) -> None:
+def converge_sync(
+    rt: Runtime, check: Callable[[], bool], timeout: float = 120.0, **options: object
+) -> None:
     asyncio.run(converge(rt, check, timeout, **options))
 
 

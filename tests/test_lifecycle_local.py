@@ -1,4 +1,4 @@
-"""The layered lifecycle on the real local stack with the embedded engine, on SQLite and PostgreSQL."""
+"""The layered lifecycle on the real local stack, embedded engine, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ def state_schemas(database_url: str) -> set[str]:
     dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'runbot_state_%'"
+            "SELECT schema_name FROM information_schema.schemata"
+            " WHERE schema_name LIKE 'runbot_state_%'"
         ).fetchall()
     return {row[0] for row in rows}
 
 
-def test_create_update_destroy_on_local_stack(tmp_path: Path, database_url: str, port_base: int) -> None:
+def test_create_update_destroy_on_local_stack(
+    tmp_path: Path, database_url: str, port_base: int
+) -> None:
     rt = build_runtime(make_settings(tmp_path, database_url))
     rt.lifecycle.create_silo("local-default", "local", {"port_base": port_base})
     converge_sync(rt, silo_ready(rt, "local-default"))
@@ -33,7 +36,9 @@ def test_create_update_destroy_on_local_stack(tmp_path: Path, database_url: str,
     assert silo.status == Status.READY
     assert silo.capacity is not None and silo.capacity >= 20
 
-    env = rt.lifecycle.create_environment("local-default", "octo/app", 42, "a1b2c3d", "feature/x", "alice")
+    env = rt.lifecycle.create_environment(
+        "local-default", "octo/app", 42, "a1b2c3d", "feature/x", "alice"
+    )
     assert env.id.startswith("pr-42-")
     converge_sync(rt, env_settled(rt, env.id))
     env = rt.lifecycle.get_environment(env.id)
@@ -44,7 +49,9 @@ def test_create_update_destroy_on_local_stack(tmp_path: Path, database_url: str,
     assert len(processes_matching(env.id)) == 1
     if rt.db.is_postgres:  # state lives in the pg backend: one schema per target
         assert state_schemas(database_url) == {
-            "runbot_state_silo_local_default", f"runbot_state_env_{env.id.replace('-', '_')}"}
+            "runbot_state_silo_local_default",
+            f"runbot_state_env_{env.id.replace('-', '_')}",
+        }
         assert not (tmp_path / "data" / "state").exists()
 
     rt.lifecycle.update_environment(env.id, head_sha="d4e5f60")
@@ -113,8 +120,12 @@ def test_two_silos_slots_queue_and_reuse(tmp_path: Path, port_base: int) -> None
 
     rt.lifecycle.destroy_silo("small", force=True)
     rt.lifecycle.destroy_silo("other", force=True)
-    converge_sync(rt, lambda: all(
-        rt.lifecycle.get_silo(n).status == Status.DESTROYED for n in ("small", "other")))
+    converge_sync(
+        rt,
+        lambda: all(
+            rt.lifecycle.get_silo(n).status == Status.DESTROYED for n in ("small", "other")
+        ),
+    )
     for row in rows:
         assert processes_matching(row.id) == []
         assert rt.lifecycle.get_environment(row.id).status == Status.DESTROYED

@@ -49,6 +49,7 @@ class Silo(SQLModel, table=True):
     status: str = Field(default="pending", max_length=20, index=True)
     reason: str | None = Field(default=None, sa_column=Column(Text))
     capacity: int | None = None
+    attempts: int = 0
     outputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     lease_owner: str | None = Field(default=None, max_length=120)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

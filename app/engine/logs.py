@@ -38,7 +38,7 @@ class RunLogWriter:
 
     def line(self, text: str) -> None:
         self._buffer.append(text)
-        self.tail = (self.tail + [text])[-40:]
+        self.tail = [*self.tail, text][-40:]
         if self.echo:
             self.echo(text)
         if (

@@ -85,7 +85,8 @@ def resolve_engine(name: str) -> list[str]:
         raise EngineMissing(
             f"the engine '{name}' is not on PATH. Install OpenTofu "
             "(https://opentofu.org/docs/intro/install/) or set RUNBOT_ENGINE to the path of a tofu"
-            f" or terraform binary; for local trials, set RUNBOT_ENGINE=embedded ({embedded.INSTALL_HINT})."
+            " or terraform binary; for local trials, set RUNBOT_ENGINE=embedded"
+            f" ({embedded.INSTALL_HINT})."
         )
     return [found]
 

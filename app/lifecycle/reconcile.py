@@ -192,9 +192,15 @@ class Reconciler:
                 await self.converge_environment(claim)
         except LeaseLost:
             log.warning("%s %s: lease lost; another worker continues", claim.kind, claim.id)
-        except Exception:
-            # Never let one target kill the worker; its lease expires and it is retried.
+        except Exception as exc:
+            # Never let one target kill the worker, nor spin on it: record the failure visibly.
             log.exception("converging %s %s failed unexpectedly", claim.kind, claim.id)
+            with contextlib.suppress(Exception):
+                self._fail(
+                    claim,
+                    f"runbot internal error ({type(exc).__name__}: {exc}); see the server log",
+                    None,
+                )
 
     async def run(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
         """Run up to max_concurrent_runs convergences at once until `stop` is set."""
@@ -469,7 +475,7 @@ class Reconciler:
             declared_backend=stack.silo.backend,
             redact=_sensitive_values(silo.outputs),
         )
-        outputs, error, tail = await self._execute(claim, run, label, job)
+        outputs, error, _tail = await self._execute(claim, run, label, job)
         if error is not None:
             self._fail(claim, error, run.id, retry=operation == "destroy")
             return
@@ -536,13 +542,12 @@ class Reconciler:
     def _fail(self, claim: Claim, error: str, run_id: int | None, retry: bool = False) -> None:
         def mutate(row: Any) -> None:
             row.status, row.reason = Status.FAILED, error
+            row.attempts += 1
             if run_id is not None and isinstance(row, Environment):
                 row.last_run_id = run_id
-            row.attempts += 1 if isinstance(row, Environment) else 0
-            attempts = row.attempts if isinstance(row, Environment) else 0
-            if retry and attempts <= len(RETRY_DELAYS) and isinstance(row, Environment):
+            if retry and row.attempts <= len(RETRY_DELAYS):
                 # Leave the generation unobserved so the destroy is tried again later.
-                row.next_attempt_at = utcnow() + timedelta(seconds=RETRY_DELAYS[attempts - 1])
+                row.next_attempt_at = utcnow() + timedelta(seconds=RETRY_DELAYS[row.attempts - 1])
             else:
                 row.observed_generation = claim.generation
 

@@ -114,7 +114,7 @@ class Lifecycle:
     def update_silo(
         self, name: str, vars: dict[str, Any] | None = None, refresh: bool = True
     ) -> Silo:
-        """Re-apply a silo: new vars, a changed template, or (git stacks) the ref's newest commit."""
+        """Re-apply a silo: new vars, a changed template, or a git stack's newest commit."""
         with self.db.session() as session:
             silo = self._live_silo(session, name)
             if vars is not None:
@@ -194,7 +194,8 @@ class Lifecycle:
                 and name not in silo_outputs
             ):
                 raise MappingError(
-                    f"{variable.file}:{variable.line}: instance variable '{name}' has no default and"
+                    f"{variable.file}:{variable.line}: instance variable '{name}' has no default"
+                    " and"
                     " nothing provides it: add it under `vars:` in .runbot.yml (or --var with the"
                     " CLI), or give the silo an output of that name"
                 )

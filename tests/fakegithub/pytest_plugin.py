@@ -1,4 +1,6 @@
-"""Pytest fixtures for the fake GitHub; enable with ``pytest_plugins = ["tests.fakegithub.pytest_plugin"]``.
+"""Pytest fixtures for the fake GitHub.
+
+Enable with ``pytest_plugins = ["tests.fakegithub.pytest_plugin"]`` in a conftest.
 
 Kept out of ``conftest.py`` so suites opt in explicitly; the fixture fails the
 test if the code under test sent GitHub anything it would reject.

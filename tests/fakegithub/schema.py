@@ -13,7 +13,7 @@ import copy
 import json
 import threading
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ WEBHOOKS_EXTRACT = VENDOR_DIR / "webhooks-schema-extract.json"
 
 _REST_URI = "urn:runbot:github-rest"
 _HOOKS_URI = "urn:runbot:github-webhooks"
+#: What GitHub serves when a request has no ``X-GitHub-Api-Version`` header.
+DEFAULT_API_VERSION = "2022-11-28"
 
 _SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions"}
 _SCHEMA_LISTS = {"allOf", "anyOf", "oneOf", "prefixItems"}
@@ -81,40 +83,88 @@ def to_json_schema(node: Any, base_uri: str) -> Any:
     return out
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """Apply an RFC 7386 JSON merge patch (how GitHub encodes per-version changes)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
 class _Specs:
-    """Both extracts, converted, with their ``referencing`` registry."""
+    """Both extracts, converted, with one REST variant per API version."""
 
     def __init__(self) -> None:
         self.rest = json.loads(REST_EXTRACT.read_text(encoding="utf-8"))
         self.hooks = json.loads(WEBHOOKS_EXTRACT.read_text(encoding="utf-8"))
-        rest_components = {
-            "schemas": {
-                name: to_json_schema(sub, _REST_URI)
-                for name, sub in self.rest["components"]["schemas"].items()
-            }
+        breaking = self.rest.get("breakingChanges", {"operations": {}, "schemas": {}})
+        self.breaking: dict[str, dict[str, list[dict[str, Any]]]] = breaking
+        found = {
+            change["version"]
+            for group in breaking.values()
+            for changes in group.values()
+            for change in changes
         }
-        hook_components = {
-            "schemas": {
-                name: to_json_schema(sub, _HOOKS_URI)
-                for name, sub in self.hooks["components"]["schemas"].items()
+        self.versions: list[str] = sorted({DEFAULT_API_VERSION, *found})
+        self.operations: dict[str, dict[str, Any]] = {}
+        resources = [
+            (
+                _HOOKS_URI,
+                Resource.from_contents(
+                    {"components": _convert_components(self.hooks, _HOOKS_URI)},
+                    default_specification=DRAFT202012,
+                ),
+            )
+        ]
+        for version in self.versions:
+            uri = rest_uri(version)
+            rest = {
+                "components": {
+                    "schemas": {
+                        name: self._patched(sub, breaking["schemas"].get(name, []), version)
+                        for name, sub in self.rest["components"]["schemas"].items()
+                    }
+                }
             }
+            self.operations[version] = {
+                key: self._patched(op, breaking["operations"].get(key, []), version)
+                for key, op in self.rest["operations"].items()
+            }
+            resources.append(
+                (
+                    uri,
+                    Resource.from_contents(
+                        {"components": _convert_components(rest, uri)},
+                        default_specification=DRAFT4,
+                    ),
+                )
+            )
+        self.registry: Registry = Registry().with_resources(resources)
+
+    @staticmethod
+    def _patched(node: Any, changes: list[dict[str, Any]], version: str) -> Any:
+        for change in changes:
+            if change["version"] <= version:
+                node = merge_patch(node, change["patch"])
+        return node
+
+
+def _convert_components(doc: Mapping[str, Any], uri: str) -> dict[str, Any]:
+    return {
+        "schemas": {
+            name: to_json_schema(sub, uri) for name, sub in doc["components"]["schemas"].items()
         }
-        self.registry: Registry = Registry().with_resources(
-            [
-                (
-                    _REST_URI,
-                    Resource.from_contents(
-                        {"components": rest_components}, default_specification=DRAFT4
-                    ),
-                ),
-                (
-                    _HOOKS_URI,
-                    Resource.from_contents(
-                        {"components": hook_components}, default_specification=DRAFT202012
-                    ),
-                ),
-            ]
-        )
+    }
+
+
+def rest_uri(api_version: str) -> str:
+    """The registry URI of the REST components for one API version."""
+    return f"{_REST_URI}:{api_version}"
 
 
 _lock = threading.Lock()
@@ -138,13 +188,39 @@ def reload() -> None:
     _webhook_validator.cache_clear()
 
 
-def operation(method: str, path_template: str) -> dict[str, Any]:
+def api_versions() -> list[str]:
+    """REST API versions the extract describes (``X-GitHub-Api-Version`` values)."""
+    return list(_get().versions)
+
+
+def _check_version(api_version: str) -> None:
+    if api_version not in _get().versions:
+        raise KeyError(f"API version {api_version!r} is not described; have {_get().versions}")
+
+
+def operation(
+    method: str, path_template: str, api_version: str = DEFAULT_API_VERSION
+) -> dict[str, Any]:
     """The extracted operation, e.g. ``operation("GET", "/repos/{owner}/{repo}")``."""
+    _check_version(api_version)
     key = f"{method.upper()} {path_template}"
     try:
-        return _get().rest["operations"][key]
+        return _get().operations[api_version][key]
     except KeyError:
-        raise KeyError(f"{key} is not in the vendored REST extract (see vendor/extract.py)") from None
+        raise KeyError(
+            f"{key} is not in the vendored REST extract (see vendor/extract.py)"
+        ) from None
+
+
+def removed_properties(schema_name: str, api_version: str) -> frozenset[str]:
+    """Properties of a component schema that *api_version* removed (e.g. ``has_downloads``)."""
+    _check_version(api_version)
+    removed: set[str] = set()
+    for change in _get().breaking["schemas"].get(schema_name, []):
+        if change["version"] <= api_version:
+            props = change["patch"].get("properties", {})
+            removed |= {name for name, value in props.items() if value is None}
+    return frozenset(removed)
 
 
 def operations() -> list[str]:
@@ -152,17 +228,17 @@ def operations() -> list[str]:
     return list(_get().rest["operations"])
 
 
-def example(
-    method: str, path_template: str, status: str = "200", name: str | None = None
-) -> Any:
+def example(method: str, path_template: str, status: str = "200", name: str | None = None) -> Any:
     """A deep copy of a vendored response example (the fake builds bodies from them)."""
     examples = operation(method, path_template)["responses"][status]["examples"]
     return copy.deepcopy(examples[name] if name is not None else next(iter(examples.values())))
 
 
-@lru_cache(maxsize=None)
-def _rest_validator(method: str, path_template: str, part: str) -> Validator | None:
-    op = operation(method, path_template)
+@cache
+def _rest_validator(
+    method: str, path_template: str, part: str, api_version: str
+) -> Validator | None:
+    op = operation(method, path_template, api_version)
     if part == "request":
         raw = op["requestBody"]["schema"] if op["requestBody"] else None
     else:
@@ -176,7 +252,7 @@ def _rest_validator(method: str, path_template: str, part: str) -> Validator | N
             raw = response["schema"]
     if raw is None:
         return None
-    schema = to_json_schema(raw, _REST_URI)
+    schema = to_json_schema(raw, rest_uri(api_version))
     return Draft4Validator(schema, registry=_get().registry)
 
 
@@ -185,7 +261,7 @@ def webhook_validator(key: str) -> Validator:
     return _webhook_validator(key)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _webhook_validator(key: str) -> Validator:
     hooks = _get().hooks["webhooks"]
     if key not in hooks:
@@ -225,16 +301,17 @@ def validate_request(
     path_template: str,
     body: Any,
     query: Mapping[str, str] | None = None,
+    api_version: str = DEFAULT_API_VERSION,
 ) -> None:
     """Raise :class:`SchemaViolation` if a request body (or known query parameter) is invalid."""
     where = f"{method.upper()} {path_template} request"
-    op = operation(method, path_template)
+    op = operation(method, path_template, api_version)
     for param in op["parameters"]:
         if param["in"] != "query" or query is None or param["name"] not in query:
             continue
         value = _coerce_query(query[param["name"]], param["schema"])
         validator = Draft4Validator(
-            to_json_schema(param["schema"], _REST_URI), registry=_get().registry
+            to_json_schema(param["schema"], rest_uri(api_version)), registry=_get().registry
         )
         _raise_first(validator, value, f"{where} query parameter {param['name']!r}")
     request_body = op["requestBody"]
@@ -244,16 +321,24 @@ def validate_request(
         if request_body["required"]:
             raise SchemaViolation(where, "a JSON request body is required")
         return
-    validator = _rest_validator(method.upper(), path_template, "request")
+    validator = _rest_validator(method.upper(), path_template, "request", api_version)
     if validator is not None:
         _raise_first(validator, body, f"{where} body")
 
 
-def validate_response(method: str, path_template: str, status: int | str, body: Any) -> None:
+def validate_response(
+    method: str,
+    path_template: str,
+    status: int | str,
+    body: Any,
+    api_version: str = DEFAULT_API_VERSION,
+) -> None:
     """Raise :class:`SchemaViolation` if a response body is not what GitHub documents."""
-    validator = _rest_validator(method.upper(), path_template, str(status))
+    validator = _rest_validator(method.upper(), path_template, str(status), api_version)
     if validator is not None:
-        _raise_first(validator, body, f"{method.upper()} {path_template} {status} response")
+        _raise_first(
+            validator, body, f"{method.upper()} {path_template} {status} response ({api_version})"
+        )
 
 
 def validate_webhook(key: str, payload: Any) -> None:

@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 from urllib.parse import parse_qsl, urlencode
@@ -302,11 +302,11 @@ class _Route:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _node_id(kind: str, ident: int) -> str:
@@ -386,10 +386,10 @@ class FakeGitHub:
             ).decode()
         self.private_key_pem: str = private_key_pem
         loaded = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
-        self._public_key = loaded.public_key()  # type: ignore[union-attr]
-        self.app_permissions: dict[str, str] = dict(
-            permissions or DEFAULT_INSTALLATION_PERMISSIONS
-        )
+        if not isinstance(loaded, rsa.RSAPrivateKey):
+            raise ValueError("GitHub App keys are RSA keys")
+        self._public_key: rsa.RSAPublicKey = loaded.public_key()
+        self.app_permissions: dict[str, str] = dict(permissions or DEFAULT_INSTALLATION_PERMISSIONS)
         self.app_events: list[str] = list(events or DEFAULT_EVENTS)
         self.cache_headers = cache_headers
         #: Login the OAuth web flow signs in as (auto-approved).
@@ -400,6 +400,8 @@ class FakeGitHub:
         self.oauth_token_expiry: int | None = 8 * 3600
         #: Where /login/oauth/authorize redirects when no redirect_uri is given.
         self.oauth_callback_url: str | None = None
+        #: GitHub serves public repositories to anonymous GETs; set False to demand auth.
+        self.anonymous_reads = True
         #: Primary rate limit per token per hour (unauthenticated: 60).
         self.rate_limit = 5000
         #: Manifests posted to /settings/apps/new, as parsed JSON (plus state/org).
@@ -424,6 +426,8 @@ class FakeGitHub:
         self._manifest_codes: dict[str, dict[str, Any] | None] = {}
         self._rate: dict[str, tuple[float, int]] = {}  # bucket -> (window start, used)
         self._app_created_at = _now()
+        # API version of the request being handled (handlers run under self._lock).
+        self._api_version = schema.DEFAULT_API_VERSION
         self._templates = self._load_templates()
         self._routes: list[_Route] = []
         self.app: FastAPI = self._build_app()
@@ -437,8 +441,11 @@ class FakeGitHub:
         """Serve on 127.0.0.1 on an OS-chosen port, in a daemon thread."""
         if self._server is not None:
             return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP lets asyncio set TCP_NODELAY on accepted sockets; without
+        # it Nagle + delayed ACK add ~40 ms to every keep-alive request.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", 0))
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -532,7 +539,10 @@ class FakeGitHub:
     # ------------------------------------------------------------------ faults
 
     def fail_next(self, n: int = 1, status: int = 502, *, match: str | None = None) -> None:
-        """Answer the next *n* requests (matching regex *match* on ``"METHOD /path"``) with *status*."""
+        """Answer the next *n* requests with *status*.
+
+        *match* (a regex searched in ``"METHOD /path"``) limits which requests fail.
+        """
         with self._lock:
             self._faults.append(_Fault(status, n, None, re.compile(match) if match else None))
 
@@ -765,7 +775,9 @@ class FakeGitHub:
                 pull.title = title
             pull.updated_at = _now()
 
-    def add_issue(self, repo: str, number: int, *, title: str = "An issue", author: str = "octocat") -> None:
+    def add_issue(
+        self, repo: str, number: int, *, title: str = "An issue", author: str = "octocat"
+    ) -> None:
         """Open a plain issue (comments on it must not trigger PR environments)."""
         with self._lock:
             r = self._repo(repo)
@@ -797,7 +809,10 @@ class FakeGitHub:
     def set_combined_status(
         self, repo: str, sha: str, state: str, contexts: Mapping[str, str] | None = None
     ) -> None:
-        """Set a commit's combined status; *contexts* maps context -> state (default ``{"ci": state}``)."""
+        """Set a commit's combined status.
+
+        *contexts* maps context -> state; by default a single ``ci`` context in *state*.
+        """
         with self._lock:
             self._repo(repo).statuses[sha] = (state, dict(contexts or {"ci": state}))
 
@@ -812,7 +827,10 @@ class FakeGitHub:
             inst = self._installations[installation_id]
             token = "ghs_" + secrets.token_urlsafe(27)[:36]
             self._tokens[token] = _Token(
-                "installation", time.time() + ttl, installation_id, permissions=dict(inst.permissions)
+                "installation",
+                time.time() + ttl,
+                installation_id,
+                permissions=dict(inst.permissions),
             )
             return token
 
@@ -821,7 +839,9 @@ class FakeGitHub:
         with self._lock:
             self._user(login)
             token = "ghu_" + secrets.token_urlsafe(27)[:36]
-            self._tokens[token] = _Token("user", None if ttl is None else time.time() + ttl, login=login)
+            self._tokens[token] = _Token(
+                "user", None if ttl is None else time.time() + ttl, login=login
+            )
             return token
 
     def expire_tokens(self) -> None:
@@ -883,7 +903,9 @@ class FakeGitHub:
 
     # ------------------------------------------------------------------ webhook events
 
-    def pull_request_event(self, action: str, repo: str, number: int, **overrides: Any) -> dict[str, Any]:
+    def pull_request_event(
+        self, action: str, repo: str, number: int, **overrides: Any
+    ) -> dict[str, Any]:
         """A ``pull_request`` payload consistent with the fake's state for that PR."""
         with self._lock:
             r = self._repo(repo)
@@ -1046,7 +1068,8 @@ class FakeGitHub:
         return [
             r
             for r in repos
-            if r.owner.lower() == login.lower() or r.permissions.get(login.lower(), "none") != "none"
+            if r.owner.lower() == login.lower()
+            or r.permissions.get(login.lower(), "none") != "none"
         ]
 
     # ------------------------------------------------------------------ body builders
@@ -1209,6 +1232,13 @@ class FakeGitHub:
         )
         if owner.type == "Organization":
             body["organization"] = self._user_obj(repo.owner)
+        return self._prune(body, "full-repository", "repository", "minimal-repository")
+
+    def _prune(self, body: dict[str, Any], *schema_names: str) -> dict[str, Any]:
+        """Drop fields the requested API version removed (e.g. 2026-03-10's ``has_downloads``)."""
+        for name in schema_names:
+            for prop in schema.removed_properties(name, self._api_version):
+                body.pop(prop, None)
         return body
 
     def _installation_obj(self, inst: _Installation) -> dict[str, Any]:
@@ -1250,9 +1280,12 @@ class FakeGitHub:
             "node_id": _node_id("Label", ident),
             "url": f"{self.url}/repos/{repo.full_name}/labels/{name}",
             "name": name,
-            "description": None,
+            "description": "",  # pull-request-simple does not allow null here
             "color": _fake_sha(name)[:6],
             "default": False,
+            # Newer descriptions (githubkit's models) require these two.
+            "archived_at": None,
+            "archived_by": None,
         }
 
     def _pull_obj(self, repo: _Repo, pull: _Pull, *, full: bool) -> dict[str, Any]:
@@ -1343,7 +1376,7 @@ class FakeGitHub:
                 body[key] = value
             else:
                 body.pop(key, None)
-        return body
+        return self._prune(body, "pull-request" if full else "pull-request-simple")
 
     def _reaction_rollup(self, url: str, reactions: list[_Reaction]) -> dict[str, Any]:
         rollup: dict[str, Any] = {"url": url, "total_count": len(reactions)}
@@ -1437,208 +1470,184 @@ class FakeGitHub:
 
     def _build_app(self) -> FastAPI:
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-        APP, INST, USER, NONE = "app", "installation", "user", "none"
-        repo_w = frozenset({INST, USER})
-        repo_rw = frozenset({INST, USER, NONE})  # GETs: public repos are readable anonymously
+        app_jwt = frozenset({"app"})
+        inst = frozenset({"installation"})
+        user = frozenset({"user"})
+        writes = frozenset({"installation", "user"})
+        reads = frozenset({"installation", "user", "none"})  # public repos are anonymous-readable
+        anyone = frozenset({"none", "app", "installation", "user"})
         rp = "/repos/{owner}/{repo}"
-        routes = [
-            _Route("GET", "/app", "/app", frozenset({APP}), self._h_get_app),
-            _Route(
+        issues = ("issues", "pull_requests")
+        # (method, GitHub path template, handler, who may call it, installation permission)
+        table: list[tuple[str, str, Callable[[_Ctx], _Resp], frozenset[str], Any]] = [
+            ("GET", "/app", self._h_get_app, app_jwt, None),
+            (
                 "POST",
                 "/app/installations/{installation_id}/access_tokens",
-                "/app/installations/{installation_id}/access_tokens",
-                frozenset({APP}),
                 self._h_create_token,
+                app_jwt,
+                None,
             ),
-            _Route(
-                "GET",
-                f"{rp}/installation",
-                f"{rp}/installation",
-                frozenset({APP}),
-                self._h_repo_installation,
-            ),
-            _Route(
+            ("GET", f"{rp}/installation", self._h_repo_installation, app_jwt, None),
+            (
                 "GET",
                 "/installation/repositories",
-                "/installation/repositories",
-                frozenset({INST}),
                 self._h_installation_repos,
+                inst,
                 (("metadata",), "read"),
             ),
-            _Route("GET", rp, rp, repo_rw, self._h_get_repo, (("metadata",), "read"), True),
+            ("GET", rp, self._h_get_repo, reads, (("metadata",), "read")),
+            ("GET", f"{rp}/contents/{{path}}", self._h_contents, reads, (("contents",), "read")),
+            ("GET", f"{rp}/pulls", self._h_list_pulls, reads, (("pull_requests",), "read")),
+            (
+                "GET",
+                f"{rp}/pulls/{{pull_number}}",
+                self._h_get_pull,
+                reads,
+                (("pull_requests",), "read"),
+            ),
+            (
+                "GET",
+                f"{rp}/issues/{{issue_number}}/comments",
+                self._h_list_comments,
+                reads,
+                (issues, "read"),
+            ),
+            (
+                "POST",
+                f"{rp}/issues/{{issue_number}}/comments",
+                self._h_create_comment,
+                writes,
+                (issues, "write"),
+            ),
+            (
+                "PATCH",
+                f"{rp}/issues/comments/{{comment_id}}",
+                self._h_update_comment,
+                writes,
+                (issues, "write"),
+            ),
+            (
+                "POST",
+                f"{rp}/issues/comments/{{comment_id}}/reactions",
+                self._h_comment_reaction,
+                writes,
+                (issues, "write"),
+            ),
+            (
+                "POST",
+                f"{rp}/issues/{{issue_number}}/reactions",
+                self._h_issue_reaction,
+                writes,
+                (issues, "write"),
+            ),
+            (
+                "GET",
+                f"{rp}/deployments",
+                self._h_list_deployments,
+                reads,
+                (("deployments",), "read"),
+            ),
+            (
+                "POST",
+                f"{rp}/deployments",
+                self._h_create_deployment,
+                writes,
+                (("deployments",), "write"),
+            ),
+            (
+                "GET",
+                f"{rp}/deployments/{{deployment_id}}/statuses",
+                self._h_list_deployment_statuses,
+                reads,
+                (("deployments",), "read"),
+            ),
+            (
+                "POST",
+                f"{rp}/deployments/{{deployment_id}}/statuses",
+                self._h_create_deployment_status,
+                writes,
+                (("deployments",), "write"),
+            ),
+            (
+                "GET",
+                f"{rp}/collaborators/{{username}}/permission",
+                self._h_permission,
+                reads,
+                (("metadata",), "read"),
+            ),
+            (
+                "GET",
+                f"{rp}/commits/{{ref}}/check-suites",
+                self._h_check_suites,
+                reads,
+                (("checks",), "read"),
+            ),
+            (
+                "GET",
+                f"{rp}/commits/{{ref}}/status",
+                self._h_combined_status,
+                reads,
+                (("statuses",), "read"),
+            ),
+            (
+                "POST",
+                "/app-manifests/{code}/conversions",
+                self._h_manifest_conversion,
+                anyone,
+                None,
+            ),
+            ("GET", "/user", self._h_get_user, user, None),
+            ("GET", "/user/installations", self._h_user_installations, user, None),
+            (
+                "GET",
+                "/user/installations/{installation_id}/repositories",
+                self._h_user_installation_repos,
+                user,
+                None,
+            ),
+        ]
+        # Starlette paths differ where a parameter may contain "/" (file path, git ref).
+        starlette_path = {
+            f"{rp}/contents/{{path}}": f"{rp}/contents/{{path:path}}",
+            f"{rp}/commits/{{ref}}/check-suites": f"{rp}/commits/{{ref:path}}/check-suites",
+            f"{rp}/commits/{{ref}}/status": f"{rp}/commits/{{ref:path}}/status",
+        }
+        routes = [
+            _Route(
+                method,
+                starlette_path.get(template, template),
+                template,
+                auth,
+                handler,
+                permission,
+                repo_scoped=template.startswith(rp) and auth != app_jwt,
+            )
+            for method, template, handler, auth, permission in table
+        ]
+        # The repository root listing: GET .../contents with no path.
+        routes.append(
             _Route(
                 "GET",
                 f"{rp}/contents",
                 f"{rp}/contents/{{path}}",
-                repo_rw,
+                reads,
                 self._h_contents,
                 (("contents",), "read"),
-                True,
-            ),
-            _Route(
-                "GET",
-                f"{rp}/contents/{{path:path}}",
-                f"{rp}/contents/{{path}}",
-                repo_rw,
-                self._h_contents,
-                (("contents",), "read"),
-                True,
-            ),
-            _Route(
-                "GET",
-                f"{rp}/pulls",
-                f"{rp}/pulls",
-                repo_rw,
-                self._h_list_pulls,
-                (("pull_requests",), "read"),
-                True,
-            ),
-            _Route(
-                "GET",
-                f"{rp}/pulls/{{pull_number}}",
-                f"{rp}/pulls/{{pull_number}}",
-                repo_rw,
-                self._h_get_pull,
-                (("pull_requests",), "read"),
-                True,
-            ),
-            _Route(
-                "GET",
-                f"{rp}/issues/{{issue_number}}/comments",
-                f"{rp}/issues/{{issue_number}}/comments",
-                repo_rw,
-                self._h_list_comments,
-                (("issues", "pull_requests"), "read"),
-                True,
-            ),
-            _Route(
-                "POST",
-                f"{rp}/issues/{{issue_number}}/comments",
-                f"{rp}/issues/{{issue_number}}/comments",
-                repo_w,
-                self._h_create_comment,
-                (("issues", "pull_requests"), "write"),
-                True,
-            ),
-            _Route(
-                "PATCH",
-                f"{rp}/issues/comments/{{comment_id}}",
-                f"{rp}/issues/comments/{{comment_id}}",
-                repo_w,
-                self._h_update_comment,
-                (("issues", "pull_requests"), "write"),
-                True,
-            ),
-            _Route(
-                "POST",
-                f"{rp}/issues/comments/{{comment_id}}/reactions",
-                f"{rp}/issues/comments/{{comment_id}}/reactions",
-                repo_w,
-                self._h_comment_reaction,
-                (("issues", "pull_requests"), "write"),
-                True,
-            ),
-            _Route(
-                "POST",
-                f"{rp}/issues/{{issue_number}}/reactions",
-                f"{rp}/issues/{{issue_number}}/reactions",
-                repo_w,
-                self._h_issue_reaction,
-                (("issues", "pull_requests"), "write"),
-                True,
-            ),
-            _Route(
-                "GET",
-                f"{rp}/deployments",
-                f"{rp}/deployments",
-                repo_rw,
-                self._h_list_deployments,
-                (("deployments",), "read"),
-                True,
-            ),
-            _Route(
-                "POST",
-                f"{rp}/deployments",
-                f"{rp}/deployments",
-                repo_w,
-                self._h_create_deployment,
-                (("deployments",), "write"),
-                True,
-            ),
-            _Route(
-                "GET",
-                f"{rp}/deployments/{{deployment_id}}/statuses",
-                f"{rp}/deployments/{{deployment_id}}/statuses",
-                repo_rw,
-                self._h_list_deployment_statuses,
-                (("deployments",), "read"),
-                True,
-            ),
-            _Route(
-                "POST",
-                f"{rp}/deployments/{{deployment_id}}/statuses",
-                f"{rp}/deployments/{{deployment_id}}/statuses",
-                repo_w,
-                self._h_create_deployment_status,
-                (("deployments",), "write"),
-                True,
-            ),
-            _Route(
-                "GET",
-                f"{rp}/collaborators/{{username}}/permission",
-                f"{rp}/collaborators/{{username}}/permission",
-                repo_rw,
-                self._h_permission,
-                (("metadata",), "read"),
-                True,
-            ),
-            _Route(
-                "GET",
-                f"{rp}/commits/{{ref:path}}/check-suites",
-                f"{rp}/commits/{{ref}}/check-suites",
-                repo_rw,
-                self._h_check_suites,
-                (("checks",), "read"),
-                True,
-            ),
-            _Route(
-                "GET",
-                f"{rp}/commits/{{ref:path}}/status",
-                f"{rp}/commits/{{ref}}/status",
-                repo_rw,
-                self._h_combined_status,
-                (("statuses",), "read"),
-                True,
-            ),
-            _Route(
-                "POST",
-                "/app-manifests/{code}/conversions",
-                "/app-manifests/{code}/conversions",
-                frozenset({NONE, APP, INST, USER}),
-                self._h_manifest_conversion,
-            ),
-            _Route("GET", "/user", "/user", frozenset({USER}), self._h_get_user),
-            _Route(
-                "GET",
-                "/user/installations",
-                "/user/installations",
-                frozenset({USER}),
-                self._h_user_installations,
-            ),
-            _Route(
-                "GET",
-                "/user/installations/{installation_id}/repositories",
-                "/user/installations/{installation_id}/repositories",
-                frozenset({USER}),
-                self._h_user_installation_repos,
-            ),
-        ]
-        web_any = frozenset({NONE, APP, INST, USER})
+                repo_scoped=True,
+            )
+        )
         web_routes = [
-            _Route("GET", "/login/oauth/authorize", None, web_any, self._h_oauth_authorize),
-            _Route("POST", "/login/oauth/access_token", None, web_any, self._h_oauth_token),
-            _Route("POST", "/settings/apps/new", None, web_any, self._h_manifest_new),
-            _Route("POST", "/organizations/{org}/settings/apps/new", None, web_any, self._h_manifest_new),
+            _Route("GET", "/login/oauth/authorize", None, anyone, self._h_oauth_authorize),
+            _Route("POST", "/login/oauth/access_token", None, anyone, self._h_oauth_token),
+            _Route("POST", "/settings/apps/new", None, anyone, self._h_manifest_new),
+            _Route(
+                "POST",
+                "/organizations/{org}/settings/apps/new",
+                None,
+                anyone,
+                self._h_manifest_new,
+            ),
         ]
         self._routes = routes + web_routes
         for route in self._routes:
@@ -1676,7 +1685,9 @@ class FakeGitHub:
                     "the fake GitHub does not implement this endpoint",
                 )
             )
-        return self._render(_Resp(404, {"message": "Not Found", "documentation_url": DOCS, "status": "404"}), auth)
+        return self._render(
+            _Resp(404, {"message": "Not Found", "documentation_url": DOCS, "status": "404"}), auth
+        )
 
     @staticmethod
     def _parse_body(request: Request, raw: bytes) -> Any:
@@ -1696,47 +1707,50 @@ class FakeGitHub:
         body = self._parse_body(request, raw)
         auth = self._authenticate(request)
         path = request.url.path
+        version = request.headers.get("x-github-api-version", schema.DEFAULT_API_VERSION)
         with self._lock:
             self._requests.append(RecordedRequest(arrived, request.method, path, body, auth.kind))
             fault = self._take_fault(request.method, path)
             if fault is not None:
                 return self._render(fault, auth)
+            if version not in schema.api_versions():
+                return self._render(
+                    self._error(
+                        _GitHubError(400, f"The requested version {version!r} is not supported.")
+                    ),
+                    auth,
+                )
+            self._api_version = version
             try:
                 resp = self._handle(request, route, body, raw, auth)
             except _GitHubError as err:
                 resp = self._error(err)
+            finally:
+                self._api_version = schema.DEFAULT_API_VERSION
             if route.template is not None and resp.raw is None and resp.body is not None:
                 try:
-                    schema.validate_response(route.method, route.template, resp.status, resp.body)
+                    schema.validate_response(
+                        route.method, route.template, resp.status, resp.body, version
+                    )
                 except schema.SchemaViolation as exc:
                     self._violations.append(Violation("response", route.method, path, str(exc)))
-            return self._render(resp, auth)
+            return self._render(resp, auth, version)
 
     def _handle(self, request: Request, route: _Route, body: Any, raw: bytes, auth: _Auth) -> _Resp:
         if auth.kind == "invalid":
             raise _GitHubError(401, auth.error or "Bad credentials")
-        if auth.kind not in route.auth:
+        anonymous_blocked = auth.kind == "none" and route.repo_scoped and not self.anonymous_reads
+        if auth.kind not in route.auth or anonymous_blocked:
             if auth.kind == "none":
                 raise _GitHubError(401, "Requires authentication")
             if route.auth == frozenset({"app"}):
-                raise _GitHubError(
-                    401,
-                    "A JSON web token could not be decoded",
-                )
+                raise _GitHubError(401, "A JSON web token could not be decoded")
             raise _GitHubError(403, "Resource not accessible by integration")
         self._count_rate(auth)
         if raw and body is not None and isinstance(body, str) and route.template is not None:
             raise _GitHubError(400, "Problems parsing JSON")
-        query = dict(request.query_params)
-        if route.template is not None:
-            try:
-                schema.validate_request(route.method, route.template, body, query)
-            except schema.SchemaViolation as exc:
-                self._violations.append(
-                    Violation("request", route.method, request.url.path, str(exc))
-                )
-                raise _GitHubError(422, f"Invalid request.\n\n{exc.detail}") from None
-        ctx = _Ctx(request, dict(request.path_params), query, body, auth)
+        ctx = _Ctx(request, dict(request.path_params), dict(request.query_params), body, auth)
+        # Like GitHub: access (404) and permissions (403) before body validation (422).
         if route.repo_scoped:
             repo = self._repos.get(f"{ctx.params['owner']}/{ctx.params['repo']}".lower())
             if repo is None or not self._accessible(auth, repo):
@@ -1746,6 +1760,16 @@ class FakeGitHub:
             granted = [auth.permissions.get(s, "none") for s in scopes]
             if not any(g != "none" and _level_at_least(g, level) for g in granted):
                 raise _GitHubError(403, "Resource not accessible by integration")
+        if route.template is not None:
+            try:
+                schema.validate_request(
+                    route.method, route.template, body, ctx.query, self._api_version
+                )
+            except schema.SchemaViolation as exc:
+                self._violations.append(
+                    Violation("request", route.method, request.url.path, str(exc))
+                )
+                raise _GitHubError(422, f"Invalid request.\n\n{exc.detail}") from None
         return route.handler(ctx)
 
     def _authenticate(self, request: Request) -> _Auth:
@@ -1778,7 +1802,7 @@ class FakeGitHub:
         try:
             claims = jwt.decode(
                 token,
-                self._public_key,  # type: ignore[arg-type]
+                self._public_key,
                 algorithms=["RS256"],
                 options={"require": ["exp", "iat", "iss"], "verify_iss": False},
                 leeway=60,
@@ -1794,7 +1818,9 @@ class FakeGitHub:
         if str(claims["iss"]) not in (str(self.app_id), self.client_id):
             return _Auth("invalid", error="A JSON web token could not be decoded")
         if float(claims["exp"]) > time.time() + 600 + 60:
-            return _Auth("invalid", error="'Expiration time' claim ('exp') is too far in the future")
+            return _Auth(
+                "invalid", error="'Expiration time' claim ('exp') is too far in the future"
+            )
         return _Auth("app", key=f"app:{self.app_id}")
 
     def _take_fault(self, method: str, path: str) -> _Resp | None:
@@ -1812,7 +1838,9 @@ class FakeGitHub:
                     self._faults.remove(fault)
             rid = uuid.uuid4().hex[:16].upper()
             if fault.secondary:
-                headers = {"retry-after": str(fault.retry_after)} if fault.retry_after is not None else {}
+                headers = (
+                    {"retry-after": str(fault.retry_after)} if fault.retry_after is not None else {}
+                )
                 return _Resp(
                     403,
                     {
@@ -1866,13 +1894,15 @@ class FakeGitHub:
             body["errors"] = err.errors
         return _Resp(err.status, body, err.headers)
 
-    def _render(self, resp: _Resp, auth: _Auth) -> Response:
+    def _render(
+        self, resp: _Resp, auth: _Auth, version: str = schema.DEFAULT_API_VERSION
+    ) -> Response:
         with self._lock:
             headers = self._rate_headers(auth)
         headers.update(
             {
                 "x-github-request-id": uuid.uuid4().hex[:20].upper(),
-                "x-github-api-version-selected": "2022-11-28",
+                "x-github-api-version-selected": version,
                 "x-github-media-type": "github.v3; format=json",
             }
         )
@@ -1932,7 +1962,10 @@ class FakeGitHub:
         body = ctx.body or {}
         repos: list[_Repo] | None = None
         if body.get("repositories") or body.get("repository_ids"):
-            names = {f"{inst.account}/{n}".lower() if "/" not in n else n.lower() for n in body.get("repositories", [])}
+            names = {
+                f"{inst.account}/{n}".lower() if "/" not in n else n.lower()
+                for n in body.get("repositories", [])
+            }
             ids = set(body.get("repository_ids", []))
             repos = [
                 self._repos[n.lower()]
@@ -1941,14 +1974,18 @@ class FakeGitHub:
             ]
             if len(repos) != len(names) + len(ids):
                 raise _GitHubError(
-                    422, "There is at least one repository that does not exist or is not accessible to the parent installation."
+                    422,
+                    "There is at least one repository that does not exist or is not "
+                    "accessible to the parent installation.",
                 )
         permissions = dict(inst.permissions)
         if body.get("permissions"):
             for scope, level in body["permissions"].items():
                 have = inst.permissions.get(scope, "none")
                 if have == "none" or not _level_at_least(have, level):
-                    raise _GitHubError(422, f"The permissions requested are not granted to this installation.")
+                    raise _GitHubError(
+                        422, "The permissions requested are not granted to this installation."
+                    )
             permissions = dict(body["permissions"])
         token = "ghs_" + secrets.token_urlsafe(27)[:36]
         expires = time.time() + 3600
@@ -2090,7 +2127,9 @@ class FakeGitHub:
                 url=links["self"],
                 git_url=links["git"],
                 html_url=links["html"],
-                download_url=None if is_dir else f"{self.web_url}/raw/{repo.full_name}/{ref}/{child}",
+                download_url=None
+                if is_dir
+                else f"{self.web_url}/raw/{repo.full_name}/{ref}/{child}",
                 _links=links,
             )
             entries.append(entry)
@@ -2146,7 +2185,9 @@ class FakeGitHub:
         self._issue_exists(repo, number)
         user, via_app = self._actor(ctx.auth)
         now = _now()
-        comment = _Comment(next(_ids), repo.full_name, number, ctx.body["body"], user, via_app, now, now)
+        comment = _Comment(
+            next(_ids), repo.full_name, number, ctx.body["body"], user, via_app, now, now
+        )
         self._comments[comment.id] = comment
         body = self._comment_obj(comment)
         return _Resp(201, body, {"location": body["url"]})
@@ -2311,8 +2352,16 @@ class FakeGitHub:
                 ):
                     other.statuses.append(
                         _DeploymentStatus(
-                            next(_ids), "inactive", creator, via_app, "", other.environment,
-                            "", "", "", now,
+                            next(_ids),
+                            "inactive",
+                            creator,
+                            via_app,
+                            "",
+                            other.environment,
+                            "",
+                            "",
+                            "",
+                            now,
                         )
                     )
                     other.updated_at = now
@@ -2350,7 +2399,12 @@ class FakeGitHub:
         suites = []
         for index, (status, conclusion) in enumerate(repo.check_suites.get(sha, [])):
             ident = int(_fake_sha(repo.full_name, sha, index)[:8], 16)
-            suite = self._tpl("check_suite")
+            # The suite's app is a third-party CI app from the example; keep it, but
+            # point its URLs at the fake.
+            suite = _rebase(
+                self._tpl("check_suite"),
+                [("https://api.github.com", self.url), ("https://github.com", self.web_url)],
+            )
             head_commit = suite.get("head_commit") or {}
             head_commit.update(id=sha, tree_id=_fake_sha("tree", sha))
             suite.update(
@@ -2371,7 +2425,9 @@ class FakeGitHub:
             )
             suites.append(suite)
         if "app_id" in ctx.query:
-            suites = [s for s in suites if str((s.get("app") or {}).get("id")) == ctx.query["app_id"]]
+            suites = [
+                s for s in suites if str((s.get("app") or {}).get("id")) == ctx.query["app_id"]
+            ]
         page, headers = self._paginate(ctx, suites)
         return _Resp(200, {"total_count": len(suites), "check_suites": page}, headers)
 
@@ -2386,7 +2442,7 @@ class FakeGitHub:
         state, contexts = repo.statuses.get(sha, ("pending", {}))
         body = self._tpl("combined")
         statuses = []
-        for index, (context, ctx_state) in enumerate(contexts.items()):
+        for context, ctx_state in contexts.items():
             ident = int(_fake_sha(repo.full_name, sha, context)[:8], 16)
             item = copy.deepcopy(self._templates["combined"]["statuses"][0])
             item.update(
@@ -2402,7 +2458,6 @@ class FakeGitHub:
                 updated_at=_now(),
             )
             statuses.append(item)
-            del index
         body.update(
             state=state,
             statuses=statuses,
@@ -2441,7 +2496,10 @@ class FakeGitHub:
         page, headers = self._paginate(ctx, installs)
         return _Resp(
             200,
-            {"total_count": len(installs), "installations": [self._installation_obj(i) for i in page]},
+            {
+                "total_count": len(installs),
+                "installations": [self._installation_obj(i) for i in page],
+            },
             headers,
         )
 
@@ -2479,7 +2537,11 @@ class FakeGitHub:
         else:
             code = secrets.token_hex(10)
             self._user(self.oauth_login)
-            self._oauth_codes[code] = (self.oauth_login, query.get("redirect_uri"), time.time() + 600)
+            self._oauth_codes[code] = (
+                self.oauth_login,
+                query.get("redirect_uri"),
+                time.time() + 600,
+            )
             params["code"] = code
         if "state" in query:
             params["state"] = query["state"]
@@ -2521,13 +2583,21 @@ class FakeGitHub:
         if fields.get("grant_type") == "refresh_token":
             login = self._refresh_tokens.pop(fields.get("refresh_token", ""), None)
             if login is None:
-                return oauth_error("bad_refresh_token", "The refresh token passed is incorrect or expired.")
+                return oauth_error(
+                    "bad_refresh_token", "The refresh token passed is incorrect or expired."
+                )
         else:
             entry = self._oauth_codes.pop(fields.get("code", ""), None)
             if entry is None or entry[2] < time.time():
-                return oauth_error("bad_verification_code", "The code passed is incorrect or expired.")
+                return oauth_error(
+                    "bad_verification_code", "The code passed is incorrect or expired."
+                )
             login, redirect_uri, _ = entry
-            if redirect_uri and fields.get("redirect_uri") and fields["redirect_uri"] != redirect_uri:
+            if (
+                redirect_uri
+                and fields.get("redirect_uri")
+                and fields["redirect_uri"] != redirect_uri
+            ):
                 return oauth_error(
                     "redirect_uri_mismatch",
                     "The redirect_uri MUST match the registered callback URL for this application.",
@@ -2556,9 +2626,7 @@ class FakeGitHub:
         if not isinstance(manifest, dict) or not manifest.get("url"):
             return _Resp(422, raw=b"Manifest is missing the required url", media_type="text/plain")
         state = ctx.query.get("state") or fields.get("state")
-        self.manifests.append(
-            {"manifest": manifest, "state": state, "org": ctx.params.get("org")}
-        )
+        self.manifests.append({"manifest": manifest, "state": state, "org": ctx.params.get("org")})
         code = secrets.token_hex(10)
         self._manifest_codes[code] = manifest
         redirect = manifest.get("redirect_url")

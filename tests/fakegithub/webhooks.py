@@ -16,7 +16,7 @@ import hmac
 import json
 import uuid
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ GITHUB_API = "https://api.github.com"
 GITHUB_WEB = "https://github.com"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read_fixture(name: str) -> str:
     path = FIXTURES_DIR / f"{name}.json"
     if not path.is_file():
@@ -39,7 +39,9 @@ def _read_fixture(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def load_fixture(event: str, action: str | None = None, variant: str | None = None) -> dict[str, Any]:
+def load_fixture(
+    event: str, action: str | None = None, variant: str | None = None
+) -> dict[str, Any]:
     """A fresh copy of ``tests/fixtures/webhooks/<event>[.<action>][.<variant>].json``.
 
     The only variant is ``load_fixture("issue_comment", "created", "on_pull_request")``.
@@ -149,7 +151,9 @@ def _replace(node: Any, pairs: list[tuple[str, str]]) -> Any:
     return node
 
 
-def _user(template: Mapping[str, Any], login: str, api: str, web: str, type: str = "User") -> dict[str, Any]:
+def _user(
+    template: Mapping[str, Any], login: str, api: str, web: str, type: str = "User"
+) -> dict[str, Any]:
     """Re-target a webhook user object at *login*, keeping the template's field set."""
     ident = _stable_id("user", login.lower())
     user = dict(template)
@@ -176,9 +180,7 @@ def _user(template: Mapping[str, Any], login: str, api: str, web: str, type: str
     return user
 
 
-def _retarget(
-    payload: dict[str, Any], repo: str, api: str, web: str
-) -> tuple[dict[str, Any], str]:
+def _retarget(payload: dict[str, Any], repo: str, api: str, web: str) -> tuple[dict[str, Any], str]:
     """Point every URL and name in a fixture at *repo* on *api*/*web*."""
     old = payload["repository"]["full_name"]
     pairs = [(f"{GITHUB_API}/", f"{api}/"), (f"{GITHUB_WEB}/", f"{web}/"), (old, repo)]
@@ -201,9 +203,7 @@ def _repository(
     default_branch: str = "main",
 ) -> dict[str, Any]:
     owner, name = full_name.split("/", 1)
-    body = _replace(
-        dict(template), [(template["full_name"], full_name)]
-    )
+    body = _replace(dict(template), [(template["full_name"], full_name)])
     body.update(
         id=repo_id,
         node_id=_node_id("Repository", repo_id),
@@ -230,12 +230,18 @@ def _label(template: Mapping[str, Any] | None, repo: str, name: str, api: str) -
         color=_fake_sha(name)[:6],
         default=False,
         description=None,
+        # Newer descriptions (githubkit's webhook models) require these two.
+        archived_at=None,
+        archived_by=None,
     )
     return label
 
 
 def _installation(installation_id: int) -> dict[str, Any]:
-    return {"id": installation_id, "node_id": _node_id("Integration::Installation", installation_id)}
+    return {
+        "id": installation_id,
+        "node_id": _node_id("Integration::Installation", installation_id),
+    }
 
 
 def _label_template() -> dict[str, Any]:
@@ -322,8 +328,16 @@ def make_pull_request_event(
         title=title or f"Pull request #{number}",
         body=body,
         user=_user(pr["user"], author, api, web),
-        labels=[_label(pr["labels"][0] if pr["labels"] else _label_template(), repo, n, api) for n in labels],
+        labels=[
+            _label(pr["labels"][0] if pr["labels"] else _label_template(), repo, n, api)
+            for n in labels
+        ],
         draft=draft,
+        assignee=None,
+        assignees=[],
+        requested_reviewers=[],
+        requested_teams=[],
+        milestone=None,
         closed_at=stamp if closed else None,
         merged_at=stamp if closed and merged else None,
         merge_commit_sha=_fake_sha("merge", head_sha) if merged else None,
@@ -416,6 +430,9 @@ def make_issue_comment_event(
         node_id=_node_id("PullRequest" if on_pull_request else "Issue", issue_id),
         number=number,
         user=_user(issue["user"], issue_author or author, api, web),
+        assignee=None,
+        assignees=[],
+        milestone=None,
     )
     if on_pull_request:
         issue["pull_request"] = {

@@ -188,6 +188,7 @@ def _json_content(content: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 def extract_rest(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the REST extract: operations + transitively referenced schemas."""
     operations: dict[str, Any] = {}
+    breaking: dict[str, dict[str, Any]] = {"operations": {}, "schemas": {}}
     for (method, path), wanted_examples in OPERATIONS.items():
         op = spec["paths"][path][method.lower()]
         params = []
@@ -235,13 +236,38 @@ def extract_rest(spec: dict[str, Any]) -> dict[str, Any]:
             "requestBody": request_body,
             "responses": responses,
         }
+        changes = _breaking_changes(op)
+        if changes:
+            breaking["operations"][f"{method} {path}"] = changes
     schemas = close_over(operations, spec["components"]["schemas"])
+    for name in schemas:
+        changes = _breaking_changes(spec["components"]["schemas"][name])
+        if changes:
+            breaking["schemas"][name] = changes
     return {
         "openapi": spec["openapi"],
         "info": {"version": spec["info"]["version"]},
         "operations": operations,
         "components": {"schemas": schemas},
+        "breakingChanges": breaking,
     }
+
+
+def _breaking_changes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``x-github-breaking-changes`` of a schema/operation, minus documentation.
+
+    Each patch is a JSON merge patch (RFC 7386) that turns the 2022-11-28
+    description into the one for ``version`` (e.g. 2026-03-10, which githubkit
+    0.16 requests).  Patches that only reword descriptions are dropped.
+    """
+    out = []
+    for change in node.get("x-github-breaking-changes", []):
+        patch = strip_schema(change["patch"])
+        if patch:
+            out.append(
+                {"version": change["version"], "changeset": change["changeset"], "patch": patch}
+            )
+    return out
 
 
 def extract_webhook_schemas(spec: dict[str, Any]) -> dict[str, Any]:
@@ -293,7 +319,9 @@ def _leaf_errors(errors: Any) -> list[Any]:
     for err in errors:
         if err.context:
             leaves += _leaf_errors(
-                e for e in err.context if not (e.validator == "type" and e.validator_value == "null")
+                e
+                for e in err.context
+                if not (e.validator == "type" and e.validator_value == "null")
             )
         else:
             leaves.append(err)
@@ -341,19 +369,48 @@ def repair_example(key: str, payload: dict[str, Any], validator: Any) -> list[st
             elif (
                 err.validator == "type"
                 and isinstance(err.instance, int)
-                and "string" in (err.validator_value if isinstance(err.validator_value, list) else [err.validator_value])
+                and "string"
+                in (
+                    err.validator_value
+                    if isinstance(err.validator_value, list)
+                    else [err.validator_value]
+                )
                 and err.schema.get("format") == "date-time"
             ):
                 parent: Any = payload
                 *head, last = list(err.absolute_path)
                 for part in head:
                     parent = parent[part]
-                stamp = dt.datetime.fromtimestamp(err.instance, dt.timezone.utc)
+                stamp = dt.datetime.fromtimestamp(err.instance, dt.UTC)
                 parent[last] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
                 done.append(f"{where} epoch {err.instance} -> {parent[last]}")
             else:
                 raise ValueError(f"{key}: cannot repair {where}: {err.message}")
     raise ValueError(f"{key}: repairs did not converge")
+
+
+def add_label_archived_fields(payload: Any) -> int:
+    """Give every label ``archived_at``/``archived_by`` = null; returns how many changed.
+
+    The published examples predate them, but newer GitHub descriptions (the
+    ones githubkit 0.16's webhook models are generated from) require them, so
+    without them ``githubkit.webhooks.parse_obj`` rejects every payload with a
+    label.  The octokit schema allows the extra properties.
+    """
+    changed = 0
+    if isinstance(payload, dict):
+        labels = payload.get("labels") if isinstance(payload.get("labels"), list) else []
+        for label in [*labels, payload.get("label")]:
+            if isinstance(label, dict) and "color" in label and "archived_by" not in label:
+                label.setdefault("archived_at", None)
+                label["archived_by"] = None
+                changed += 1
+        for value in payload.values():
+            changed += add_label_archived_fields(value)
+    elif isinstance(payload, list):
+        for value in payload:
+            changed += add_label_archived_fields(value)
+    return changed
 
 
 def extract_fixtures(
@@ -384,6 +441,10 @@ def extract_fixtures(
         if not ranked:
             raise SystemExit(f"no usable example for {key}")
         _, _, _, fixtures[key], fixes = min(ranked, key=lambda r: r[:3])
+        if add_label_archived_fields(fixtures[key]):
+            fixes.append("labels given archived_at/archived_by=null (add_label_archived_fields)")
+            if list(validator.iter_errors(fixtures[key])):
+                raise SystemExit(f"{key}: adding archived_* broke schema validity")
         if fixes:
             repairs[key] = fixes
     derived = _derive_pr_comment(fixtures["issue_comment.created"])

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 02:02:06.081658
+Create Date: 2026-11-21 02:13:26.578241
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,6 @@ import sqlmodel
 from alembic import op
 
 import app.db.models
-
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -83,6 +82,7 @@ def upgrade() -> None:
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("capacity", sa.Integer(), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("outputs", sa.JSON(), nullable=False),
         sa.Column("lease_owner", sqlmodel.sql.sqltypes.AutoString(length=120), nullable=True),
         sa.Column("lease_expires_at", app.db.models.UTCDateTime(), nullable=True),
