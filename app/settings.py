@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     data_dir: Path = Path(".runbot")
     templates_dir: Path = Path("infra-templates")
+    local_config: Path | None = None  # local mode: the .runbot.yml every PR uses
 
     # Engine
     engine: str | None = None

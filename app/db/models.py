@@ -10,7 +10,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -73,7 +82,7 @@ class Environment(SQLModel, table=True):
     )
     repository: str = Field(max_length=200)
     pr_number: int
-    installation_id: int | None = None
+    installation_id: int | None = Field(default=None, sa_type=BigInteger)
     author: str = Field(default="", max_length=100)
     head_sha: str = Field(default="", max_length=64)
     head_ref: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
@@ -97,14 +106,65 @@ class Environment(SQLModel, table=True):
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     attempts: int = 0
     last_run_id: int | None = None
-    # GitHub side effects are reconciled like the engine: bump sync_version on every visible
-    # change, and the notifier converges synced_version to it.
-    sync_version: int = 1
-    synced_version: int = 0
-    deployment_id: int | None = None
+    sync_version: int = 1  # bumped on every visible change; the PR's notifier follows it
     created_at: datetime = Field(default_factory=utcnow, index=True, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     destroyed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class PullRequest(SQLModel, table=True):
+    """What runbot knows of a PR, and the GitHub side effects it owes it.
+
+    The status comment and deployment are reconciled like the engine: every visible change bumps
+    `sync_version`, and the notifier converges `synced_version` to it, retrying until it lands.
+    """
+
+    __table_args__ = (
+        Index("ix_pullrequest_pending_sync", "sync_version", "synced_version"),
+        Index("ix_pullrequest_head", "repository", "head_sha"),
+    )
+
+    id: str = Field(primary_key=True, max_length=220)  # "owner/name#123"
+    repository: str = Field(max_length=200)
+    number: int
+    installation_id: int | None = None
+    head_sha: str = Field(default="", max_length=64)
+    head_ref: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    base_ref: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    base_sha: str = Field(default="", max_length=64)
+    author: str = Field(default="", max_length=100)
+    state: str = Field(default="open", max_length=20)
+    draft: bool = False
+    fork: bool = False
+    labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    approved_sha: str | None = Field(default=None, max_length=64)  # fork approval (/runbot deploy)
+    enabled: bool = False  # the base branch has a valid .runbot.yml
+    hold_reason: str | None = Field(default=None, sa_column=Column(Text))  # why not deployed
+    config_error: str | None = Field(default=None, sa_column=Column(Text))
+    pr_updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    comment_id: int | None = Field(default=None, sa_type=BigInteger)
+    comment_digest: str | None = Field(default=None, max_length=64)
+    config_comment_digest: str | None = Field(default=None, max_length=64)
+    deployment_id: int | None = Field(default=None, sa_type=BigInteger)
+    deployment_key: str | None = Field(default=None, max_length=140)  # env id + sha it belongs to
+    deployment_state: str | None = Field(default=None, max_length=20)
+    warned_digest: str | None = Field(default=None, max_length=64)
+    sync_version: int = 1
+    synced_version: int = 0
+    sync_attempts: int = 0
+    next_sync_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    sync_lease_owner: str | None = Field(default=None, max_length=120)
+    sync_lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Installation(SQLModel, table=True):
+    id: int = Field(primary_key=True, sa_type=BigInteger)
+    account: str = Field(default="", max_length=100)
+    repositories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    active: bool = True
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class Run(SQLModel, table=True):

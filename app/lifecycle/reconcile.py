@@ -29,6 +29,7 @@ from app.db.models import Environment, Run, Silo, utcnow
 from app.db.session import Database
 from app.engine.logs import RunLogWriter
 from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob, EngineRunner
+from app.lifecycle.service import mark_pull_dirty
 from app.lifecycle.states import (
     LIVE,
     Action,
@@ -272,6 +273,7 @@ class Reconciler:
             row.updated_at = utcnow()
             if isinstance(row, Environment):
                 row.sync_version += 1
+                mark_pull_dirty(session, row.repository, row.pr_number)
             if release:
                 row.lease_owner, row.lease_expires_at = None, None
             session.add(row)
@@ -312,14 +314,14 @@ class Reconciler:
                 ),
             ), commit
         if kind == "repo":
-            path = Path(source["dir"])
-            return load_stack(
-                name,
-                path,
-                StackSource(
-                    kind="repo", path=source.get("path", ""), commit=source.get("commit", "")
-                ),
-            ), source.get("commit", "")
+            # A stack stored in the PR's repository, fetched at the base branch into `url`.
+            source_record = StackSource(
+                kind="repo",
+                url=source["url"],
+                path=source.get("path", ""),
+                commit=source.get("commit", ""),
+            )
+            return load_stack(name, Path(source["url"]), source_record), source_record.commit
         raise StackError(f"unknown stack source kind '{kind}'")
 
     def _start_run(

@@ -10,9 +10,10 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import col, select
 
-from app.db.models import Environment, Silo, utcnow
+from app.db.models import Environment, PullRequest, Silo, utcnow
 from app.db.session import Database
 from app.lifecycle.ids import new_environment_id
 from app.lifecycle.states import LIVE, Desired, Status
@@ -54,12 +55,26 @@ def _ttl_record(policy: TTLPolicy) -> dict[str, float]:
     }
 
 
-def _touch(target: Silo | Environment) -> None:
+def mark_pull_dirty(session: Any, repository: str, pr_number: int) -> None:
+    """The PR's status comment and deployment must be re-rendered: bump its sync version."""
+    session.execute(
+        update(PullRequest)
+        .where(PullRequest.id == pull_id(repository, pr_number))
+        .values(sync_version=PullRequest.sync_version + 1)
+    )
+
+
+def pull_id(repository: str, number: int) -> str:
+    return f"{repository}#{number}"
+
+
+def _touch(target: Silo | Environment, session: Any) -> None:
     target.generation += 1
     target.next_attempt_at = None
     target.updated_at = utcnow()
     if isinstance(target, Environment):
         target.sync_version += 1
+        mark_pull_dirty(session, target.repository, target.pr_number)
 
 
 class Lifecycle:
@@ -106,7 +121,7 @@ class Lifecycle:
                     False,
                 )
                 silo.outputs, silo.capacity = {}, None
-                _touch(silo)
+                _touch(silo, session)
             session.add(silo)
             session.commit()
             return silo
@@ -121,7 +136,7 @@ class Lifecycle:
                 silo.vars = {**silo.vars, **vars}
             if refresh and silo.stack_source.get("kind") == "git":
                 silo.stack_source = {**silo.stack_source, "commit": ""}
-            _touch(silo)
+            _touch(silo, session)
             session.add(silo)
             session.commit()
             return silo
@@ -143,10 +158,10 @@ class Lifecycle:
                         "silo destroyed",
                         "silo-destroy",
                     )
-                    _touch(env)
+                    _touch(env, session)
                     session.add(env)
             silo.desired, silo.force_destroy = Desired.ABSENT, force
-            _touch(silo)
+            _touch(silo, session)
             session.add(silo)
             session.commit()
             return silo
@@ -288,7 +303,7 @@ class Lifecycle:
                 env.vars = vars
             env.trigger = trigger
             self._record_activity(env, now or utcnow())
-            _touch(env)
+            _touch(env, session)
             session.add(env)
             session.commit()
             return env
@@ -300,7 +315,7 @@ class Lifecycle:
             env.trigger = trigger
             if not suspended:
                 self._record_activity(env, utcnow())
-            _touch(env)
+            _touch(env, session)
             session.add(env)
             session.commit()
             return env
@@ -313,7 +328,7 @@ class Lifecycle:
                 raise Conflict(f"environment '{env_id}' is destroyed; create a new one")
             env.trigger = trigger
             env.attempts = 0
-            _touch(env)
+            _touch(env, session)
             session.add(env)
             session.commit()
             return env
@@ -325,12 +340,12 @@ class Lifecycle:
             env = self._load_env(session, env_id)
             if env.desired == Desired.ABSENT:
                 if env.status == Status.FAILED:  # a failed destroy: asking again retries it
-                    _touch(env)
+                    _touch(env, session)
                     session.add(env)
                     session.commit()
                 return env
             env.desired, env.reason, env.trigger = Desired.ABSENT, reason, trigger
-            _touch(env)
+            _touch(env, session)
             session.add(env)
             session.commit()
             return env

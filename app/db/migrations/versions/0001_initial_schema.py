@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 02:13:26.578241
+Create Date: 2026-11-21 02:15:22.955761
 """
 
 from collections.abc import Sequence
@@ -38,6 +38,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_delivery_status"), ["status"], unique=False)
 
     op.create_table(
+        "installation",
+        sa.Column("id", sa.BigInteger(), nullable=False),
+        sa.Column("account", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+        sa.Column("repositories", sa.JSON(), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("updated_at", app.db.models.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_table(
         "outboxmessage",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("method", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
@@ -46,6 +55,51 @@ def upgrade() -> None:
         sa.Column("created_at", app.db.models.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    op.create_table(
+        "pullrequest",
+        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=220), nullable=False),
+        sa.Column("repository", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("number", sa.Integer(), nullable=False),
+        sa.Column("installation_id", sa.Integer(), nullable=True),
+        sa.Column("head_sha", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("head_ref", sa.Text(), nullable=False),
+        sa.Column("base_ref", sa.Text(), nullable=False),
+        sa.Column("base_sha", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("author", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+        sa.Column("state", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+        sa.Column("draft", sa.Boolean(), nullable=False),
+        sa.Column("fork", sa.Boolean(), nullable=False),
+        sa.Column("labels", sa.JSON(), nullable=False),
+        sa.Column("approved_sha", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("hold_reason", sa.Text(), nullable=True),
+        sa.Column("config_error", sa.Text(), nullable=True),
+        sa.Column("pr_updated_at", app.db.models.UTCDateTime(), nullable=True),
+        sa.Column("comment_id", sa.BigInteger(), nullable=True),
+        sa.Column("comment_digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column(
+            "config_comment_digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True
+        ),
+        sa.Column("deployment_id", sa.BigInteger(), nullable=True),
+        sa.Column("deployment_key", sqlmodel.sql.sqltypes.AutoString(length=140), nullable=True),
+        sa.Column("deployment_state", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=True),
+        sa.Column("warned_digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("sync_version", sa.Integer(), nullable=False),
+        sa.Column("synced_version", sa.Integer(), nullable=False),
+        sa.Column("sync_attempts", sa.Integer(), nullable=False),
+        sa.Column("next_sync_at", app.db.models.UTCDateTime(), nullable=True),
+        sa.Column("sync_lease_owner", sqlmodel.sql.sqltypes.AutoString(length=120), nullable=True),
+        sa.Column("sync_lease_expires_at", app.db.models.UTCDateTime(), nullable=True),
+        sa.Column("created_at", app.db.models.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", app.db.models.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("pullrequest", schema=None) as batch_op:
+        batch_op.create_index("ix_pullrequest_head", ["repository", "head_sha"], unique=False)
+        batch_op.create_index(
+            "ix_pullrequest_pending_sync", ["sync_version", "synced_version"], unique=False
+        )
+
     op.create_table(
         "run",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -102,7 +156,7 @@ def upgrade() -> None:
         sa.Column("stack_source", sa.JSON(), nullable=False),
         sa.Column("repository", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
         sa.Column("pr_number", sa.Integer(), nullable=False),
-        sa.Column("installation_id", sa.Integer(), nullable=True),
+        sa.Column("installation_id", sa.BigInteger(), nullable=True),
         sa.Column("author", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
         sa.Column("head_sha", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("head_ref", sa.Text(), nullable=False),
@@ -127,8 +181,6 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_run_id", sa.Integer(), nullable=True),
         sa.Column("sync_version", sa.Integer(), nullable=False),
-        sa.Column("synced_version", sa.Integer(), nullable=False),
-        sa.Column("deployment_id", sa.Integer(), nullable=True),
         sa.Column("created_at", app.db.models.UTCDateTime(), nullable=False),
         sa.Column("updated_at", app.db.models.UTCDateTime(), nullable=False),
         sa.Column("destroyed_at", app.db.models.UTCDateTime(), nullable=True),
@@ -192,7 +244,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_run_status"))
 
     op.drop_table("run")
+    with op.batch_alter_table("pullrequest", schema=None) as batch_op:
+        batch_op.drop_index("ix_pullrequest_pending_sync")
+        batch_op.drop_index("ix_pullrequest_head")
+
+    op.drop_table("pullrequest")
     op.drop_table("outboxmessage")
+    op.drop_table("installation")
     with op.batch_alter_table("delivery", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_delivery_status"))
 

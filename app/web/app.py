@@ -1,0 +1,228 @@
+"""The runbot process: web (intake, health, API, dashboard) plus the background loops.
+
+`runbot serve` runs everything in one process; `runbot worker` runs the loops without the web.
+SQLite allows exactly one runbot process (enforced with a lock file); PostgreSQL allows many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from app.db.models import Environment
+from app.engine.runner import EngineError
+from app.github.gateway import Gateway, GitHubAppGateway
+from app.github.intake import webhook_router
+from app.github.intent import IntentProcessor
+from app.github.notify import Notifier
+from app.github.outbox import OutboxGateway
+from app.lifecycle.reconcile import Reconciler, default_worker_id
+from app.lifecycle.states import Status
+from app.runtime import Runtime, build_runtime
+from app.settings import Settings, SettingsError
+
+log = logging.getLogger("runbot")
+
+
+class SingleProcessError(SettingsError):
+    pass
+
+
+def acquire_sqlite_lock(settings: Settings) -> IO[str] | None:
+    """SQLite has no row locks across processes: refuse a second runbot process on it."""
+    if settings.is_postgres:
+        return None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (settings.data_dir / "runbot.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SingleProcessError(
+            f"another runbot process already uses the SQLite database in {settings.data_dir}."
+            " SQLite supports one process; set RUNBOT_DATABASE_URL to PostgreSQL to run several"
+            " workers or replicas."
+        ) from None
+    return handle
+
+
+def webhook_secret(settings: Settings) -> str:
+    """The configured secret; in local mode a generated one kept in the data dir."""
+    if settings.github_webhook_secret:
+        return settings.github_webhook_secret
+    if not settings.local_mode:
+        raise SettingsError("RUNBOT_GITHUB_WEBHOOK_SECRET is required when App credentials are set")
+    path = settings.data_dir / "webhook-secret"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def make_gateway(settings: Settings, rt: Runtime) -> Gateway:
+    if settings.local_mode:
+        config = settings.local_config.read_text() if settings.local_config else None
+        return OutboxGateway(rt.db, config)
+    return GitHubAppGateway(settings)
+
+
+@dataclass
+class Loops:
+    """The background machinery of one runbot process."""
+
+    rt: Runtime
+    gateway: Gateway
+    reconciler: Reconciler
+    intent: IntentProcessor
+    notifier: Notifier
+    scheduler: AsyncIOScheduler
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, rt: Runtime, gateway: Gateway | None = None) -> Loops:
+        settings = rt.settings
+        worker_id = default_worker_id()
+        gateway = gateway or make_gateway(settings, rt)
+        intent = IntentProcessor(
+            rt.db, rt.lifecycle, gateway, settings.data_dir, worker_id=worker_id
+        )
+        notifier = Notifier(
+            rt.db,
+            gateway,
+            public_url=settings.public_url,
+            app_slug=settings.github_app_slug,
+            worker_id=worker_id,
+        )
+        loops = cls(
+            rt=rt,
+            gateway=gateway,
+            reconciler=rt.reconciler(worker_id=worker_id),
+            intent=intent,
+            notifier=notifier,
+            scheduler=AsyncIOScheduler(timezone="UTC"),
+        )
+        loops.reconciler.listeners.append(loops._environment_changed)
+        intent.on_change = loops._intent_changed
+        return loops
+
+    def _intent_changed(self) -> None:
+        self.reconciler.wakeup.set()
+        self.notifier.wakeup.set()
+
+    def _environment_changed(self, kind: str, target_id: str) -> None:
+        self.notifier.wakeup.set()
+        if kind != "environment":
+            return
+        with self.rt.db.session() as session:
+            env = session.get(Environment, target_id)
+        if env is not None and env.status == Status.DESTROYED:
+            task = asyncio.get_running_loop().create_task(
+                self.intent.reconcile_held(env.repository)
+            )
+            self.tasks.append(task)
+
+    async def resync(self) -> None:
+        try:
+            await self.intent.resync()
+        except Exception:
+            log.exception("resync failed")
+
+    def start(self) -> None:
+        interval = self.rt.settings.scheduler_interval
+        poll = self.rt.settings.worker_poll_interval
+        self.tasks = [
+            asyncio.create_task(self.reconciler.run(self.stop, poll_interval=poll)),
+            asyncio.create_task(self.intent.run(self.stop, poll_interval=poll)),
+            asyncio.create_task(self.notifier.run(self.stop, poll_interval=poll)),
+        ]
+        self.scheduler.add_job(
+            self.resync,
+            "interval",
+            seconds=max(interval * 10, 60),
+            id="resync",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=None,
+        )
+        self.scheduler.start()
+        if not self.gateway.local:
+            self.tasks.append(asyncio.create_task(self.resync()))  # heal what happened while down
+
+    async def shutdown(self) -> None:
+        """Stop claiming; let engine runs get SIGINT and release their locks."""
+        self.stop.set()
+        with contextlib.suppress(Exception):
+            self.scheduler.shutdown(wait=False)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.gateway.aclose()
+
+
+def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
+    lock = acquire_sqlite_lock(settings) if background else None
+    rt = build_runtime(settings)
+    secret = webhook_secret(settings)
+    holder: dict[str, Loops] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if background:
+            loops = Loops.build(rt)
+            holder["loops"] = loops
+            loops.start()
+        try:
+            yield
+        finally:
+            if "loops" in holder:
+                await holder["loops"].shutdown()
+            rt.db.dispose()
+            if lock is not None:
+                lock.close()
+
+    app = FastAPI(title="runbot", version="0.1.0", lifespan=lifespan)
+    app.state.runtime = rt
+    app.state.loops = holder
+
+    def wake() -> None:
+        if "loops" in holder:
+            holder["loops"].intent.wakeup.set()
+
+    app.include_router(webhook_router(rt.db, lambda: secret, wake))
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            pending = rt.db.pending_migrations()
+            checks["database"] = "ok" if not pending else f"migrations pending: {pending}"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        try:
+            rt.runner.argv_prefix()
+            checks["engine"] = "ok"
+        except EngineError as exc:
+            checks["engine"] = str(exc)
+        ready = all(value == "ok" for value in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    return app

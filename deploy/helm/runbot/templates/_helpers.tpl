@@ -1,0 +1,76 @@
+{{/* Names and labels. */}}
+{{- define "runbot.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "runbot.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "runbot.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "runbot.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "runbot.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "runbot.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/*
+"true" when runbot will use PostgreSQL: config.databaseUrl is a postgresql URL, or (with no
+config.databaseUrl) the database URL comes from existingSecret. A secret's content cannot be read
+at render time, so a databaseUrl key is trusted to hold a PostgreSQL URL; deploy/README.md says so.
+*/}}
+{{- define "runbot.usesPostgres" -}}
+{{- $url := toString (.Values.config.databaseUrl | default "") -}}
+{{- if $url -}}
+{{- if hasPrefix "postgresql" $url }}true{{ end -}}
+{{- else if and .Values.existingSecret .Values.secretKeys.databaseUrl -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+Refuse configurations that would run but lose data or misbehave. Rendered by deployment.yaml, so
+`helm install`, `helm upgrade` and `helm template` all stop with the message.
+*/}}
+{{- define "runbot.validate" -}}
+{{- if not .Values.existingSecret -}}
+{{- fail "existingSecret is required: create a Secret with the GitHub App private key, webhook secret and database URL (see deploy/README.md) and pass --set existingSecret=<name>." -}}
+{{- end -}}
+{{- $postgres := include "runbot.usesPostgres" . -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not $postgres) -}}
+{{- fail (printf "replicaCount=%d needs PostgreSQL: set secretKeys.databaseUrl (a key of existingSecret holding postgresql+psycopg://...) or config.databaseUrl. SQLite cannot be shared between pods." (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- if and (not $postgres) (not .Values.persistence.existingClaim) -}}
+{{- fail "without PostgreSQL runbot keeps its SQLite database and the engine state in the data dir, and an emptyDir loses them on every restart (the cloud resources stay, unmanaged). Use PostgreSQL, or set persistence.existingClaim with replicaCount=1." -}}
+{{- end -}}
+{{- range $key := list "githubPrivateKey" "githubWebhookSecret" "githubClientSecret" "apiToken" "sessionSecret" -}}
+{{- if index $.Values.config $key -}}
+{{- fail (printf "config.%s would put a secret into a ConfigMap: store it in existingSecret and name its key in secretKeys.%s." $key $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey .Values.config "dataDir" -}}
+{{- fail "set the top-level dataDir value, not config.dataDir: the chart mounts its volumes there." -}}
+{{- end -}}
+{{- if and .Values.config.githubPrivateKeyPath .Values.secretKeys.githubPrivateKey -}}
+{{- fail "config.githubPrivateKeyPath and secretKeys.githubPrivateKey are both set; runbot accepts one key source: set secretKeys.githubPrivateKey to \"\"." -}}
+{{- end -}}
+{{- $cancelGrace := int (.Values.config.engineCancelGrace | default 60) -}}
+{{- $needed := add (int .Values.preStopSleepSeconds) $cancelGrace 30 -}}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int $needed) -}}
+{{- fail (printf "terminationGracePeriodSeconds=%d leaves a cancelled engine no time to stop cleanly: use at least %d (preStop sleep + engine cancel grace + 30)." (int .Values.terminationGracePeriodSeconds) (int $needed)) -}}
+{{- end -}}
+{{- end -}}
