@@ -22,7 +22,11 @@ class SettingsError(Exception):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="RUNBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="RUNBOT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_ignore_empty=True,  # an empty RUNBOT_X= means "unset", not "empty path"
     )
 
     # GitHub App

@@ -308,6 +308,21 @@ def _rate_limit(response: Response[Any]) -> tuple[str, float] | None:
     return None
 
 
+def _unwrap(exc: RequestError[Any]) -> tuple[RequestFailed | None, bool]:
+    """``(the HTTP failure if any, whether our own request never left)``.
+
+    githubkit wraps anything raised while sending (including the installation-token
+    request its auth flow makes first) in RequestError; a failed token request means our
+    request was never sent, so even a POST may be retried.
+    """
+    if isinstance(exc, RequestFailed):
+        return exc, False
+    inner = exc.exc
+    if isinstance(inner, RequestFailed):
+        return inner, True
+    return None, isinstance(inner, httpx.ConnectError)
+
+
 def _has_next_page(response: Response[Any]) -> bool:
     return 'rel="next"' in response.headers.get("link", "")
 
@@ -488,14 +503,23 @@ class GitHubAppGateway:
             GATEWAY_STATS["calls"] += 1
             try:
                 return await send(client)
-            except RequestFailed as exc:
+            except RequestError as exc:
                 GATEWAY_STATS["errors"] += 1
-                response = exc.response
+                failed, unsent = _unwrap(exc)
+                # Resending is safe when GitHub cannot have acted on the first try.
+                resendable = unsent or method in IDEMPOTENT_METHODS
+                if failed is None:  # connection refused/reset, timeout, TLS
+                    if resendable and not retried:
+                        retried = True
+                        await self._sleep(QUICK_RETRY_DELAY)
+                        continue
+                    raise self._outage(what, f"GitHub could not be reached ({exc.exc!r})") from None
+                response = failed.response
                 status = response.status_code
                 limited = _rate_limit(response)
                 if limited is not None:
                     kind, wait = limited
-                    if wait <= self.max_inline_wait and not waited:
+                    if not waited:
                         waited = True
                         GATEWAY_STATS[f"rate_limit_waits:{kind}"] += 1
                         logger.info("GitHub %s rate limit: waiting %.1f s to %s", kind, wait, what)
@@ -508,7 +532,7 @@ class GitHubAppGateway:
                         f" retrying in {wait:.0f} s.",
                     ) from None
                 if status >= 500:
-                    if method in IDEMPOTENT_METHODS and not retried:
+                    if resendable and not retried:
                         retried = True
                         await self._sleep(QUICK_RETRY_DELAY)
                         continue
@@ -517,23 +541,16 @@ class GitHubAppGateway:
                     renewed = True  # the cached installation token was revoked early
                     self._renew_client(installation_id)
                     continue
-                path = response.raw_request.url.path
+                request = response.raw_request
                 if status == 404:
                     raise NotFoundOnGitHub(
                         f"GitHub could not find what runbot needed to {what}"
-                        f" ({method} {path} answered 404)."
+                        f" ({request.method} {request.url.path} answered 404)."
                     ) from None
                 raise GitHubError(
                     f"GitHub refused to let runbot {what}: {status} {_message(response)}"
-                    f" ({response.raw_request.method} {path})."
+                    f" ({request.method} {request.url.path})."
                 ) from None
-            except RequestError as exc:  # connection refused/reset, timeout, TLS
-                GATEWAY_STATS["errors"] += 1
-                if method in IDEMPOTENT_METHODS and not retried:
-                    retried = True
-                    await self._sleep(QUICK_RETRY_DELAY)
-                    continue
-                raise self._outage(what, f"GitHub could not be reached ({exc.exc!r})") from None
             except GitHubException as exc:  # githubkit's own: bad credentials setup etc.
                 GATEWAY_STATS["errors"] += 1
                 raise GitHubError(f"runbot could not {what}: {exc!r}.") from None

@@ -50,6 +50,12 @@ Refuse configurations that would run but lose data or misbehave. Rendered by dep
 {{- if not .Values.existingSecret -}}
 {{- fail "existingSecret is required: create a Secret with the GitHub App private key, webhook secret and database URL (see deploy/README.md) and pass --set existingSecret=<name>." -}}
 {{- end -}}
+{{- if not .Values.config.githubAppId -}}
+{{- fail "config.githubAppId is required: the GitHub App's numeric ID (quote it: --set-string config.githubAppId=123456)." -}}
+{{- end -}}
+{{- if not .Values.config.publicUrl -}}
+{{- fail "config.publicUrl is required: the https:// address GitHub and browsers reach runbot at (webhooks and links use it)." -}}
+{{- end -}}
 {{- $postgres := include "runbot.usesPostgres" . -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not $postgres) -}}
 {{- fail (printf "replicaCount=%d needs PostgreSQL: set secretKeys.databaseUrl (a key of existingSecret holding postgresql+psycopg://...) or config.databaseUrl. SQLite cannot be shared between pods." (int .Values.replicaCount)) -}}
@@ -68,9 +74,14 @@ Refuse configurations that would run but lose data or misbehave. Rendered by dep
 {{- if and .Values.config.githubPrivateKeyPath .Values.secretKeys.githubPrivateKey -}}
 {{- fail "config.githubPrivateKeyPath and secretKeys.githubPrivateKey are both set; runbot accepts one key source: set secretKeys.githubPrivateKey to \"\"." -}}
 {{- end -}}
+{{- /*
+Shutdown takes up to: the preStop sleep, the HTTP drain (engine cancel grace + 15 s, uvicorn's
+graceful timeout in `runbot serve`), the engine's SIGINT wait (engine cancel grace) and its SIGTERM
+wait (10 s). 60 s covers the fixed parts with slack.
+*/ -}}
 {{- $cancelGrace := int (.Values.config.engineCancelGrace | default 60) -}}
-{{- $needed := add (int .Values.preStopSleepSeconds) $cancelGrace 30 -}}
+{{- $needed := add (int .Values.preStopSleepSeconds) (mul 2 $cancelGrace) 60 -}}
 {{- if lt (int .Values.terminationGracePeriodSeconds) (int $needed) -}}
-{{- fail (printf "terminationGracePeriodSeconds=%d leaves a cancelled engine no time to stop cleanly: use at least %d (preStop sleep + engine cancel grace + 30)." (int .Values.terminationGracePeriodSeconds) (int $needed)) -}}
+{{- fail (printf "terminationGracePeriodSeconds=%d leaves interrupted engines no time to stop cleanly: use at least %d (preStopSleepSeconds + 2 x engineCancelGrace + 60)." (int .Values.terminationGracePeriodSeconds) (int $needed)) -}}
 {{- end -}}
 {{- end -}}
