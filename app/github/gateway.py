@@ -519,7 +519,7 @@ class GitHubAppGateway:
                 limited = _rate_limit(response)
                 if limited is not None:
                     kind, wait = limited
-                    if not waited:
+                    if wait <= self.max_inline_wait and not waited:
                         waited = True
                         GATEWAY_STATS[f"rate_limit_waits:{kind}"] += 1
                         logger.info("GitHub %s rate limit: waiting %.1f s to %s", kind, wait, what)
