@@ -326,7 +326,18 @@ class Notifier:
             self._save(
                 pull.id, deployment_id=deployment_id, deployment_key=key, deployment_state=None
             )
-            pull.deployment_state = None
+            # A deployment always shows that it started, even if the apply finished meanwhile.
+            await self.gateway.create_deployment_status(
+                pull.installation_id,
+                pull.repository,
+                deployment_id,
+                "in_progress",
+                None,
+                view.log_url,
+                "deploying",
+            )
+            self._save(pull.id, deployment_state="in_progress")
+            pull.deployment_state = "in_progress"
         if pull.deployment_state == state and pull.deployment_key == key:
             return
         assert deployment_id is not None

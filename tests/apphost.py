@@ -1,0 +1,88 @@
+"""Run the real runbot app under uvicorn on loopback, wired to the fake GitHub."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from app.runtime import Runtime
+from app.settings import Settings
+from app.web.app import create_app
+from tests.conftest import make_settings
+from tests.fakegithub.server import FakeGitHub
+
+WEBHOOK_SECRET = "test-webhook-secret-0123456789abcdef"
+REPO = "octo-org/hello"
+INSTALLATION = 4242
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def app_settings(tmp_path: Path, fake: FakeGitHub, database_url: str | None = None,
+                 **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "github_app_id": fake.app_id,
+        "github_private_key": fake.private_key_pem,
+        "github_webhook_secret": WEBHOOK_SECRET,
+        "github_api_url": fake.url,
+        "github_url": fake.web_url,
+        "github_app_slug": fake.slug if hasattr(fake, "slug") else "runbot-test",
+        "public_url": "http://runbot.example.test",
+        "worker_poll_interval": 0.2,
+    }
+    values.update(overrides)
+    return make_settings(tmp_path, database_url, **values)
+
+
+class AppServer:
+    """`runbot serve`, in a background thread of the test process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.app = create_app(settings)
+        self.runtime: Runtime = self.app.state.runtime
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                           lifespan="on")
+        )
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.url}/webhooks/github"
+
+    def __enter__(self) -> AppServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("runbot did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=120)
+
+
+def seed_repo(fake: FakeGitHub, config: str, repo: str = REPO) -> None:
+    fake.add_repo(repo, files={"main": {".runbot.yml": config}})
+    fake.add_installation(INSTALLATION, repo.split("/")[0], [repo])
