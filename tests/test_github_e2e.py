@@ -83,7 +83,9 @@ def test_pr_lifecycle_comment_deployment_and_url(
             assert deployment["production_environment"] is False
 
         def last_states() -> list[str]:
-            return [fake.deployment_statuses(REPO, d["id"])[-1]["state"] for d in fake.deployments(REPO)]
+            return [
+                fake.deployment_statuses(REPO, d["id"])[-1]["state"] for d in fake.deployments(REPO)
+            ]
 
         wait_for(lambda: set(last_states()) == {"inactive"}, timeout=30)
         first_statuses = [s["state"] for s in fake.deployment_statuses(REPO, deployments[0]["id"])]
