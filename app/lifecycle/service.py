@@ -19,7 +19,8 @@ from app.lifecycle.ids import new_environment_id
 from app.lifecycle.states import LIVE, Desired, Status
 from app.stacks.catalog import Catalog, StackError, StackSource, validate_name
 from app.stacks.mapping import RUNBOT_INSTANCE_VARIABLES, MappingError, check_type
-from app.ttl.policy import TTLPolicy, expiry_after_activity
+from app.ttl.policy import ExtendResult, TTLPolicy, expiry_after_activity
+from app.ttl.policy import extend as extend_expiry
 
 REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
 SHA = re.compile(r"^[0-9a-f]{4,64}$")
@@ -319,6 +320,47 @@ class Lifecycle:
             session.add(env)
             session.commit()
             return env
+
+    def extend(
+        self, env_id: str, by: timedelta, trigger: str = "cli", now: datetime | None = None
+    ) -> ExtendResult:
+        """Push the expiry out, never past the lifetime cap (`ttl.max` from creation)."""
+        now = now or utcnow()
+        with self.db.session() as session:
+            env = self._live_env(session, env_id)
+            result = extend_expiry(
+                ttl_policy_of(env), env.created_at, now, env.expires_at or now, by
+            )
+            if result.expires_at != env.expires_at:
+                env.expires_at = result.expires_at
+                env.last_activity_at = now
+                env.trigger = trigger
+                env.sync_version += 1
+                env.updated_at = now
+                mark_pull_dirty(session, env.repository, env.pr_number)
+                session.add(env)
+                session.commit()
+            return result
+
+    def redeploy(self, env_id: str, trigger: str = "cli") -> Environment:
+        """Start over: a failed or destroyed environment is re-created fresh (new id);
+        a live one is destroyed and a fresh one created in its place."""
+        with self.db.session() as session:
+            env = self._load_env(session, env_id)
+        if env.status not in (Status.DESTROYED,) and env.desired != Desired.ABSENT:
+            self.destroy_environment(env.id, reason="redeploy", trigger=trigger)
+        return self.create_environment(
+            env.silo_name,
+            env.repository,
+            env.pr_number,
+            env.head_sha,
+            env.head_ref,
+            env.author,
+            env.vars,
+            trigger=trigger,
+            installation_id=env.installation_id,
+            ttl=ttl_policy_of(env),
+        )
 
     def retry(self, env_id: str, trigger: str = "cli") -> Environment:
         """Run the desired state again (after a failure, or to re-apply unchanged inputs)."""
