@@ -28,8 +28,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def app_settings(tmp_path: Path, fake: FakeGitHub, database_url: str | None = None,
-                 **overrides: Any) -> Settings:
+def app_settings(
+    tmp_path: Path, fake: FakeGitHub, database_url: str | None = None, **overrides: Any
+) -> Settings:
     values: dict[str, Any] = {
         "github_app_id": fake.app_id,
         "github_private_key": fake.private_key_pem,
@@ -53,13 +54,26 @@ class AppServer:
         self.app = create_app(settings)
         self.runtime: Runtime = self.app.state.runtime
         self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                           lifespan="on")
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            )
         )
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve())
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.server.serve()
+
+    def call(self, make: Any, timeout: float = 120) -> Any:
+        """Run a coroutine on the server's own event loop (e.g. a resync tick) and wait."""
+        return asyncio.run_coroutine_threadsafe(make(), self.loop).result(timeout)
+
+    @property
+    def loops(self) -> Any:
+        return self.app.state.loops["loops"]
 
     @property
     def url(self) -> str:
