@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     worker_poll_interval: float = Field(default=1.0, gt=0)
     api_token: str | None = None
     session_secret: str | None = None
+    admins: str = ""  # GitHub logins, comma-separated: may act on silos and every environment
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("github_api_url", "github_url", "public_url")
@@ -108,6 +109,12 @@ class Settings(BaseSettings):
                     f" {exc.strerror}"
                 ) from exc
         return None
+
+    @property
+    def admin_logins(self) -> frozenset[str]:
+        return frozenset(
+            name.strip().lower() for name in self.admins.replace(" ", ",").split(",") if name.strip()
+        )
 
     @property
     def local_mode(self) -> bool:

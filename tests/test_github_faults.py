@@ -1,8 +1,9 @@
-"""Faults and policies: late, duplicate and missing events, bursts, forks, hostile input, outages."""
+"""Faults and policies: late, duplicate, missing events, bursts, forks, hostile input, outages."""
 
 from __future__ import annotations
 
 import html
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -232,7 +233,7 @@ def test_github_502_then_secondary_rate_limits_delay_but_never_lose_the_comment(
     writes = harness.fake.requests_for("POST", "*/issues/*/comments")
     assert len(writes) <= 12, f"{len(writes)} comment POSTs: a retry storm"
     times = sorted(r.time for r in harness.fake.requests if r.method in ("POST", "PATCH"))
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(gap >= 0.9 for gap in gaps), gaps  # writes stay paced
 
 

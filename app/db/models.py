@@ -159,6 +159,27 @@ class PullRequest(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class CommentCommand(SQLModel, table=True):
+    """A ``/runbot`` comment being handled: the ledger that makes each command run once.
+
+    A delivery can be retried (GitHub outage, worker killed); the row keyed by the comment id
+    keeps a retry from extending twice or replying twice. ``status`` moves received →
+    executed (outcome and reply decided, state changed) → done (reply posted, reaction set).
+    """
+
+    comment_id: int = Field(primary_key=True, sa_type=BigInteger)
+    repository: str = Field(max_length=200)
+    pr_number: int
+    author: str = Field(default="", max_length=100)
+    command: str = Field(default="", max_length=40)  # canonical name, or "invalid"
+    status: str = Field(default="received", max_length=20)
+    outcome: str | None = Field(default=None, max_length=20)  # ok | refused | failed
+    reply: str | None = Field(default=None, sa_column=Column(Text))
+    reply_id: int | None = Field(default=None, sa_type=BigInteger)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 class Installation(SQLModel, table=True):
     id: int = Field(primary_key=True, sa_type=BigInteger)
     account: str = Field(default="", max_length=100)

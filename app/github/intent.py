@@ -27,6 +27,7 @@ from app.github.config import ConfigError, GitStack, LocalStack, RepoConfig, par
 from app.github.gateway import Gateway, GitHubError, RetryLater
 from app.lifecycle.service import Lifecycle, LifecycleError, pull_id
 from app.lifecycle.states import Desired, Status
+from app.logging import log_context
 from app.stacks.catalog import StackError, StackSource, validate_name
 
 log = logging.getLogger("runbot.intent")
@@ -114,6 +115,10 @@ class IntentProcessor:
         delivery = self.claim_delivery()
         if delivery is None:
             return False
+        with log_context(delivery_id=delivery.id):
+            return await self._process(delivery)
+
+    async def _process(self, delivery: Delivery) -> bool:
         try:
             payload = json.loads(delivery.payload)
             handled = await self.handle(delivery.event, payload)

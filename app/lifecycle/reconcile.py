@@ -40,6 +40,7 @@ from app.lifecycle.states import (
     status_after_apply,
     status_during_apply,
 )
+from app.logging import log_context
 from app.stacks.catalog import Catalog, Stack, StackError, StackSource, load_stack
 from app.stacks.git import fetch_git_stack
 from app.stacks.mapping import instance_inputs, silo_inputs
@@ -186,6 +187,11 @@ class Reconciler:
         return True
 
     async def _converge(self, claim: Claim) -> None:
+        ids = {"silo": claim.id} if claim.kind == "silo" else {"environment_id": claim.id}
+        with log_context(**ids):
+            await self._converge_logged(claim)
+
+    async def _converge_logged(self, claim: Claim) -> None:
         try:
             if claim.kind == "silo":
                 await self.converge_silo(claim)
@@ -372,6 +378,12 @@ class Reconciler:
         self, claim: Claim, run: Run, label: str, job: EngineJob
     ) -> tuple[dict[str, Any] | None, str | None, list[str]]:
         """Run the engine under a heartbeat. Returns (outputs, error sentence, log tail)."""
+        with log_context(run_id=run.id):
+            return await self._execute_logged(claim, run, label, job)
+
+    async def _execute_logged(
+        self, claim: Claim, run: Run, label: str, job: EngineJob
+    ) -> tuple[dict[str, Any] | None, str | None, list[str]]:
         echo = (lambda line: self.echo_line(label, line)) if self.echo_line else None
         writer = RunLogWriter(self.db, run.id or 0, echo=echo)
         cancel = asyncio.Event()

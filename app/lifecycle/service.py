@@ -322,15 +322,27 @@ class Lifecycle:
             return env
 
     def extend(
-        self, env_id: str, by: timedelta, trigger: str = "cli", now: datetime | None = None
+        self,
+        env_id: str,
+        by: timedelta,
+        trigger: str = "cli",
+        now: datetime | None = None,
+        *,
+        partial: bool = True,
     ) -> ExtendResult:
-        """Push the expiry out, never past the lifetime cap (`ttl.max` from creation)."""
+        """Push the expiry out, never past the lifetime cap (`ttl.max` from creation).
+
+        With ``partial=False`` a request that the cap would cut short changes nothing (the
+        result says ``capped``): a comment asking for 4h must not silently get 10 minutes.
+        """
         now = now or utcnow()
         with self.db.session() as session:
             env = self._live_env(session, env_id)
             result = extend_expiry(
                 ttl_policy_of(env), env.created_at, now, env.expires_at or now, by
             )
+            if result.capped and not partial:
+                return result
             if result.expires_at != env.expires_at:
                 env.expires_at = result.expires_at
                 env.last_activity_at = now
@@ -341,6 +353,62 @@ class Lifecycle:
                 session.add(env)
                 session.commit()
             return result
+
+    def reap_if_expired(self, env_id: str, now: datetime) -> bool:
+        """Destroy an environment whose expiry has passed, with reason ``expired``.
+
+        One conditional UPDATE: of N scheduler replicas racing on the same row exactly one
+        matches (PostgreSQL re-checks the WHERE after the row lock), and an extend committed
+        in the meantime moves ``expires_at`` so the row no longer matches at all.
+        """
+        with self.db.session() as session:
+            result = session.execute(
+                update(Environment)
+                .where(Environment.id == env_id)
+                .where(Environment.desired != Desired.ABSENT)
+                .where(Environment.status != Status.DESTROYED)
+                .where(col(Environment.expires_at) <= now)
+                .values(
+                    desired=Desired.ABSENT,
+                    reason="expired",
+                    trigger="ttl",
+                    generation=Environment.generation + 1,
+                    next_attempt_at=None,
+                    updated_at=now,
+                    sync_version=Environment.sync_version + 1,
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            env = session.get(Environment, env_id)
+            assert env is not None
+            mark_pull_dirty(session, env.repository, env.pr_number)
+            session.commit()
+            return True
+
+    def mark_warned(self, env_id: str, expires_at: datetime, now: datetime) -> bool:
+        """Record that the expiry ``expires_at`` has been warned about; True for the one caller
+        that did it (the conditional UPDATE makes each expiry warn once across replicas)."""
+        with self.db.session() as session:
+            result = session.execute(
+                update(Environment)
+                .where(Environment.id == env_id)
+                .where(Environment.expires_at == expires_at)
+                .where(col(Environment.warned_for).is_distinct_from(expires_at))
+                .where(Environment.desired != Desired.ABSENT)
+                .values(
+                    warned_for=expires_at,
+                    updated_at=now,
+                    sync_version=Environment.sync_version + 1,
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            env = session.get(Environment, env_id)
+            assert env is not None
+            mark_pull_dirty(session, env.repository, env.pr_number)
+            session.commit()
+            return True
 
     def redeploy(self, env_id: str, trigger: str = "cli") -> Environment:
         """Start over: a failed or destroyed environment is re-created fresh (new id);
@@ -406,6 +474,16 @@ class Lifecycle:
             if silo:
                 query = query.where(Environment.silo_name == silo)
             return list(session.exec(query))
+
+    def latest_environment_for(self, repository: str, pr_number: int) -> Environment | None:
+        """The PR's newest environment in any state, destroyed ones included."""
+        with self.db.session() as session:
+            query = (
+                select(Environment)
+                .where(Environment.repository == repository, Environment.pr_number == pr_number)
+                .order_by(col(Environment.created_at).desc())
+            )
+            return session.exec(query).first()
 
     def live_environment_for(self, repository: str, pr_number: int) -> Environment | None:
         """The PR's current environment: not destroyed and not on its way out."""
