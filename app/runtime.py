@@ -24,6 +24,7 @@ class Runtime:
     def reconciler(self, **overrides: Any) -> Reconciler:
         options: dict[str, Any] = {
             "max_concurrent_runs": self.settings.max_concurrent_runs,
+            "worker_concurrency": self.settings.worker_concurrency,
             "lease_seconds": self.settings.lease_seconds,
             "default_capacity": self.settings.default_capacity,
         }

@@ -337,8 +337,8 @@ class Notifier:
                 "deploying",
             )
             self._save(pull.id, deployment_state="in_progress")
-            pull.deployment_state = "in_progress"
-        if pull.deployment_state == state and pull.deployment_key == key:
+            pull.deployment_state, pull.deployment_key = "in_progress", key
+        if pull.deployment_state == state:
             return
         assert deployment_id is not None
         await self.gateway.create_deployment_status(

@@ -79,6 +79,7 @@ class Reconciler:
         data_dir: Path,
         *,
         max_concurrent_runs: int = 4,
+        worker_concurrency: int | None = None,
         lease_seconds: float = 30.0,
         default_capacity: int = 20,
         worker_id: str | None = None,
@@ -91,6 +92,10 @@ class Reconciler:
         self.runner = runner
         self.data_dir = data_dir.absolute()
         self.max_concurrent_runs = max_concurrent_runs
+        # Runs this process takes at once; the global cap still bounds all processes together.
+        self.worker_concurrency = min(
+            worker_concurrency or max_concurrent_runs, max_concurrent_runs
+        )
         self.lease = timedelta(seconds=lease_seconds)
         self.default_capacity = default_capacity
         self.worker_id = worker_id or default_worker_id()
@@ -210,12 +215,12 @@ class Reconciler:
                 )
 
     async def run(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
-        """Run up to max_concurrent_runs convergences at once until `stop` is set."""
+        """Run up to worker_concurrency convergences at once until `stop` is set."""
         tasks: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
                 self.wakeup.clear()
-                while len(tasks) < self.max_concurrent_runs:
+                while len(tasks) < self.worker_concurrency:
                     claim = self.claim()
                     if claim is None:
                         break
