@@ -54,11 +54,15 @@ class Settings(BaseSettings):
 
     # Runtime
     public_url: str = "http://127.0.0.1:8000"
-    max_concurrent_runs: int = Field(default=4, ge=1, le=256)
+    max_concurrent_runs: int = Field(default=4, ge=1, le=256)  # across all replicas
+    worker_concurrency: int | None = Field(default=None, ge=1, le=256)  # per process
     scheduler_interval: float = Field(default=30.0, gt=0, le=86400)
     default_capacity: int = Field(default=20, ge=1, le=100000)
     lease_seconds: float = Field(default=30.0, gt=1)
     worker_poll_interval: float = Field(default=1.0, gt=0)
+    # The least repository role that may run `/runbot` commands other than help and status
+    # (a PR's author may also extend, destroy, sleep and wake its own environment).
+    command_permission: Literal["admin", "maintain", "write", "triage", "read"] = "write"
     api_token: str | None = None
     session_secret: str | None = None
     admins: str = ""  # GitHub logins, comma-separated: may act on silos and every environment
@@ -112,9 +116,8 @@ class Settings(BaseSettings):
 
     @property
     def admin_logins(self) -> frozenset[str]:
-        return frozenset(
-            name.strip().lower() for name in self.admins.replace(" ", ",").split(",") if name.strip()
-        )
+        names = self.admins.replace(" ", ",").split(",")
+        return frozenset(name.strip().lower() for name in names if name.strip())
 
     @property
     def local_mode(self) -> bool:
