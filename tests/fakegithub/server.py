@@ -957,8 +957,11 @@ class FakeGitHub:
             else:
                 raise ValueError("comment_id is required unless action is 'created'")
             pull = self._pulls[r.full_name.lower()].get(number)
+            issue = self._issues[r.full_name.lower()].get(number)
             association = author_association or self._association(r, author)
             kwargs: dict[str, Any] = {
+                # The issue's (PR's) author, as GitHub sends it; not the commenter.
+                "issue_author": pull.author if pull else (issue.author if issue else author),
                 "repo": r.full_name,
                 "number": number,
                 "body": body,
@@ -974,7 +977,10 @@ class FakeGitHub:
             }
             if previous is not None:
                 kwargs["previous_body"] = previous
-        return webhooks.make_issue_comment_event(action, **kwargs)
+            state = pull.state if pull else (issue.state if issue else "open")
+        payload = webhooks.make_issue_comment_event(action, **kwargs)
+        payload["issue"]["state"] = state
+        return payload
 
     # ------------------------------------------------------------------ state helpers
 
