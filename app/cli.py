@@ -369,6 +369,7 @@ def serve(
         host=host,
         port=port,
         log_level="info",
+        log_config=None,  # uvicorn's records go through runbot's handler: JSON off a terminal
         timeout_graceful_shutdown=int(settings.engine_cancel_grace + 15),
     )
 

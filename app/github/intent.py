@@ -9,22 +9,26 @@ webhook cannot leave a PR in a wrong state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_
+from sqlalchemy import or_, update
 from sqlmodel import col, func, select
 
-from app.db.models import Delivery, Environment, Installation, PullRequest, Silo, utcnow
+from app.db.leases import kept_alive
+from app.db.models import Delivery, Environment, Installation, PullRequest, Run, Silo, utcnow
 from app.db.session import Database
 from app.github.config import ConfigError, GitStack, LocalStack, RepoConfig, parse_repo_config
 from app.github.gateway import Gateway, GitHubError, PullInfo, RetryLater
+from app.github.intake import ACTIVITY
 from app.lifecycle.service import Lifecycle, LifecycleError, pull_id
 from app.lifecycle.states import Desired, Status
 from app.logging import log_context
@@ -37,6 +41,17 @@ CommandHandler = Callable[[dict[str, Any]], Awaitable[None]]
 #: Triggers of a deliberate teardown (TTL reaper, `/runbot destroy`): the PR stays without an
 #: environment until a new commit or `/runbot redeploy`, instead of being re-created by resync.
 STOP_TRIGGERS = frozenset({"ttl", "comment"})
+#: A push that arrives while the previous change is still being applied is part of a burst (a
+#: rebase pushed commit by commit, a bot): its apply waits until pushes stop for this long, so
+#: a burst costs two applies (its first push, then its last) rather than one per engine run.
+#: A single push to an idle environment never waits.
+PUSH_QUIET_SECONDS = 2.0
+#: Pending deliveries listed per query by `claim_delivery`.
+CLAIM_BATCH = 50
+#: Pause between two deliveries processed while webhooks keep arriving (bounds, in seconds).
+INTAKE_YIELD_MIN, INTAKE_YIELD_MAX = 0.02, 0.25
+#: ... but a change never waits longer than this after the run it queued behind started.
+PUSH_QUIET_MAX_SECONDS = 30.0
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -74,37 +89,61 @@ class IntentProcessor:
         self.worker_id = worker_id
         self.lease = timedelta(seconds=lease_seconds)
         self.wakeup = asyncio.Event()
+        self._candidates: collections.deque[str] = collections.deque()
         self.command_handler: CommandHandler | None = None
         self.on_change: Callable[[], None] = lambda: None
 
     # ----- delivery queue ----------------------------------------------------------------------
 
     def claim_delivery(self) -> Delivery | None:
+        """Lease the oldest pending delivery.
+
+        Finding "the oldest pending" costs a scan of the pending rows (on SQLite it also reads
+        every pending payload, stored before `received_at` in the row). Done once per delivery,
+        a backlog of N deliveries cost O(N^2): 35% of the serve process's CPU under a webhook
+        flood (bench/webhook.py). Candidates are now listed in batches, ids only, and each is
+        leased by primary key with a conditional UPDATE that exactly one replica wins.
+        """
         now = utcnow()
-        with self.db.session() as session:
-            query = (
-                select(Delivery)
-                .where(Delivery.status == "pending")
-                .where(
-                    or_(
-                        col(Delivery.processed_at).is_(None),
-                        col(Delivery.processed_at) < now - self.lease,
+        claimable = (
+            Delivery.status == "pending",
+            or_(
+                col(Delivery.processed_at).is_(None),
+                col(Delivery.processed_at) < now - self.lease,
+            ),
+        )
+        for _ in range(2):
+            while self._candidates:
+                delivery_id = self._candidates.popleft()
+                with self.db.session() as session:
+                    result = session.execute(
+                        update(Delivery)
+                        .where(Delivery.id == delivery_id, *claimable)
+                        # processed_at doubles as the claim's lease while still pending.
+                        .values(processed_at=now, attempts=Delivery.attempts + 1)
                     )
-                )
-                .order_by(col(Delivery.received_at))
-                .limit(1)
-            )
-            if self.db.is_postgres:
-                query = query.with_for_update(skip_locked=True)
-            delivery = session.exec(query).first()
-            if delivery is None:
+                    session.commit()
+                    if result.rowcount == 1:  # type: ignore[attr-defined]
+                        return session.get(Delivery, delivery_id)
+            with self.db.session() as session:
+                found = session.exec(
+                    select(Delivery.id)
+                    .where(*claimable)
+                    .order_by(col(Delivery.received_at))
+                    .limit(CLAIM_BATCH)
+                ).all()
+            if not found:
                 return None
-            # processed_at doubles as the claim's lease while status is still pending.
-            delivery.processed_at = now
-            delivery.attempts += 1
-            session.add(delivery)
-            session.commit()
-            return delivery
+            self._candidates.extend(found)
+        return None
+
+    def _renew(self, delivery_id: str) -> None:
+        with self.db.session() as session:
+            row = session.get(Delivery, delivery_id)
+            if row is not None and row.status == "pending":
+                row.processed_at = utcnow()
+                session.add(row)
+                session.commit()
 
     def _finish_delivery(self, delivery: Delivery, status: str, error: str | None = None) -> None:
         with self.db.session() as session:
@@ -124,7 +163,8 @@ class IntentProcessor:
     async def _process(self, delivery: Delivery) -> bool:
         try:
             payload = json.loads(delivery.payload)
-            handled = await self.handle(delivery.event, payload)
+            async with kept_alive(lambda: self._renew(delivery.id), self.lease.total_seconds() / 3):
+                handled = await self.handle(delivery.event, payload)
         except RetryLater as exc:
             # GitHub is down or limiting us: leave it pending; the lease lapses and it retries.
             log.warning("delivery %s: GitHub unavailable, retrying later: %s", delivery.id, exc)
@@ -146,8 +186,17 @@ class IntentProcessor:
     async def run(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
         while not stop.is_set():
             self.wakeup.clear()
-            while not stop.is_set() and await self.process_one():
-                pass
+            while not stop.is_set():
+                started = time.monotonic()
+                if not await self.process_one():
+                    break
+                if ACTIVITY.busy():
+                    # Deliveries are pouring in, and processing shares the event loop with
+                    # their acknowledgement (GitHub allows 10 s for it): step aside so that
+                    # processing takes at most ~1/10 of the loop while the flood lasts. The
+                    # backlog then drains at full speed.
+                    spent = time.monotonic() - started
+                    await asyncio.sleep(min(INTAKE_YIELD_MAX, max(INTAKE_YIELD_MIN, 9 * spent)))
             waiters = [asyncio.create_task(self.wakeup.wait()), asyncio.create_task(stop.wait())]
             await asyncio.wait(waiters, timeout=poll_interval, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
@@ -198,13 +247,24 @@ class IntentProcessor:
             ],
         }
         installation = _get(payload, "installation", "id")
-        self.record_pull(
-            repository,
-            number,
-            facts,
-            _parse_time(pr.get("updated_at")),
-            installation if isinstance(installation, int) else None,
-        )
+        installation_id = installation if isinstance(installation, int) else None
+        updated_at = _parse_time(pr.get("updated_at"))
+        # Deliveries can arrive or be processed out of order, and `updated_at` has one-second
+        # granularity: the PR as GitHub has it now is the truth, the payload only a fallback.
+        current = await self.gateway.get_pull(installation_id, repository, number)
+        if current is not None:
+            facts.update(
+                head_sha=current.head_sha,
+                head_ref=current.head_ref,
+                base_ref=current.base_ref,
+                author=current.author,
+                state="closed" if current.state == "closed" else "open",
+                draft=current.draft,
+                fork=current.fork,
+                labels=list(current.labels),
+            )
+            updated_at = None  # authoritative: never discarded as stale
+        self.record_pull(repository, number, facts, updated_at, installation_id)
         await self.reconcile_pull(pull_id(repository, number))
         return True
 
@@ -346,9 +406,12 @@ class IntentProcessor:
         try:
             if live:
                 if live.head_sha != pull.head_sha or live.head_ref != pull.head_ref:
+                    busy = live.generation != live.observed_generation or bool(live.lease_owner)
                     self.lifecycle.update_environment(
                         live.id, head_sha=pull.head_sha, head_ref=pull.head_ref, trigger="push"
                     )
+                    if busy:
+                        self._settle_burst(live.id)
             else:
                 silo = await self._ensure_silo(pull, config)
                 self.lifecycle.create_environment(
@@ -370,6 +433,28 @@ class IntentProcessor:
             return
         self._update_pull(key, enabled=True, config_error=None, hold_reason=None)
         self.on_change()
+
+    def _settle_burst(self, env_id: str) -> None:
+        """Hold the environment's next apply until the burst of pushes goes quiet."""
+        now = utcnow()
+        with self.db.session() as session:
+            env = session.get(Environment, env_id)
+            if env is None:
+                return
+            run = session.get(Run, env.last_run_id) if env.last_run_id else None
+            began = run.started_at if run is not None and run.finished_at is None else now
+            until = min(
+                now + timedelta(seconds=PUSH_QUIET_SECONDS),
+                began + timedelta(seconds=PUSH_QUIET_MAX_SECONDS),
+            )
+            if until <= now:
+                return
+            session.execute(
+                update(Environment)
+                .where(Environment.id == env_id, Environment.generation == env.generation)
+                .values(next_attempt_at=until)
+            )
+            session.commit()
 
     def _stopped(self, pull: PullRequest) -> bool:
         """The newest environment was torn down on purpose, at the commit still at the head."""

@@ -143,6 +143,11 @@ class OutboxGateway:
     async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullInfo]:
         return []
 
+    async def get_pull(
+        self, installation_id: int | None, repo: str, number: int
+    ) -> PullInfo | None:
+        return None  # local mode: the webhook payload is all there is
+
     async def installation_repos(self, installation_id: int) -> list[str]:
         return []
 

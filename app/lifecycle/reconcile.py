@@ -103,6 +103,7 @@ class Reconciler:
         self.echo_phase = echo_phase
         self.listeners = listeners or []
         self.wakeup = asyncio.Event()
+        self._stacks: dict[tuple[str, tuple[Any, ...]], Stack] = {}
 
     # ----- claiming --------------------------------------------------------------------------
 
@@ -154,6 +155,25 @@ class Reconciler:
                     return Claim(kind=kind, id=key, generation=row.generation)
                 return None
         return None
+
+    def _next_due(self) -> float | None:
+        """Seconds until the earliest delayed target needing work becomes claimable."""
+        now = utcnow()
+        earliest = None
+        with self.db.session() as session:
+            for model in (Silo, Environment):
+                found = session.exec(
+                    select(func.min(model.next_attempt_at))
+                    .where(model.generation != model.observed_generation)
+                    .where(col(model.next_attempt_at) > now)
+                ).one()
+                if found is not None and (earliest is None or found < earliest):
+                    earliest = found
+        if earliest is None:
+            return None
+        if earliest.tzinfo is None:  # SQLite hands back naive UTC from a bare aggregate
+            earliest = earliest.replace(tzinfo=now.tzinfo)
+        return max(0.0, (earliest - now).total_seconds()) + 0.005
 
     def _renew(self, claim: Claim) -> None:
         model = Silo if claim.kind == "silo" else Environment
@@ -231,8 +251,12 @@ class Reconciler:
                     asyncio.create_task(self.wakeup.wait()),
                     asyncio.create_task(stop.wait()),
                 ]
+                # Wake exactly when a delayed target (a retry, a queued environment, a burst
+                # of pushes settling) becomes claimable, not up to a poll interval later.
+                due = self._next_due()
+                timeout = poll_interval if due is None else min(poll_interval, due)
                 await asyncio.wait(
-                    [*waiters, *tasks], timeout=poll_interval, return_when=asyncio.FIRST_COMPLETED
+                    [*waiters, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 for waiter in waiters:
                     waiter.cancel()
@@ -303,7 +327,15 @@ class Reconciler:
         """The stack's code, pinned to the recorded commit for git stacks."""
         kind = source.get("kind", "catalog")
         if kind == "catalog":
-            return self.catalog.get(name), ""
+            # Parsing a stack's HCL costs ~25 ms per call on the critical path of every run;
+            # the parse is reused while none of the template files changed (name, size, mtime).
+            key = (name, _catalog_fingerprint(self.catalog.templates_dir / name))
+            stack = self._stacks.get(key)
+            if stack is None:
+                stack = self.catalog.get(name)
+                self._stacks = {k: v for k, v in self._stacks.items() if k[0] != name}
+                self._stacks[key] = stack
+            return stack, ""
         if kind == "git":
             path, commit = fetch_git_stack(
                 source["url"],
@@ -384,7 +416,13 @@ class Reconciler:
     ) -> tuple[dict[str, Any] | None, str | None, list[str]]:
         """Run the engine under a heartbeat. Returns (outputs, error sentence, log tail)."""
         with log_context(run_id=run.id):
-            return await self._execute_logged(claim, run, label, job)
+            log.info("%s %s: %s started", claim.kind, claim.id, job.operation)
+            outcome = await self._execute_logged(claim, run, label, job)
+            if outcome[1] is None:
+                log.info("%s %s: %s succeeded", claim.kind, claim.id, job.operation)
+            else:
+                log.warning("%s %s: %s failed: %s", claim.kind, claim.id, job.operation, outcome[1])
+            return outcome
 
     async def _execute_logged(
         self, claim: Claim, run: Run, label: str, job: EngineJob
@@ -700,7 +738,16 @@ class Reconciler:
                 row.url = (
                     str(url) if url is not None and not outputs["url"].get("sensitive") else None
                 )
-                row.attempts, row.next_attempt_at = 0, None
+                row.attempts = 0
+                # A newer change that arrived during this run may carry a "wait until the
+                # pushes stop" time (intent's burst coalescing); keep it. Anything else in
+                # next_attempt_at was a retry delay, now spent.
+                if (
+                    row.generation == claim.generation
+                    or row.next_attempt_at is None
+                    or row.next_attempt_at <= utcnow()
+                ):
+                    row.next_attempt_at = None
 
             self._save(claim, done, release=True)
         else:
@@ -769,3 +816,15 @@ async def cancel_quietly(task: asyncio.Task[Any]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _catalog_fingerprint(root: Path) -> tuple[Any, ...]:
+    """Name, size and mtime of every file of a catalog stack's two templates."""
+    found: list[Any] = []
+    for part in ("silo", "instance"):
+        with contextlib.suppress(OSError):
+            for entry in sorted(os.scandir(root / part), key=lambda e: e.name):
+                with contextlib.suppress(OSError):
+                    info = entry.stat()
+                    found.append((part, entry.name, info.st_size, info.st_mtime_ns))
+    return tuple(found)

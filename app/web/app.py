@@ -102,7 +102,12 @@ class Loops:
         worker_id = default_worker_id()
         gateway = gateway or make_gateway(settings, rt)
         intent = IntentProcessor(
-            rt.db, rt.lifecycle, gateway, settings.data_dir, worker_id=worker_id
+            rt.db,
+            rt.lifecycle,
+            gateway,
+            settings.data_dir,
+            worker_id=worker_id,
+            lease_seconds=settings.lease_seconds,
         )
         notifier = Notifier(
             rt.db,
@@ -110,6 +115,7 @@ class Loops:
             public_url=settings.public_url,
             app_slug=settings.github_app_slug,
             worker_id=worker_id,
+            lease_seconds=settings.lease_seconds,
         )
         loops = cls(
             rt=rt,

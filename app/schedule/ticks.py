@@ -1,0 +1,346 @@
+"""The scheduler's ticks: TTL warnings and reaping, resync, and stale-lease recovery.
+
+Every replica runs every tick (APScheduler, in memory), so each tick is idempotent and safe
+when several run at once: a warning or a reap is claimed with a conditional UPDATE that exactly
+one replica wins (on PostgreSQL the losing UPDATE re-checks its WHERE after the winner's row
+lock), and the warning comment is posted only by whoever moves ``PullRequest.warned_digest``
+from its old value. Decisions are pure functions of a row and the time, tested on their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, text, update
+from sqlmodel import col, select
+
+from app.db.models import Delivery, Environment, PullRequest, Silo, utcnow
+from app.github.comment import render_expiry_warning
+from app.github.gateway import GitHubError, RetryLater
+from app.lifecycle.service import pull_id, ttl_policy_of
+from app.lifecycle.states import Desired, Status
+from app.ttl.policy import is_expired, needs_warning
+
+if TYPE_CHECKING:
+    from app.db.session import Database
+    from app.github.gateway import Gateway
+    from app.lifecycle.service import Lifecycle
+    from app.web.app import Loops
+
+__all__ = [
+    "TICK_STATS",
+    "LeaseReport",
+    "Ticks",
+    "due_for_reaping",
+    "due_for_warning",
+    "register_ticks",
+    "warning_digest",
+    "warning_owed",
+]
+
+log = logging.getLogger("runbot.schedule")
+
+#: Counters for metrics: ``reaped``, ``warned`` (expiries marked), ``warnings_posted``,
+#: ``warnings_deferred`` (GitHub unavailable, retried next tick), ``expired_leases:<kind>``,
+#: ``released_leases``.
+TICK_STATS: Counter[str] = Counter()
+#: A warning comment being posted right now carries this prefix in ``warned_digest``.
+POSTING = "posting:"
+#: Resync runs on one replica at a time (it reconciles every open PR of every installation).
+RESYNC_LOCK = 7215063
+
+
+def due_for_reaping(env: Environment, now: datetime) -> bool:
+    """A live environment at or past its expiry (sleeping ones too: sleep keeps the expiry)."""
+    return (
+        env.expires_at is not None
+        and env.desired != Desired.ABSENT
+        and env.status != Status.DESTROYED
+        and is_expired(env.expires_at, now)
+    )
+
+
+def due_for_warning(env: Environment, now: datetime) -> bool:
+    """Inside the ``warn_before`` window of an expiry not yet warned about."""
+    return (
+        env.expires_at is not None
+        and env.desired != Desired.ABSENT
+        and env.status != Status.DESTROYED
+        and needs_warning(env.expires_at, env.warned_for, now, ttl_policy_of(env))
+    )
+
+
+def warning_digest(env_id: str, expires_at: datetime) -> str:
+    """Names one expiry of one environment: the warning comment for it is posted once."""
+    return hashlib.sha256(f"{env_id}@{expires_at.isoformat()}".encode()).hexdigest()[:40]
+
+
+def warning_owed(warned_digest: str | None, digest: str) -> bool:
+    """Not posted yet, nor being posted by another replica right now."""
+    return warned_digest not in (digest, POSTING + digest)
+
+
+@dataclass(frozen=True)
+class LeaseReport:
+    """Leases found expired in one tick (their holders died or hung), and how many released."""
+
+    environments: int = 0
+    silos: int = 0
+    pull_syncs: int = 0
+    deliveries: int = 0
+    released: int = 0
+
+    @property
+    def expired(self) -> int:
+        return self.environments + self.silos + self.pull_syncs + self.deliveries
+
+
+class Ticks:
+    def __init__(
+        self,
+        db: Database,
+        lifecycle: Lifecycle,
+        gateway: Gateway,
+        *,
+        wake: Callable[[], None] = lambda: None,
+        lease_grace: timedelta = timedelta(seconds=30),
+        delivery_lease: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self.db = db
+        self.lifecycle = lifecycle
+        self.gateway = gateway
+        self.wake = wake
+        self.lease_grace = lease_grace
+        self.delivery_lease = delivery_lease
+
+    # ----- TTL ---------------------------------------------------------------------------------
+
+    def _live(self, *conditions: object) -> list[Environment]:
+        with self.db.session() as session:
+            query = (
+                select(Environment)
+                .where(Environment.desired != Desired.ABSENT)
+                .where(Environment.status != Status.DESTROYED)
+                .where(col(Environment.expires_at).is_not(None))
+            )
+            for condition in conditions:
+                query = query.where(condition)  # type: ignore[arg-type]
+            return list(session.exec(query))
+
+    async def reap_expired(self, now: datetime | None = None) -> list[str]:
+        """Destroy every environment past its expiry (reason ``expired``); returns the ids this
+        replica reaped."""
+        now = now or utcnow()
+        reaped = [
+            env.id
+            for env in self._live(col(Environment.expires_at) <= now)
+            if due_for_reaping(env, now) and self.lifecycle.reap_if_expired(env.id, now)
+        ]
+        if reaped:
+            TICK_STATS["reaped"] += len(reaped)
+            log.info("reaped %d expired environment(s): %s", len(reaped), ", ".join(reaped))
+            self.wake()
+        return reaped
+
+    async def warn_expiring(self, now: datetime | None = None) -> list[str]:
+        """Mark expiries inside their warning window, then post each owed warning comment once.
+
+        Marking (``warned_for``) makes the status comment show the warning; the separate short
+        comment mentions the author so they get a notification. When GitHub is unavailable the
+        comment is left owed and the next tick tries again. Returns the ids warned by this call.
+        """
+        now = now or utcnow()
+        marked = [
+            env.id
+            for env in self._live(
+                col(Environment.expires_at) > now,
+                col(Environment.warned_for).is_distinct_from(Environment.expires_at),
+            )
+            if due_for_warning(env, now)
+            and env.expires_at is not None
+            and self.lifecycle.mark_warned(env.id, env.expires_at, now)
+        ]
+        if marked:
+            TICK_STATS["warned"] += len(marked)
+            log.info("expiry warning for %s", ", ".join(marked))
+            self.wake()
+        owed = self._live(
+            col(Environment.expires_at) > now,
+            Environment.warned_for == Environment.expires_at,
+        )
+        posted: list[str] = []
+        for env in owed:
+            if await self._post_warning(env, now):
+                posted.append(env.id)
+        return posted
+
+    async def _post_warning(self, env: Environment, now: datetime) -> bool:
+        assert env.expires_at is not None
+        key = pull_id(env.repository, env.pr_number)
+        digest = warning_digest(env.id, env.expires_at)
+        with self.db.session() as session:
+            pull = session.get(PullRequest, key)
+        if pull is None or pull.state != "open" or not warning_owed(pull.warned_digest, digest):
+            return False  # an environment made outside a PR has nobody to mention
+        if not self._swap_digest(key, pull.warned_digest, POSTING + digest):
+            return False  # another replica is posting it
+        body = render_expiry_warning(env.author or pull.author, env.id, env.expires_at, now)
+        try:
+            await self.gateway.create_comment(
+                env.installation_id or pull.installation_id, env.repository, env.pr_number, body
+            )
+        except RetryLater as exc:
+            TICK_STATS["warnings_deferred"] += 1
+            log.warning("expiry warning for %s postponed: %s", env.id, exc)
+            self._swap_digest(key, POSTING + digest, pull.warned_digest)
+            return False
+        except GitHubError as exc:  # refused for good (PR gone, App uninstalled): do not loop
+            log.warning("expiry warning for %s could not be posted: %s", env.id, exc)
+        self._swap_digest(key, POSTING + digest, digest)
+        TICK_STATS["warnings_posted"] += 1
+        return True
+
+    def _swap_digest(self, key: str, old: str | None, new: str | None) -> bool:
+        """Compare-and-set on ``warned_digest``: the one writer that saw ``old`` wins."""
+        with self.db.session() as session:
+            result = session.execute(
+                update(PullRequest)
+                .where(PullRequest.id == key)
+                .where(col(PullRequest.warned_digest).is_not_distinct_from(old))
+                .values(warned_digest=new)
+            )
+            session.commit()
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    # ----- leases ------------------------------------------------------------------------------
+
+    async def recover_leases(self, now: datetime | None = None) -> LeaseReport:
+        """Report leases whose holder stopped renewing, release the long-dead ones, and wake
+        the workers so the work is taken over now rather than at their next poll.
+
+        Claims already treat an expired lease as free; releasing only those expired for longer
+        than a grace period keeps a worker whose heartbeat is merely late from losing its run.
+        """
+        now = now or utcnow()
+        dead = now - self.lease_grace
+        counts: dict[str, int] = {}
+        released = 0
+        with self.db.session() as session:
+            for kind, model in (("environments", Environment), ("silos", Silo)):
+                counts[kind] = session.exec(
+                    select(func.count())
+                    .select_from(model)
+                    .where(col(model.lease_owner).is_not(None))
+                    .where(col(model.lease_expires_at) < now)
+                ).one()
+                result = session.execute(
+                    update(model)
+                    .where(col(model.lease_expires_at) < dead)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+                released += result.rowcount  # type: ignore[attr-defined]
+            counts["pull_syncs"] = session.exec(
+                select(func.count())
+                .select_from(PullRequest)
+                .where(col(PullRequest.sync_lease_expires_at) < now)
+            ).one()
+            result = session.execute(
+                update(PullRequest)
+                .where(col(PullRequest.sync_lease_expires_at) < dead)
+                .values(sync_lease_owner=None, sync_lease_expires_at=None)
+            )
+            released += result.rowcount  # type: ignore[attr-defined]
+            # A pending delivery's processed_at is its claim; past the lease it is claimable.
+            counts["deliveries"] = session.exec(
+                select(func.count())
+                .select_from(Delivery)
+                .where(Delivery.status == "pending")
+                .where(col(Delivery.processed_at) < now - self.delivery_lease)
+            ).one()
+            session.commit()
+        report = LeaseReport(released=released, **counts)
+        if report.expired:
+            for kind, count in counts.items():
+                TICK_STATS[f"expired_leases:{kind}"] += count
+            TICK_STATS["released_leases"] += released
+            log.warning(
+                "expired leases: %d environment(s), %d silo(s), %d PR sync(s), %d delivery(ies);"
+                " %d released; waking the workers to take them over",
+                report.environments,
+                report.silos,
+                report.pull_syncs,
+                report.deliveries,
+                released,
+            )
+            self.wake()
+        return report
+
+    # ----- one replica at a time ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, key: int) -> AsyncIterator[bool]:
+        """A PostgreSQL session advisory lock, tried without waiting: yields False when another
+        replica holds it. SQLite has exactly one process, which always gets it."""
+        if not self.db.is_postgres:
+            yield True
+            return
+        with self.db.engine.connect() as connection:
+            got = bool(connection.execute(text(f"SELECT pg_try_advisory_lock({key})")).scalar())
+            connection.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    connection.execute(text(f"SELECT pg_advisory_unlock({key})"))
+                    connection.commit()
+
+
+def register_ticks(loops: Loops) -> Ticks:
+    """Add the ticks to the process's scheduler (`runbot serve` and `runbot worker` alike)."""
+    settings = loops.rt.settings
+
+    def wake() -> None:
+        loops.reconciler.wakeup.set()
+        loops.notifier.wakeup.set()
+        loops.intent.wakeup.set()
+
+    ticks = Ticks(
+        loops.rt.db,
+        loops.rt.lifecycle,
+        loops.gateway,
+        wake=wake,
+        lease_grace=timedelta(seconds=settings.lease_seconds),
+        delivery_lease=loops.intent.lease,
+    )
+
+    async def resync() -> None:
+        async with ticks.exclusive(RESYNC_LOCK) as mine:
+            if mine:
+                await loops.resync()
+
+    interval = settings.scheduler_interval
+    jobs: list[tuple[str, Callable[[], object], float]] = [
+        ("reap_expired", ticks.reap_expired, interval),
+        ("warn_expiring", ticks.warn_expiring, interval),
+        ("recover_leases", ticks.recover_leases, interval),
+        ("resync", resync, max(interval * 10, 60.0)),
+    ]
+    for job_id, func_, seconds in jobs:
+        loops.scheduler.add_job(
+            func_,
+            "interval",
+            seconds=seconds,
+            id=job_id,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            replace_existing=True,
+        )
+    return ticks

@@ -1,0 +1,512 @@
+"""The server-rendered dashboard at `/`: Jinja2 pages over `views.Service`, no build step.
+
+Pages render complete HTML; a few lines of plain JS (static/app.js) tail the current run's log
+through the API, reload a detail page when its environment changes, and keep relative times
+fresh. Actions are HTML form POSTs carrying the session's CSRF token, answered with a redirect
+(post/redirect/get) and a one-shot flash message in a signed cookie.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+
+from app.db.models import utcnow
+from app.lifecycle.states import BUSY
+from app.ttl.policy import humanize_until
+from app.web.auth import SESSION_COOKIE, Authenticator, AuthError, Principal, Session, stored_secret
+from app.web.views import ENV_ACTIONS, STATUS_FILTERS, Service, ServiceError, UsageOut
+
+TEMPLATES = Path(__file__).parent / "templates"
+FLASH_COOKIE = "runbot_flash"
+EXTEND_CHOICES = ("1h", "4h", "1d", "3d", "1w")
+PALETTE = (
+    "#4e79a7",
+    "#f28e2b",
+    "#59a14f",
+    "#e15759",
+    "#76b7b2",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+)
+
+
+# ----- template helpers ----------------------------------------------------------------------
+
+
+def _absolute(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def reltime(value: datetime | None, now: datetime | None = None) -> Markup:
+    """`in 3h 5m` / `2d ago`, with the absolute time on hover (and for app.js to refresh)."""
+    if value is None:
+        return Markup('<span class="muted">—</span>')
+    text = humanize_until(value, now or utcnow())
+    return Markup('<time datetime="{}" title="{}" data-rel>{}</time>').format(
+        value.astimezone(UTC).isoformat(), _absolute(value), text
+    )
+
+
+def badge(status: str) -> Markup:
+    busy = " busy" if status in {s.value for s in BUSY} else ""
+    return Markup('<span class="badge s-{}{}" data-status="{}">{}</span>').format(
+        status, busy, status, status
+    )
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "running"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def short_sha(sha: str | None) -> str:
+    return (sha or "")[:7]
+
+
+def usage_svg(usage: UsageOut, width: int = 960, height: int = 260) -> Markup:
+    """Stacked daily bars of environment-hours; the top repositories get their own colour."""
+    left, bottom, top, right = 44, 26, 10, 8
+    plot_w, plot_h = width - left - right, height - top - bottom
+    days = len(usage.days)
+    shown = usage.series[: len(PALETTE) - 1]
+    rest = usage.series[len(PALETTE) - 1 :]
+    layers = [(s.repository, s.hours) for s in shown]
+    if rest:
+        other = [sum(s.hours[i] for s in rest) for i in range(days)]
+        layers.append((f"{len(rest)} other repositories", other))
+    totals = [sum(layer[1][i] for layer in layers) for i in range(days)]
+    peak = max(totals, default=0.0)
+    scale_top = _nice_ceiling(peak)
+    step = plot_w / max(days, 1)
+    bar_w = max(step * 0.72, 1.0)
+    out = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="environment-hours per day">'
+    ]
+    for tick in range(5):
+        value = scale_top * tick / 4
+        y = top + plot_h - plot_h * tick / 4
+        out.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">'
+            f"{value:g}</text>"
+        )
+    for i, day in enumerate(usage.days):
+        x = left + i * step + (step - bar_w) / 2
+        y = top + plot_h
+        for index, (repo, hours) in enumerate(layers):
+            h = hours[i]
+            if h <= 0 or scale_top <= 0:
+                continue
+            bar_h = plot_h * h / scale_top
+            y -= bar_h
+            label = html.escape(f"{repo}: {h:.1f} h on {day.isoformat()}")
+            out.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{bar_h:.1f}" '
+                f'fill="{PALETTE[index % len(PALETTE)]}"><title>{label}</title></rect>'
+            )
+        if i % 5 == 0 or i == days - 1:
+            out.append(
+                f'<text x="{left + i * step + step / 2:.1f}" y="{height - 8}" class="axis" '
+                f'text-anchor="middle">{day.strftime("%b %d")}</text>'
+            )
+    out.append("</svg>")
+    legend = "".join(
+        f'<li><span class="swatch" style="background:{PALETTE[i % len(PALETTE)]}"></span>'
+        f"{html.escape(name)}</li>"
+        for i, (name, _) in enumerate(layers)
+    )
+    return Markup("".join(out) + f'<ul class="legend">{legend}</ul>')
+
+
+def _nice_ceiling(value: float) -> float:
+    if value <= 0:
+        return 4.0
+    for nice in (1, 2, 4, 5, 8, 10, 12, 20, 24, 40, 48, 50, 100, 200, 400, 500, 1000):
+        if value <= nice:
+            return float(nice)
+    magnitude = 10 ** len(str(int(value)))
+    return float(magnitude)
+
+
+def query_string(base: dict[str, Any], **changes: Any) -> str:
+    values = {k: v for k, v in {**base, **changes}.items() if v not in (None, "")}
+    return "?" + urlencode(values) if values else ""
+
+
+def make_templates() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(reltime=reltime, badge=badge, duration=duration, short_sha=short_sha)
+    env.globals.update(query_string=query_string, urlquote=quote)
+    return env
+
+
+# ----- routes --------------------------------------------------------------------------------
+
+
+class Redirect(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+class Dashboard:
+    def __init__(self, service: Service, auth: Authenticator) -> None:
+        self.service = service
+        self.auth = auth
+        self.settings = service.settings
+        self.templates = make_templates()
+        self._flash = URLSafeTimedSerializer(stored_secret(self.settings), salt="runbot-flash")
+
+    # ----- rendering ---------------------------------------------------------------------------
+
+    def render(
+        self,
+        request: Request,
+        name: str,
+        principal: Principal | None,
+        session: Session,
+        new_session: bool,
+        status: int = 200,
+        **context: Any,
+    ) -> HTMLResponse:
+        flash = None
+        raw = request.cookies.get(FLASH_COOKIE)
+        if raw:
+            try:
+                flash = self._flash.loads(raw, max_age=120)
+            except BadSignature:
+                flash = None
+        page = self.templates.get_template(name).render(
+            request=request,
+            principal=principal,
+            csrf=session.csrf,
+            flash=flash,
+            settings=self.settings,
+            local_mode=self.settings.local_mode,
+            open_local=self.auth.open_local,
+            oauth=self.auth.oauth_enabled,
+            path=request.url.path,
+            **context,
+        )
+        response = HTMLResponse(page, status_code=status)
+        if new_session:
+            self.auth.write_session(response, session)
+        if raw:
+            response.delete_cookie(FLASH_COOKIE)
+        return response
+
+    def login_page(self, request: Request, message: str | None, next_path: str) -> Response:
+        session, new = self.auth.session_for(request)
+        return self.render(
+            request,
+            "login.html",
+            None,
+            session,
+            new,
+            status=200 if message is None else 400,
+            message=message,
+            next_path=next_path,
+        )
+
+    def error_page(
+        self, request: Request, session: Session, new: bool, status: int, message: str
+    ) -> HTMLResponse:
+        return self.render(
+            request, "error.html", None, session, new, status=status, message=message, code=status
+        )
+
+    def redirect(self, target: str, flash: tuple[str, str] | None = None) -> RedirectResponse:
+        response = RedirectResponse(target, status_code=303)
+        if flash:
+            response.set_cookie(
+                FLASH_COOKIE,
+                self._flash.dumps(list(flash)),
+                max_age=120,
+                httponly=True,
+                samesite="lax",
+                secure=self.auth.secure_cookies,
+            )
+        return response
+
+    async def who(self, request: Request) -> tuple[Principal, Session, bool]:
+        """The signed-in principal, or a Redirect/error response to send instead."""
+        session, new = self.auth.session_for(request)
+        try:
+            principal = await self.auth.principal(request, session)
+        except AuthError as exc:
+            if exc.status == 401:
+                raise Redirect(self._to_login(request)) from None
+            raise Redirect(
+                self.error_page(request, session, new, exc.status, exc.message)
+            ) from None
+        if principal.kind == "anonymous":
+            raise Redirect(self._to_login(request))
+        return principal, principal.session or session, new
+
+    @staticmethod
+    def _to_login(request: Request) -> RedirectResponse:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        response = RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+        response.delete_cookie(SESSION_COOKIE)  # whatever it held no longer works
+        return response
+
+    # ----- the router --------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        router = APIRouter(include_in_schema=False)
+        service = self.service
+
+        async def guarded(request: Request, page: Any) -> Response:
+            try:
+                principal, session, new = await self.who(request)
+                return await page(principal, session, new)
+            except Redirect as redirect:
+                return redirect.response
+            except ServiceError as exc:
+                session, new = self.auth.session_for(request)
+                return self.error_page(request, session, new, exc.status, exc.message)
+
+        @router.get("/login", response_class=HTMLResponse)
+        async def login(request: Request, next: str = "/") -> Response:
+            if self.auth.open_local:
+                return RedirectResponse("/", status_code=303)
+            return self.login_page(request, None, next)
+
+        @router.post("/logout")
+        async def logout(request: Request) -> Response:
+            form = await request.form()
+            session = self.auth.read_session(request)
+            if session is None or str(form.get("csrf_token", "")) != session.csrf:
+                return RedirectResponse("/", status_code=303)
+            self.auth.forget(session)
+            response = RedirectResponse("/login", status_code=303)
+            response.delete_cookie(SESSION_COOKIE)
+            return response
+
+        @router.get("/", response_class=HTMLResponse)
+        async def environments(
+            request: Request,
+            repo: str | None = None,
+            status: str | None = None,
+            author: str | None = None,
+            silo: str | None = None,
+            page: int = 1,
+            per_page: int = 50,
+        ) -> Response:
+            async def show(principal: Principal, session: Session, new: bool) -> Response:
+                result = await run_in_threadpool(
+                    service.list_environments,
+                    principal,
+                    repo,
+                    status,
+                    author,
+                    silo,
+                    page,
+                    per_page,
+                )
+                repos = await run_in_threadpool(service.repositories, principal)
+                filters = {
+                    "repo": repo,
+                    "status": status,
+                    "author": author,
+                    "silo": silo,
+                    "per_page": per_page if per_page != 50 else None,
+                }
+                return self.render(
+                    request,
+                    "environments.html",
+                    principal,
+                    session,
+                    new,
+                    result=result,
+                    filters=filters,
+                    repos=repos,
+                    statuses=STATUS_FILTERS,
+                    now=utcnow(),
+                )
+
+            return await guarded(request, show)
+
+        @router.get("/environments/{env_id}", response_class=HTMLResponse)
+        async def environment(request: Request, env_id: str) -> Response:
+            async def show(principal: Principal, session: Session, new: bool) -> Response:
+                env = await run_in_threadpool(service.get_environment, principal, env_id)
+                runs = await run_in_threadpool(
+                    service.runs_of, principal, "environment", env_id, 1, 50
+                )
+                allowed = await service.allowed_actions(principal, env_id)
+                current = runs.items[0] if runs.items else None
+                log = (
+                    await run_in_threadpool(service.run_log, principal, current.id, 0, 400)
+                    if current
+                    else None
+                )
+                return self.render(
+                    request,
+                    "environment.html",
+                    principal,
+                    session,
+                    new,
+                    env=env,
+                    runs=runs,
+                    current=current,
+                    log=log,
+                    allowed=allowed,
+                    extend_choices=EXTEND_CHOICES,
+                    now=utcnow(),
+                )
+
+            return await guarded(request, show)
+
+        @router.post("/environments/{env_id}/{action}")
+        async def environment_action(request: Request, env_id: str, action: str) -> Response:
+            async def act(principal: Principal, session: Session, new: bool) -> Response:
+                form = await request.form()
+                back = f"/environments/{quote(env_id)}"
+                try:
+                    self.auth.check_csrf(request, principal, str(form.get("csrf_token", "")))
+                except AuthError as exc:
+                    return self.error_page(request, session, new, exc.status, exc.message)
+                if action not in ENV_ACTIONS:
+                    return self.error_page(request, session, new, 404, f"no action '{action}'")
+                by = str(form.get("by", "")) or None
+                try:
+                    result = await service.act_on_environment(
+                        principal,
+                        env_id,
+                        action,  # type: ignore[arg-type]
+                        "dashboard",
+                        by,
+                    )
+                except ServiceError as exc:
+                    if exc.status == 404:
+                        raise
+                    return self.redirect(back, ("error", exc.message))
+                except AuthError as exc:
+                    return self.redirect(back, ("error", exc.message))
+                target = back
+                if action == "redeploy" and result.environment:
+                    target = f"/environments/{quote(result.environment.id)}"
+                return self.redirect(target, ("notice", f"{action}: {result.message}"))
+
+            return await guarded(request, act)
+
+        @router.get("/silos", response_class=HTMLResponse)
+        async def silos(request: Request, page: int = 1) -> Response:
+            async def show(principal: Principal, session: Session, new: bool) -> Response:
+                result = await run_in_threadpool(service.list_silos, principal, None, page, 50)
+                return self.render(
+                    request, "silos.html", principal, session, new, result=result, now=utcnow()
+                )
+
+            return await guarded(request, show)
+
+        @router.get("/silos/{name}", response_class=HTMLResponse)
+        async def silo(request: Request, name: str) -> Response:
+            async def show(principal: Principal, session: Session, new: bool) -> Response:
+                item = await run_in_threadpool(service.get_silo, principal, name)
+                runs = await run_in_threadpool(service.runs_of, principal, "silo", name, 1, 20)
+                envs = await run_in_threadpool(
+                    service.list_environments, principal, None, "live", None, name, 1, 200
+                )
+                current = runs.items[0] if runs.items else None
+                log = (
+                    await run_in_threadpool(service.run_log, principal, current.id, 0, 400)
+                    if current
+                    else None
+                )
+                return self.render(
+                    request,
+                    "silo.html",
+                    principal,
+                    session,
+                    new,
+                    silo=item,
+                    runs=runs,
+                    envs=envs,
+                    current=current,
+                    log=log,
+                    now=utcnow(),
+                )
+
+            return await guarded(request, show)
+
+        @router.post("/silos/{name}/{action}")
+        async def silo_action(request: Request, name: str, action: str) -> Response:
+            async def act(principal: Principal, session: Session, new: bool) -> Response:
+                form = await request.form()
+                back = f"/silos/{quote(name)}"
+                try:
+                    self.auth.check_csrf(request, principal, str(form.get("csrf_token", "")))
+                except AuthError as exc:
+                    return self.error_page(request, session, new, exc.status, exc.message)
+                if action not in ("update", "destroy"):
+                    return self.error_page(request, session, new, 404, f"no action '{action}'")
+                try:
+                    result = await service.act_on_silo(
+                        principal,
+                        name,
+                        action,  # type: ignore[arg-type]
+                        form.get("force") == "on",
+                    )
+                except ServiceError as exc:
+                    if exc.status == 404:
+                        raise
+                    return self.redirect(back, ("error", exc.message))
+                return self.redirect(back, ("notice", result.message))
+
+            return await guarded(request, act)
+
+        @router.get("/usage", response_class=HTMLResponse)
+        async def usage(request: Request) -> Response:
+            async def show(principal: Principal, session: Session, new: bool) -> Response:
+                data = await run_in_threadpool(service.usage, principal)
+                return self.render(
+                    request,
+                    "usage.html",
+                    principal,
+                    session,
+                    new,
+                    usage=data,
+                    chart=usage_svg(data),
+                    total_hours=round(sum(s.total for s in data.series), 1),
+                )
+
+            return await guarded(request, show)
+
+        @router.get("/outbox", response_class=HTMLResponse)
+        async def outbox(request: Request, page: int = 1) -> Response:
+            async def show(principal: Principal, session: Session, new: bool) -> Response:
+                result = await run_in_threadpool(service.outbox, principal, page, 50)
+                return self.render(
+                    request, "outbox.html", principal, session, new, result=result, now=utcnow()
+                )
+
+            return await guarded(request, show)
+
+        return router

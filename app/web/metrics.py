@@ -1,0 +1,232 @@
+"""GET /metrics: Prometheus text format.
+
+Three kinds of numbers, each from where it is true:
+
+- Events this process saw (webhook deliveries, engine runs it executed, GitHub calls it made)
+  are counters in this process. Summed over replicas they stay correct.
+- State (environments by status, queue depth and age) is read from the database at scrape
+  time, so every replica reports the same value: use `max` across replicas, not `sum`.
+- Engine runs are recorded by the reconcile workers in the `run` table; rather than reaching
+  into the workers, each scrape picks up the runs this process's worker finished since the
+  last scrape and counts them once.
+
+Each app gets its own registry, so several apps in one process (tests) never collide.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from app.db.models import Delivery, Environment, PullRequest, Run, Silo, utcnow
+from app.db.session import Database
+from app.github.gateway import GATEWAY_STATS
+from app.github.intake import HANDLED_EVENTS
+from app.lifecycle.states import Status
+
+KNOWN_EVENTS = HANDLED_EVENTS | {"push", "check_run", "deployment", "deployment_status"}
+RUN_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
+
+
+class RunObserver:
+    """Counts the runs one worker finished, each exactly once, without touching the worker."""
+
+    def __init__(self, db: Database, runs: Counter, durations: Histogram) -> None:
+        self.db = db
+        self.runs = runs
+        self.durations = durations
+        self._after = 0  # every run id <= this was seen, finished or in `_open`
+        self._open: set[int] = set()
+        self._lock = threading.Lock()
+
+    def poll(self, worker_id: str | None) -> None:
+        if worker_id is None:
+            return
+        with self._lock, self.db.session() as session:
+            query = select(Run).where(Run.worker == worker_id)
+            if self._open:
+                query = query.where((col(Run.id) > self._after) | col(Run.id).in_(self._open))
+            else:
+                query = query.where(col(Run.id) > self._after)
+            rows = list(session.exec(query.order_by(col(Run.id))))
+            stacks = _stacks_of(session, rows)
+        for run in rows:
+            assert run.id is not None
+            self._after = max(self._after, run.id)
+            if run.finished_at is None:
+                self._open.add(run.id)
+                continue
+            self._open.discard(run.id)
+            stack = stacks.get((run.target_kind, run.target_id), "")
+            self.runs.labels(run.operation, stack, run.status).inc()
+            seconds = max((run.finished_at - run.started_at).total_seconds(), 0.0)
+            self.durations.labels(run.operation, stack).observe(seconds)
+
+
+def _stacks_of(session: Any, runs: list[Run]) -> dict[tuple[str, str], str]:
+    envs = {r.target_id for r in runs if r.target_kind == "environment"}
+    silos = {r.target_id for r in runs if r.target_kind == "silo"}
+    found: dict[tuple[str, str], str] = {}
+    if envs:
+        rows = session.exec(
+            select(Environment.id, Environment.stack).where(col(Environment.id).in_(envs))
+        )
+        found.update({("environment", key): stack for key, stack in rows})
+    if silos:
+        rows = session.exec(select(Silo.name, Silo.stack).where(col(Silo.name).in_(silos)))
+        found.update({("silo", key): stack for key, stack in rows})
+    return found
+
+
+def _age(oldest: datetime | None, now: datetime) -> float:
+    return max((now - oldest).total_seconds(), 0.0) if oldest else 0.0
+
+
+class StateCollector(Collector):
+    """Gauges read from the database at scrape time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        now = utcnow()
+        envs = GaugeMetricFamily(
+            "runbot_environments", "Environments by status (not destroyed)", labels=["status"]
+        )
+        silos = GaugeMetricFamily("runbot_silos", "Silos by status", labels=["status"])
+        depth = GaugeMetricFamily(
+            "runbot_queue_depth",
+            "Work waiting: reconcile (targets whose desired state is not reached and no worker"
+            " holds), deliveries (webhooks not yet processed), notify (PRs whose comment or"
+            " deployment is behind)",
+            labels=["queue"],
+        )
+        age = GaugeMetricFamily(
+            "runbot_queue_oldest_age_seconds",
+            "Age of the oldest waiting item per queue",
+            labels=["queue"],
+        )
+        with self.db.session() as session:
+            counts = dict(
+                session.exec(
+                    select(Environment.status, func.count())
+                    .where(Environment.status != Status.DESTROYED)
+                    .group_by(Environment.status)
+                ).all()
+            )
+            for status in Status:
+                if status is not Status.DESTROYED:
+                    envs.add_metric([status.value], counts.get(status.value, 0))
+            for status, count in session.exec(
+                select(Silo.status, func.count()).group_by(Silo.status)
+            ).all():
+                silos.add_metric([status], count)
+            waiting = 0
+            oldest: datetime | None = None
+            for model in (Silo, Environment):
+                n, first = session.exec(
+                    select(func.count(), func.min(model.updated_at))
+                    .where(model.generation != model.observed_generation)
+                    .where(col(model.lease_owner).is_(None))
+                ).one()
+                waiting += n
+                if first is not None:
+                    first = _aware(first)
+                    oldest = first if oldest is None else min(oldest, first)
+            depth.add_metric(["reconcile"], waiting)
+            age.add_metric(["reconcile"], _age(oldest, now))
+            n, first = session.exec(
+                select(func.count(), func.min(Delivery.received_at)).where(
+                    Delivery.status == "pending"
+                )
+            ).one()
+            depth.add_metric(["deliveries"], n)
+            age.add_metric(["deliveries"], _age(_aware(first), now))
+            n, first = session.exec(
+                select(func.count(), func.min(PullRequest.updated_at)).where(
+                    PullRequest.sync_version != PullRequest.synced_version
+                )
+            ).one()
+            depth.add_metric(["notify"], n)
+            age.add_metric(["notify"], _age(_aware(first), now))
+        yield from (envs, silos, depth, age)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """Aggregates (min) bypass the column type, so SQLite hands back naive UTC or a string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=utcnow().tzinfo)
+
+
+class GitHubCollector(Collector):
+    """The gateway's process-wide call counters, as Prometheus counters."""
+
+    def collect(self) -> Iterator[Metric]:
+        stats = dict(GATEWAY_STATS)
+        calls = CounterMetricFamily("runbot_github_api_calls", "HTTP requests sent to GitHub")
+        calls.add_metric([], stats.get("calls", 0))
+        errors = CounterMetricFamily(
+            "runbot_github_api_errors", "GitHub requests that failed (any reason)"
+        )
+        errors.add_metric([], stats.get("errors", 0))
+        waits = CounterMetricFamily(
+            "runbot_github_rate_limit_waits",
+            "Rate limits waited out inline, by kind (primary, secondary)",
+            labels=["kind"],
+        )
+        deferred = CounterMetricFamily(
+            "runbot_github_retry_later",
+            "GitHub work deferred for later, by cause (primary, secondary, outage)",
+            labels=["kind"],
+        )
+        for kind in ("primary", "secondary"):
+            waits.add_metric([kind], stats.get(f"rate_limit_waits:{kind}", 0))
+        for kind in ("primary", "secondary", "outage"):
+            deferred.add_metric([kind], stats.get(f"retry_later:{kind}", 0))
+        yield from (calls, errors, waits, deferred)
+
+
+class Metrics:
+    def __init__(self, db: Database, worker_id: Callable[[], str | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter(
+            "runbot_deliveries",
+            "Webhook deliveries received, by event and outcome",
+            ["event", "outcome"],
+            registry=self.registry,
+        )
+        runs = Counter(
+            "runbot_runs",
+            "Engine runs finished by this process, by operation, stack and result",
+            ["operation", "stack", "result"],
+            registry=self.registry,
+        )
+        durations = Histogram(
+            "runbot_run_duration_seconds",
+            "Wall time of engine runs finished by this process",
+            ["operation", "stack"],
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
+        self.observer = RunObserver(db, runs, durations)
+        self.worker_id = worker_id
+        self.registry.register(StateCollector(db))
+        self.registry.register(GitHubCollector())
+
+    def count_delivery(self, event: str, outcome: str) -> None:
+        # The event header is unauthenticated until the signature is checked: bound the labels.
+        self.deliveries.labels(event if event in KNOWN_EVENTS else "other", outcome).inc()
+
+    def refresh(self) -> None:
+        self.observer.poll(self.worker_id())
