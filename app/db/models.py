@@ -19,8 +19,11 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
+
+LIVE_PR_CONDITION = "desired != 'absent' AND status != 'destroyed'"
 
 
 def utcnow() -> datetime:
@@ -72,6 +75,16 @@ class Environment(SQLModel, table=True):
         UniqueConstraint("silo_name", "slot", name="uq_environment_silo_slot"),
         Index("ix_environment_repo_pr", "repository", "pr_number"),
         Index("ix_environment_pending", "generation", "observed_generation"),
+        # The database itself guarantees one live environment per PR, whichever replica or
+        # coroutine (webhook, resync, command) tries to create a second one at the same time.
+        Index(
+            "uq_environment_live_pr",
+            "repository",
+            "pr_number",
+            unique=True,
+            sqlite_where=text(LIVE_PR_CONDITION),
+            postgresql_where=text(LIVE_PR_CONDITION),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=63)

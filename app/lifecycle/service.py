@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from app.db.models import Environment, PullRequest, Silo, utcnow
@@ -263,7 +264,16 @@ class Lifecycle:
                 expires_at=expiry_after_activity(policy, now, now),
             )
             session.add(env)
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:
+                # Someone else (a resync, a webhook on another replica) created this PR's
+                # environment first: creating is idempotent, so theirs is the answer.
+                session.rollback()
+                existing = self.live_environment_for(repository, pr_number)
+                if existing is None:
+                    raise
+                return existing
             return env
 
     def _load_env(self, session: Any, env_id: str) -> Environment:
