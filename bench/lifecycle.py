@@ -53,7 +53,7 @@ DESTROYED = "Preview environment destroyed"
 STEPS = ("create", "update", "destroy")
 
 
-def settle(fake: FakeGitHub, repo: str, number: int, deployment: str | None) -> None:
+def settle(fake: FakeGitHub, repo: str, number: int, deployment: str, sha: str) -> None:
     """Let the previous step's GitHub side effects finish before timing the next step.
 
     GitHub writes are paced (about one a second per installation), so the deployment statuses
@@ -66,13 +66,12 @@ def settle(fake: FakeGitHub, repo: str, number: int, deployment: str | None) -> 
             for r in fake.requests
             if r.method in ("POST", "PATCH") and r.path.startswith(f"/repos/{repo}/")
         ]
-        deployments = fake.deployments(repo)
-        if deployment is not None:
-            if not deployments:
-                return False
-            statuses = fake.deployment_statuses(repo, deployments[-1]["id"])
-            if not statuses or statuses[-1]["state"] != deployment:
-                return False
+        mine = [d for d in fake.deployments(repo) if d["environment"] == f"pr-{number}"]
+        if not mine or mine[-1]["sha"] != sha:
+            return False
+        statuses = fake.deployment_statuses(repo, mine[-1]["id"])
+        if not statuses or statuses[-1]["state"] != deployment:
+            return False
         return not writes or time.monotonic() - max(writes) > 1.1
 
     wait_until(done, 60, 0.05, f"PR {number}'s GitHub writes to settle")
@@ -94,7 +93,7 @@ def bot_lifecycle(fake: FakeGitHub, serve: Serve, repo: str, number: int) -> dic
     started = _now()
     post_event(serve.webhook_url, pr_event(fake, "opened", repo, number))
     create = wait_until(created, 180, what=f"PR {number} created") - started
-    settle(fake, repo, number, "success")
+    settle(fake, repo, number, "success", first)
     fake.update_pull(repo, number, head_sha=second)
 
     def updated() -> bool:
@@ -109,7 +108,7 @@ def bot_lifecycle(fake: FakeGitHub, serve: Serve, repo: str, number: int) -> dic
     started = _now()
     post_event(serve.webhook_url, pr_event(fake, "synchronize", repo, number))
     update = wait_until(updated, 180, what=f"PR {number} updated") - started
-    settle(fake, repo, number, "success")
+    settle(fake, repo, number, "success", second)
     fake.update_pull(repo, number, state="closed")
 
     def destroyed() -> bool:
@@ -119,7 +118,7 @@ def bot_lifecycle(fake: FakeGitHub, serve: Serve, repo: str, number: int) -> dic
     started = _now()
     post_event(serve.webhook_url, pr_event(fake, "closed", repo, number))
     destroy = wait_until(destroyed, 180, what=f"PR {number} destroyed") - started
-    settle(fake, repo, number, "inactive")
+    settle(fake, repo, number, "inactive", second)
     return {"create": create, "update": update, "destroy": destroy}
 
 

@@ -21,7 +21,7 @@ def env(env_id: str, repo: str, created: datetime, destroyed: datetime | None) -
         silo_name="s",
         stack="local",
         repository=repo,
-        pr_number=1,
+        pr_number=ord(env_id[0]),  # one live environment per PR, as the schema requires
         status="destroyed" if destroyed else "ready",
         created_at=created,
         destroyed_at=destroyed,

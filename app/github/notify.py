@@ -86,6 +86,17 @@ class _Write:
 
     kind: str  # "config", "comment" or "deployment"
     send: Callable[[], Awaitable[None]]
+    env: Environment | None = None  # a comment showing an outcome: what it showed
+    view: StatusView | None = None
+
+
+@dataclass
+class _Pass:
+    """A PR whose comment went out and whose deployment writes follow."""
+
+    version: int  # the sync_version the comment showed
+    env: Environment | None = None  # set when the comment showed an outcome
+    view: StatusView | None = None
 
 
 class Notifier:
@@ -114,7 +125,9 @@ class Notifier:
         self._held: dict[str, tuple[int, float]] = {}
         #: PRs in the middle of a pass: their comment went out and their deployment writes
         #: follow, after other PRs' comments.
-        self._passing: set[str] = set()
+        #: PRs in the middle of a pass: their comment went out and their deployment writes
+        #: follow, after other PRs' comments.
+        self._passing: dict[str, _Pass] = {}
         self._no_comment: set[str] = set()  # looked up on GitHub: no status comment yet
 
     def _set_aside(self, key: str, version: int, until: float) -> None:
@@ -263,7 +276,7 @@ class Notifier:
             self._release(key, retry_in=BACKOFF[-1])
             return True
         if outcome == DONE:
-            self._passing.discard(key)
+            self._passing.pop(key, None)
             self._no_comment.discard(key)
             self._release(key, synced=version)
         else:  # newer state to render, or set aside in memory: claimable again right away
@@ -366,16 +379,13 @@ class Notifier:
             with self.db.session() as session:
                 pull = session.get(PullRequest, key)
             if pull is None:
-                self._passing.discard(key)
+                self._passing.pop(key, None)
                 return DONE
             write: _Write | None
             if key in self._passing:
-                # A pass, as before: the comment went out, now the deployment follows it up
-                # to the current state (read fresh at every step), even if a newer state is
-                # waiting; that state's comment opens the next pass.
-                write = self._pass_write(pull)
+                write = self._pass_write(pull, self._passing[key])
                 if write is None:
-                    self._passing.discard(key)
+                    del self._passing[key]
                     continue
             else:
                 if version is not None and pull.sync_version != version:
@@ -386,7 +396,7 @@ class Notifier:
                 if write.kind == "hold":
                     return DEFERRED
                 if write.kind == "deployment":
-                    self._passing.add(key)
+                    self._passing[key] = _Pass(pull.sync_version)
                     if version is not None:
                         return STALE  # other PRs' comments go before this deployment write
             wait = self._slot_wait(pull)
@@ -401,14 +411,28 @@ class Notifier:
             finally:
                 self._stamp(pull)
             if write.kind == "comment":
-                self._passing.add(key)
+                self._passing[key] = _Pass(pull.sync_version, write.env, write.view)
                 if version is not None:
                     return STALE  # other PRs' comments go before this PR's deployment writes
 
-    def _pass_write(self, pull: PullRequest) -> _Write | None:
+    def _pass_write(self, pull: PullRequest, current: _Pass) -> _Write | None:
+        """The next deployment write of a pass, or None when the pass is over.
+
+        A pass follows a comment. When that comment showed an outcome (a URL, a failure, the
+        end), the deployment catches up with exactly that outcome, as it was shown, whatever
+        happened since: every outcome people saw in the comment is in the deployment history
+        (created, `in_progress`, then `success` with its URL...). Otherwise the deployment
+        follows the current state, and a newer state interrupts the pass so that its comment
+        goes first; but a deployment just created always gets its first status before that.
+        """
+        if current.env is not None and current.view is not None:
+            return self._deployment_write(pull, current.env, current.view)
         env = self._environment_of(pull)
         view = self.view(pull, env)
         if env is None or view is None:
+            return None
+        just_created = pull.deployment_id is not None and pull.deployment_state is None
+        if pull.sync_version != current.version and not just_created:
             return None
         return self._deployment_write(pull, env, view)
 
@@ -449,7 +473,15 @@ class Notifier:
                     else:
                         self._save(pull.id, comment_id=found)
                 return _Write("hold", _nothing)
-            return _Write("comment", lambda: self._sync_comment(pull, body))
+            outcome = view.state not in IN_FLUX and (
+                env is not None and env.generation == env.observed_generation
+            )
+            return _Write(
+                "comment",
+                lambda: self._sync_comment(pull, body),
+                env=env if outcome else None,
+                view=view if outcome else None,
+            )
         if env is not None:
             return self._deployment_write(pull, env, view)
         return None
