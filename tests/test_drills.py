@@ -265,7 +265,7 @@ def test_fuzzed_signed_webhooks_never_5xx(
 
 
 def test_fuzzed_deliveries_do_not_wedge_the_intent_loop(fuzz_server: AppServer) -> None:
-    """Whatever the fuzzers recorded was handled: nothing stays pending, nothing crashed the loop."""
+    """Whatever the fuzzers recorded was handled: nothing stays pending or crashed the loop."""
 
     def drained() -> bool:
         with fuzz_server.runtime.db.session() as session:

@@ -98,4 +98,4 @@ def test_secrets_never_appear(
             assert log.status_code == 200
             assert_clean("the run log API", log.text)
         rt.lifecycle.destroy_environment(env.id)
-        wait_for(lambda: rt.lifecycle.get_environment(env.id).status == Status.DESTROYED, timeout=60)
+        wait_for(lambda: rt.lifecycle.get_environment(env.id).status == Status.DESTROYED, 60)
