@@ -1,0 +1,78 @@
+"""Silo update re-applies instances, declared backends get a per-target key, SQLite is one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.engine.backends import backend_for
+from app.lifecycle.states import Status
+from app.runtime import build_runtime
+from app.web.app import SingleProcessError, acquire_sqlite_lock
+from tests.conftest import make_settings
+from tests.helpers import converge_sync, env_settled, fetch, silo_ready
+
+
+@pytest.mark.engine
+def test_silo_update_with_new_vars_reapplies_it_and_its_instances(
+    tmp_path: Path, port_base: int
+) -> None:
+    rt = build_runtime(make_settings(tmp_path))
+    rt.lifecycle.create_silo("s", "local", {"port_base": port_base, "capacity": 3})
+    converge_sync(rt, silo_ready(rt, "s"))
+    env = rt.lifecycle.create_environment("s", "octo/app", 1, "abc1234")
+    converge_sync(rt, env_settled(rt, env.id))
+    old_url = rt.lifecycle.get_environment(env.id).url
+
+    rt.lifecycle.update_silo("s", {"port_base": port_base + 5, "capacity": 4})
+    converge_sync(
+        rt,
+        lambda: (
+            silo_ready(rt, "s")()
+            and env_settled(rt, env.id)()
+            and rt.lifecycle.get_environment(env.id).url != old_url
+        ),
+    )
+    silo = rt.lifecycle.get_silo("s")
+    assert silo.status == Status.READY and silo.capacity == 4
+    assert silo.outputs["port_base"]["value"] == port_base + 5
+    moved = rt.lifecycle.get_environment(env.id)
+    assert moved.status == Status.READY and moved.url == f"http://127.0.0.1:{port_base + 5}/"
+    assert env.id in fetch(moved.url).text  # the instance followed the silo's new outputs
+    rt.lifecycle.destroy_silo("s", force=True)
+    converge_sync(rt, silo_ready(rt, "s"))
+
+
+@pytest.mark.parametrize(
+    ("declared", "expected"),
+    [
+        ("s3", "-backend-config=key=runbot/env-pr-1-abcde.tfstate"),
+        ("gcs", "-backend-config=prefix=runbot/env-pr-1-abcde"),
+        ("azurerm", "-backend-config=key=runbot/env-pr-1-abcde.tfstate"),
+        ("pg", "-backend-config=schema_name=runbot_state_env_pr_1_abcde"),
+    ],
+)
+def test_a_template_with_its_own_backend_gets_a_per_target_key(
+    tmp_path: Path, declared: str, expected: str
+) -> None:
+    backend = backend_for("env-pr-1-abcde", declared, tmp_path, None)
+    assert backend.override_file is None  # the template's own backend block stays in charge
+    assert backend.config_args == [expected]
+
+
+def test_sqlite_allows_one_runbot_process(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    first = acquire_sqlite_lock(settings)
+    assert first is not None
+    with pytest.raises(SingleProcessError, match="PostgreSQL"):
+        acquire_sqlite_lock(settings)
+    first.close()
+    again = acquire_sqlite_lock(settings)  # free once the first process is gone
+    assert again is not None
+    again.close()
+
+
+def test_postgres_needs_no_process_lock(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, "postgresql+psycopg://root@127.0.0.1:5432/whatever")
+    assert acquire_sqlite_lock(settings) is None
