@@ -1,4 +1,4 @@
-"""Silo update re-applies instances, declared backends get a per-target key, SQLite is one process."""
+"""Silo update re-applies instances; declared backends get per-target keys; SQLite: one process."""
 
 from __future__ import annotations
 
