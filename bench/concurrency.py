@@ -1,11 +1,20 @@
 """4. Concurrency: 50 PRs opened at once with RUNBOT_MAX_CONCURRENT_RUNS=4.
 
-Makespan = first `opened` webhook sent → every environment ready (observed state) with its URL
-answering. Ideal = ceil(50 / 4) x the single-apply time, where the single-apply time is the
-median engine run (init + apply + outputs, as recorded in the run table) of a PR deployed alone
-on the same server just before. Also: peak RSS of `runbot serve` (and of it plus its engine
-children), and that nothing was lost (every PR has exactly one successful apply, every delivery
-was processed, every status comment eventually shows its URL).
+Makespan = first `opened` webhook sent → every environment ready (observed state). Ideal =
+ceil(50 / 4) x the single-apply time, where the single-apply time is the median engine run
+(init + apply + outputs, from runbot's run table) of a PR deployed alone on the same server just
+before. Two stacks:
+
+- `local` as shipped: its applies are CPU-bound (Python and the engine starting, provisioners),
+  so on a 2-core machine four at once cannot each run at their solo speed; reported with the
+  CPU they used, for context;
+- `bench-io`: the same plus one instance resource that sleeps IO_SECONDS, standing for the time
+  a real instance waits on its cloud API; CPU is then a minor share and the ratio measures
+  runbot's scheduling (claims, wake-ups, the global cap). This is the row with the target.
+
+Also: peak RSS of `runbot serve` (and of it plus its engine children), and that nothing was lost
+(every PR has exactly one successful apply, every delivery was processed, every status comment
+eventually shows its URL).
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from bench.harness import (
     destroy_everything,
     fake_github,
     free_port_base,
+    github_idle,
     install,
     post_event,
     pr_event,
@@ -145,9 +155,7 @@ def own_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def scenario(
-    ctx: Context, stack: str, count: int, solos: int, comments: bool
-) -> tuple[list[Row], dict[str, Any]]:
+def scenario(ctx: Context, stack: str, count: int, solos: int, comments: bool) -> dict[str, Any]:
     root = ctx.scratch(f"{NAME}-{stack}")
     repo = f"{OWNER}/concurrency-{stack}"
     capacity = count + solos + 2
@@ -188,7 +196,7 @@ def scenario(
                 assert solo_run.finished_at is not None
                 singles.append((solo_run.finished_at - solo_run.started_at).total_seconds())
             single = median(singles[1:] if len(singles) > 1 else singles)  # first one warms up
-            time.sleep(1)
+            github_idle(fake, rt)
             numbers = set(range(1, count + 1))
             for number in sorted(numbers):
                 fake.add_pull(repo, number, os.urandom(20).hex(), f"feature/{number}")
@@ -266,7 +274,7 @@ def scenario(
         "hwm": hwm,
         "tree_peak": sampler.peak,
     }
-    return [], facts
+    return facts
 
 
 def run(ctx: Context) -> list[Row]:
@@ -274,7 +282,7 @@ def run(ctx: Context) -> list[Row]:
     solos = 2 if ctx.quick else 3
     out: list[Row] = []
     for stack, label in (("local", "local stack"), ("bench-io", f"instance waits {IO_SECONDS} s")):
-        _, f = scenario(ctx, stack, count, solos, comments=stack == "bench-io")
+        f = scenario(ctx, stack, count, solos, comments=stack == "bench-io")
         value = ratio(f["makespan"], f["ideal"])
         io = stack == "bench-io"
         out.append(

@@ -208,6 +208,31 @@ def post_event(url: str, payload: dict[str, Any], event: str = "pull_request") -
     return response.status_code
 
 
+def github_idle(fake: FakeGitHub, rt: Runtime, timeout: float = 120) -> None:
+    """Wait until runbot owes GitHub nothing and wrote nothing for over a write interval.
+
+    GitHub writes are paced (about one a second per installation): a step timed while the
+    previous step's deployment statuses are still being written would wait for their slots.
+    """
+    from sqlmodel import func, select
+
+    from app.db.models import PullRequest
+
+    def idle() -> bool:
+        writes = [r.time for r in fake.requests if r.method in ("POST", "PATCH", "PUT")]
+        if writes and time.monotonic() - max(writes) < 1.1:
+            return False
+        with rt.db.session() as session:
+            owed = session.exec(
+                select(func.count())
+                .select_from(PullRequest)
+                .where(PullRequest.sync_version != PullRequest.synced_version)
+            ).one()
+        return owed == 0
+
+    wait_until(idle, timeout, 0.05, "runbot's GitHub writes to settle")
+
+
 def status_comment(fake: FakeGitHub, repo: str, number: int) -> str | None:
     for comment in reversed(fake.comments(repo, number)):
         if comment["body"].startswith(MARKER):

@@ -26,6 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
+from app.runtime import Runtime
 from bench.harness import (
     OWNER,
     TEMPLATES,
@@ -37,6 +38,7 @@ from bench.harness import (
     destroy_everything,
     fake_github,
     free_port_base,
+    github_idle,
     install,
     post_event,
     pr_event,
@@ -84,7 +86,10 @@ def make_catalog(root: Path, port_base: int) -> Path:
     return catalog
 
 
-def open_and_wait(fake: FakeGitHub, serve: Serve, repo: str, number: int) -> tuple[float, str]:
+def open_and_wait(
+    fake: FakeGitHub, serve: Serve, rt: Runtime, repo: str, number: int
+) -> tuple[float, str]:
+    github_idle(fake, rt)
     sha = os.urandom(20).hex()
     fake.add_pull(repo, number, sha, f"feature/{number}")
     found: dict[str, str] = {}
@@ -142,18 +147,18 @@ def run(ctx: Context) -> list[Row]:
             number = 0
             # Warm-up (not counted): first token, first engine start.
             number += 1
-            _, url = open_and_wait(fake, serve, shared_repo, number)
+            _, url = open_and_wait(fake, serve, rt, shared_repo, number)
             close_and_wait(fake, serve, shared_repo, number, url)
             for stack, index in plan:
                 if stack == "bench-local":
                     number += 1
-                    elapsed, url = open_and_wait(fake, serve, shared_repo, number)
+                    elapsed, url = open_and_wait(fake, serve, rt, shared_repo, number)
                     existing.append(elapsed)
                     close_and_wait(fake, serve, shared_repo, number, url)
                 repo = f"{OWNER}/{stack}-{index}"
                 if stack == "bench-slow":
                     ctx.log(f"layering: silo from scratch sleeping {SLOW_SILO_SECONDS}s ({SOURCE})")
-                elapsed, url = open_and_wait(fake, serve, repo, 1)
+                elapsed, url = open_and_wait(fake, serve, rt, repo, 1)
                 scratch[stack].append(elapsed)
                 close_and_wait(fake, serve, repo, 1, url)
                 # Free the scratch silo's ports for the next trial.

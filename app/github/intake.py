@@ -106,9 +106,10 @@ class DeliveryRecorder:
 
     async def record(self, row: dict[str, Any]) -> bool:
         """Store one delivery; False when its id was already recorded (a redelivery)."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
         self._waiting.append((row, future))
-        if self._writer is None or self._writer.done():
+        if self._writer is None or self._writer.done() or self._writer.get_loop() is not loop:
             self._writer = asyncio.create_task(self._write())
         return await future
 

@@ -50,7 +50,7 @@ PUSH_QUIET_SECONDS = 2.0
 CLAIM_BATCH = 50
 #: Pause between two deliveries processed while webhooks keep arriving (bounds, in seconds).
 INTAKE_YIELD_MIN, INTAKE_YIELD_MAX = 0.02, 0.25
-#: ... but a change never waits longer than this after the run it queued behind started.
+#: ... but a change never waits longer than this after the start of the latest run.
 PUSH_QUIET_MAX_SECONDS = 30.0
 
 
@@ -441,8 +441,10 @@ class IntentProcessor:
             env = session.get(Environment, env_id)
             if env is None:
                 return
+            # Measured from the start of the environment's latest run (running or done), so a
+            # stream of pushes that never goes quiet still gets an apply every ~30 s.
             run = session.get(Run, env.last_run_id) if env.last_run_id else None
-            began = run.started_at if run is not None and run.finished_at is None else now
+            began = run.started_at if run is not None else now
             until = min(
                 now + timedelta(seconds=PUSH_QUIET_SECONDS),
                 began + timedelta(seconds=PUSH_QUIET_MAX_SECONDS),
