@@ -102,7 +102,7 @@ def test_short_ttl_warns_then_reaps_on_the_local_stack(
         assert len(processes_matching(env.id)) == 1
 
         # The warning: one short comment mentioning the author, before the expiry...
-        wait_for(lambda: any("@alice" in body for body in other_comments(fake)), timeout=15)
+        wait_for(lambda: any("@alice" in body for body in other_comments(fake)), timeout=40)
         [warning] = other_comments(fake)
         assert "/runbot extend" in warning and env.id in warning
         assert time.time() < env.expires_at.timestamp()
@@ -112,7 +112,7 @@ def test_short_ttl_warns_then_reaps_on_the_local_stack(
                 "expires soon" in str((r.body or {}).get("body", ""))
                 for r in fake.requests_for("PATCH", f"/repos/{REPO}/issues/comments/*")
             ),
-            timeout=10,
+            timeout=40,  # paced writes on a loaded machine; delivery, not a TTL bound
         )
 
         # Reaped: destroyed with reason expired, within about one tick of the expiry.
@@ -125,7 +125,7 @@ def test_short_ttl_warns_then_reaps_on_the_local_stack(
         assert 0 <= lag < 6, f"destroyed {lag:.1f}s after the expiry"
         assert processes_matching(env.id) == []
         assert refuses(url)
-        wait_for(lambda: "expired and was destroyed" in status_body(fake), timeout=15)
+        wait_for(lambda: "expired and was destroyed" in status_body(fake), timeout=40)
         assert "/runbot redeploy" in status_body(fake)
         time.sleep(2)  # a few more ticks: nothing warns or comes back
         assert len(other_comments(fake)) == 1
