@@ -278,7 +278,7 @@ def scenario(ctx: Context, stack: str, count: int, solos: int, comments: bool) -
 
 
 def run(ctx: Context) -> list[Row]:
-    count = 12 if ctx.quick else 50
+    count = 8 if ctx.quick else 50
     solos = 2 if ctx.quick else 3
     out: list[Row] = []
     for stack, label in (("local", "local stack"), ("bench-io", f"instance waits {IO_SECONDS} s")):

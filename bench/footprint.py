@@ -41,8 +41,8 @@ INSTALLATIONS = 8
 
 
 def run(ctx: Context) -> list[Row]:
-    total = 60 if ctx.quick else 1000
-    first = 20 if ctx.quick else 100
+    total = 40 if ctx.quick else 1000
+    first = 10 if ctx.quick else 100
     root = ctx.scratch(NAME)
     repos = [f"{OWNER}/footprint-{i}" for i in range(INSTALLATIONS)]
     samples: list[tuple[int, int]] = []

@@ -235,6 +235,16 @@ class Notifier:
                 settled.add(key)
         return settled
 
+    def _renew(self, key: str) -> None:
+        """Extend this worker's lease on a PR's sync while the sync is still going."""
+        with self.db.session() as session:
+            session.execute(
+                update(PullRequest)
+                .where(PullRequest.id == key, PullRequest.sync_lease_owner == self.worker_id)
+                .values(sync_lease_expires_at=utcnow() + self.lease)
+            )
+            session.commit()
+
     def _release(
         self, key: str, *, synced: int | None = None, retry_in: float | None = None
     ) -> None:
