@@ -9,7 +9,9 @@
   (`... ORDER BY created_at DESC, id DESC LIMIT 50 OFFSET ...` through the bare DB driver).
 
 All 10,000 environments are live (ready, expiring over the next week, none inside its warning
-window): the worst case for the ticks, which look at live environments.
+window yet). Before the indexed `warn_at` column this was the ticks' worst case: the warning
+tick loaded every live environment to test its window in Python (425 ms, 1.42% of the
+interval); now the index hands it only the rows whose warning is due.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import psycopg
 from sqlalchemy import insert
 from sqlalchemy.engine import make_url
 
-from app.db.models import Environment, Silo, utcnow
+from app.db.models import Environment, Silo, utcnow, warning_time
 from app.github.outbox import OutboxGateway
 from app.schedule.ticks import Ticks
 from bench.harness import Context, Serve, process_env, runtime_for
@@ -70,8 +72,10 @@ def seed(rt: Any, count: int) -> None:
             ],
         )
         rows = []
+        ttl = {"idle": 172800, "max": 604800, "warn_before": 3600}
         for index in range(count):
             created = now - timedelta(minutes=count - index)
+            expires_at = now + timedelta(hours=2) + timedelta(seconds=50 * index)
             rows.append(
                 {
                     "id": f"pr-{index + 1}-{uuid.uuid4().hex[:5]}",
@@ -94,9 +98,10 @@ def seed(rt: Any, count: int) -> None:
                     "slot": index,
                     "url": f"http://127.0.0.1:{20000 + index % 40000}/",
                     "outputs": {"url": {"value": "http://x/", "sensitive": False}},
-                    "ttl": {"idle": 172800, "max": 604800, "warn_before": 3600},
+                    "ttl": ttl,
                     "last_activity_at": created,
-                    "expires_at": now + timedelta(hours=2) + timedelta(seconds=50 * index),
+                    "expires_at": expires_at,
+                    "warn_at": warning_time(expires_at, ttl),
                     "sync_version": 1,
                     "created_at": created,
                     "updated_at": created,

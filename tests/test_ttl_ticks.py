@@ -15,6 +15,7 @@ from sqlalchemy import update
 
 from app.db.models import Environment, PullRequest
 from app.github.comment import MARKER
+from app.lifecycle.service import ttl_policy_of
 from app.lifecycle.states import Desired, Status
 from app.schedule.ticks import (
     POSTING,
@@ -139,6 +140,10 @@ async def test_extend_rearms_the_warning_for_the_new_expiry(host: CommandHost) -
     extended = live_env(host)
     assert extended.expires_at is not None and extended.expires_at > env.expires_at
     assert extended.warned_for != extended.expires_at  # no longer shown as expiring
+    # The warning tick finds rows by warn_at: it must have moved with the expiry.
+    warn_before = ttl_policy_of(extended).warn_before
+    assert env.warn_at == env.expires_at - warn_before
+    assert extended.warn_at == extended.expires_at - warn_before
     assert await host.ticks.reap_expired(now=env.expires_at + timedelta(seconds=1)) == []
     assert await host.ticks.warn_expiring(now=extended.expires_at - timedelta(minutes=1)) == [
         env.id

@@ -7,7 +7,7 @@ the two; events never run the engine. Lease columns make claims survive a killed
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -19,9 +19,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlmodel import Field, SQLModel
+
+from app.ttl.policy import TTLPolicy
 
 LIVE_PR_CONDITION = "desired != 'absent' AND status != 'destroyed'"
 
@@ -113,6 +116,9 @@ class Environment(SQLModel, table=True):
     ttl: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     last_activity_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime | None = Field(default=None, index=True, sa_type=UTCDateTime)
+    # expires_at - ttl.warn_before, kept by the flush hook below: lets the warning tick ask the
+    # index for the few environments inside their window instead of scanning every live one.
+    warn_at: datetime | None = Field(default=None, index=True, sa_type=UTCDateTime)
     warned_for: datetime | None = Field(default=None, sa_type=UTCDateTime)
     lease_owner: str | None = Field(default=None, max_length=120)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -123,6 +129,21 @@ class Environment(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, index=True, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     destroyed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+def warning_time(expires_at: datetime | None, ttl: dict[str, Any] | None) -> datetime | None:
+    """When the expiry warning of ``expires_at`` falls due under the row's TTL record."""
+    if expires_at is None:
+        return None
+    warn_before = (ttl or {}).get("warn_before", TTLPolicy().warn_before.total_seconds())
+    return expires_at - timedelta(seconds=float(warn_before))
+
+
+@event.listens_for(Environment, "before_insert")
+@event.listens_for(Environment, "before_update")
+def _keep_warn_at(_mapper: Any, _connection: Any, env: Environment) -> None:
+    """Every ORM write of an environment keeps ``warn_at`` in step with its expiry."""
+    env.warn_at = warning_time(env.expires_at, env.ttl)
 
 
 class PullRequest(SQLModel, table=True):

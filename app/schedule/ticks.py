@@ -160,6 +160,7 @@ class Ticks:
         marked = [
             env.id
             for env in self._live(
+                col(Environment.warn_at) <= now,
                 col(Environment.expires_at) > now,
                 col(Environment.warned_for).is_distinct_from(Environment.expires_at),
             )
@@ -172,6 +173,7 @@ class Ticks:
             log.info("expiry warning for %s", ", ".join(marked))
             self.wake()
         owed = self._live(
+            col(Environment.warn_at) <= now,
             col(Environment.expires_at) > now,
             Environment.warned_for == Environment.expires_at,
         )
