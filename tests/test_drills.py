@@ -84,8 +84,10 @@ def test_kill_9_at_random_points_of_pr_lifecycles(
                 step += 1
                 if kills_left > 0:
                     time.sleep(rng.uniform(0.0, 2.0))  # somewhere in intake, claim, apply, notify
-                    print(f"drill: kill {DRILL_POINTS - kills_left + 1} after {action} #{number}",
-                          flush=True)
+                    print(
+                        f"drill: kill {DRILL_POINTS - kills_left + 1} after {action} #{number}",
+                        flush=True,
+                    )
                     os.killpg(serve.pid, signal.SIGKILL)
                     serve.wait()
                     kills_left -= 1
@@ -124,8 +126,10 @@ def test_kill_9_at_random_points_of_pr_lifecycles(
                 f"{e.observed_generation} lease={e.lease_owner} sha={e.deployed_sha} {e.reason}"
                 for e in rows
             )
-            raise AssertionError(f"not converged; pending deliveries {len(pending)}\n{detail}\n"
-                                 + log.read_text()[-4000:]) from None
+            raise AssertionError(
+                f"not converged; pending deliveries {len(pending)}\n{detail}\n"
+                + log.read_text()[-4000:]
+            ) from None
         with rt.db.session() as session:
             envs = list(session.exec(select(Environment)))
         closed = {n for n, a in script if a == "closed"}

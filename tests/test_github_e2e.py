@@ -63,8 +63,13 @@ def test_pr_lifecycle_comment_deployment_and_url(
 
         fake.update_pull(REPO, 1, head_sha=second)
         send(server, fake, "synchronize")
-        wait_for(lambda: second[:7] in status_comments(fake)[-1]["body"]
-                 and "ready" in status_comments(fake)[-1]["body"].lower(), timeout=90)
+        wait_for(
+            lambda: (
+                second[:7] in status_comments(fake)[-1]["body"]
+                and "ready" in status_comments(fake)[-1]["body"].lower()
+            ),
+            timeout=90,
+        )
         assert second in fetch(url).text
 
         fake.update_pull(REPO, 1, state="closed")
@@ -90,8 +95,11 @@ def test_pr_lifecycle_comment_deployment_and_url(
         wait_for(lambda: set(last_states()) == {"inactive"}, timeout=30)
         first_statuses = [s["state"] for s in fake.deployment_statuses(REPO, deployments[0]["id"])]
         assert first_statuses[:2] == ["in_progress", "success"]
-        success = next(s for s in fake.deployment_statuses(REPO, deployments[0]["id"])
-                       if s["state"] == "success")
+        success = next(
+            s
+            for s in fake.deployment_statuses(REPO, deployments[0]["id"])
+            if s["state"] == "success"
+        )
         assert success["environment_url"] == url
 
     assert len(status_comments(fake)) == 1  # one comment, edited in place

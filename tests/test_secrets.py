@@ -81,9 +81,16 @@ def test_secrets_never_appear(
 
         headers = {"Authorization": "Bearer t0ken-for-automation"}
         pages = [
-            "/api/silos", "/api/silos/leaky", "/api/environments", f"/api/environments/{env.id}",
-            f"/api/environments/{env.id}/runs", "/", f"/environments/{env.id}", "/silos",
-            "/silos/leaky", "/metrics",
+            "/api/silos",
+            "/api/silos/leaky",
+            "/api/environments",
+            f"/api/environments/{env.id}",
+            f"/api/environments/{env.id}/runs",
+            "/",
+            f"/environments/{env.id}",
+            "/silos",
+            "/silos/leaky",
+            "/metrics",
         ]
         for path in pages:
             response = httpx.get(server.url + path, headers=headers, timeout=30)

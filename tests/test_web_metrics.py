@@ -203,20 +203,27 @@ def test_logs_are_json_lines_with_ids_off_a_terminal() -> None:
     assert tty.getvalue().rstrip().endswith("runbot.test: hello [environment_id=pr-9-x]")
 
 
-def test_webhook_intake_logs_the_delivery_id(tmp_path: Path) -> None:
+async def test_each_processed_delivery_is_logged_with_its_id_and_outcome(
+    tmp_path: Path,
+) -> None:
+    """Logged once processed, off the acknowledgement's path, and with what became of it."""
     app = create_app(make_settings(tmp_path), background=False)
     stream = io.StringIO()
     handler = configure_logging("INFO", stream)  # what create_app did, onto a buffer
     try:
-        from app.web.app import webhook_secret
+        from app.web.app import Loops, webhook_secret
 
         secret = webhook_secret(app.state.runtime.settings)
         with WebServer(app, free_port()) as web:
-            deliver(f"{web.url}/webhooks/github", "ping", {"zen": "z"}, secret, "delivery-77")
+            deliver(f"{web.url}/webhooks/github", "status", {"sha": "a" * 40}, secret, "d-77")
+        loops = Loops.build(app.state.runtime)
+        assert await loops.intent.process_one()
+        await loops.gateway.aclose()
     finally:
         logging.getLogger().removeHandler(handler)
     records = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
-    assert any(r.get("delivery_id") == "delivery-77" for r in records), records
+    [line] = [r for r in records if r.get("delivery_id") == "d-77"]
+    assert "(status)" in line["message"] and line["level"] == "INFO", line
 
 
 def test_create_app_installs_one_json_handler(tmp_path: Path) -> None:

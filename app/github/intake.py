@@ -101,6 +101,13 @@ class DeliveryRecorder:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        table = Delivery.__table__  # type: ignore[attr-defined]
+        dialect = postgresql if db.is_postgres else sqlite
+        self._statement = (
+            dialect.insert(table)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(table.c.id)
+        )
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -128,24 +135,22 @@ class DeliveryRecorder:
                     future.set_result(index in inserted)
 
     def _insert(self, rows: list[dict[str, Any]]) -> set[int]:
-        table = Delivery.__table__  # type: ignore[attr-defined]
-        dialect = postgresql if self.db.is_postgres else sqlite
-        statement = (
-            dialect.insert(table)
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(table.c.id)
-        )
-        inserted: set[int] = set()
-        seen: set[str] = set()
+        """INSERT ... ON CONFLICT DO NOTHING RETURNING id for the whole batch in one
+        executemany: the ids returned are the rows that went in, the others were recorded
+        before. SQLAlchemy sends it as a few multi-row statements ("insertmanyvalues") from
+        one cached compilation; this runs in a thread whose Python work competes with the
+        event loop for the GIL, so it is kept to one call.
+        """
+        first: dict[str, int] = {}
+        for index, row in enumerate(rows):
+            first.setdefault(row["id"], index)  # the same delivery twice in one batch
         with self.db.engine.begin() as connection:
-            for index, row in enumerate(rows):
-                if row["id"] in seen:  # the same delivery twice in one batch
-                    continue
-                seen.add(row["id"])
-                # RETURNING says whether the row went in (rowcount is -1 with psycopg here).
-                if connection.execute(statement, row).first() is not None:
-                    inserted.add(index)
-        return inserted
+            went_in = set(
+                connection.execute(self._statement, [rows[index] for index in first.values()])
+                .scalars()
+                .all()
+            )
+        return {first[delivery_id] for delivery_id in went_in}
 
 
 def webhook_router(
@@ -209,7 +214,9 @@ def webhook_router(
         if not await recorder.record(record):
             outcome(event, "duplicate")
             return JSONResponse({"status": "duplicate", "delivery": delivery_id}, status_code=200)
-        log.info("delivery %s recorded", delivery_id, extra={"delivery_id": delivery_id})
+        # Debug only: the access log already has the request, and the intent processor logs
+        # each delivery with its outcome, off the acknowledgement's path.
+        log.debug("delivery %s recorded", delivery_id, extra={"delivery_id": delivery_id})
         if event == "ping":
             outcome(event, "pong")
             return JSONResponse({"status": "pong", "zen": payload.get("zen")}, status_code=200)

@@ -179,7 +179,15 @@ class IntentProcessor:
             log.exception("delivery %s failed", delivery.id)
             self._finish_delivery(delivery, "failed", f"{type(exc).__name__}: {exc}")
             return True
-        self._finish_delivery(delivery, "processed" if handled else "ignored")
+        outcome = "processed" if handled else "ignored"
+        self._finish_delivery(delivery, outcome)
+        log.info(
+            "delivery %s (%s%s) %s",
+            delivery.id,
+            delivery.event,
+            f".{delivery.action}" if delivery.action else "",
+            outcome,
+        )
         self.on_change()
         return True
 

@@ -217,10 +217,13 @@ def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
         if "loops" in holder:
             holder["loops"].intent.wakeup.set()
 
+    def count_delivery(event: str, result: str) -> None:
+        web.metrics.count_delivery(event, result)
+
+    # Intake first: routes are matched in order, and deliveries are the hot path (matching
+    # them after the dashboard's and the API's routes cost a fifth of the acknowledgement).
+    app.include_router(webhook_router(rt.db, lambda: secret, wake, count=count_delivery))
     web = mount_web(app, rt, holder)
-    app.include_router(
-        webhook_router(rt.db, lambda: secret, wake, count=web.metrics.count_delivery)
-    )
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
