@@ -470,3 +470,20 @@ def test_check_all_reports_badly_named_stacks(tmp_path: Path) -> None:
     results = Catalog(tmp_path).check_all()
     assert list(results) == ["Web"]
     assert "stack name 'Web' is not allowed" in str(results["Web"])
+
+
+# --- parse cache -------------------------------------------------------------
+
+
+def test_a_stack_is_parsed_once_until_a_template_file_changes(tmp_path: Path) -> None:
+    make_stack(tmp_path / "web", 'output "zone" {\n  value = "z"\n}\n', MINIMAL_INSTANCE)
+    catalog = Catalog(tmp_path)
+    first = catalog.get("web")
+    assert catalog.get("web") is first  # same parse, no second trip through HCL
+    # An edit, a new file and a broken file all show at the next get, without a restart.
+    write(tmp_path / "web" / "instance", {"vars.tf": 'variable "size" {\n  default = 2\n}\n'})
+    edited = catalog.get("web")
+    assert edited is not first and "size" in edited.instance.variables
+    write(tmp_path / "web" / "instance", {"vars.tf": 'variable "size" {\n'})
+    with pytest.raises(StackError, match=r"vars\.tf"):
+        catalog.get("web")

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from app.engine import embedded
 from app.engine.backends import Backend, backend_for
+from app.engine.process import EngineProcess, start
 
 LineSink = Callable[[str], None]
 PhaseSink = Callable[[str], None]
@@ -215,13 +216,8 @@ class EngineRunner:
 
     async def version(self) -> str:
         prefix = self.argv_prefix()
-        proc = await asyncio.create_subprocess_exec(
-            *prefix,
-            "version",
-            "-json",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self.child_env("version", {}),
+        proc = await start(
+            [*prefix, "version", "-json"], env=self.child_env("version", {}), merge=True
         )
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
         try:
@@ -375,20 +371,9 @@ class EngineRunner:
 
     async def _spawn(
         self, prefix: list[str], workdir: Path, args: list[str], env: dict[str, str], merge: bool
-    ) -> asyncio.subprocess.Process:
+    ) -> EngineProcess:
         try:
-            return await asyncio.create_subprocess_exec(
-                *prefix,
-                f"-chdir={workdir}",
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT if merge else asyncio.subprocess.PIPE,
-                env=env,
-                # Own process group: our signals reach the engine only when we decide so.
-                start_new_session=True,
-                limit=1 << 20,
-            )
+            return await start([*prefix, f"-chdir={workdir}", *args], env=env, merge=merge)
         except FileNotFoundError as exc:
             raise EngineMissing(f"cannot start the engine {prefix[0]}: {exc.strerror}") from exc
 
@@ -447,7 +432,7 @@ class EngineRunner:
         if code != 0:
             raise EngineFailed(f"{phase} failed with exit code {code}", phase=phase, exit_code=code)
 
-    async def _stop(self, proc: asyncio.subprocess.Process, on_line: LineSink) -> None:
+    async def _stop(self, proc: EngineProcess, on_line: LineSink) -> None:
         for sig, wait in ((signal.SIGINT, self.cancel_grace), (signal.SIGTERM, 10.0)):
             if proc.returncode is not None:
                 return

@@ -34,6 +34,16 @@ from app.lifecycle.states import Desired, Status
 from app.logging import log_context
 from app.stacks.catalog import StackError, StackSource, validate_name
 
+#: A `.runbot.yml` read started early: the base branch it reads, and the read.
+ConfigPrefetch = tuple[str, "asyncio.Future[str | None]"]
+
+
+def cancel_unused(future: asyncio.Future[Any]) -> None:
+    """Stop a read nobody consumed; its outcome is collected so no error is reported lost."""
+    future.cancel()
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
 log = logging.getLogger("runbot.intent")
 
 CONFIG_PATH = ".runbot.yml"
@@ -257,23 +267,38 @@ class IntentProcessor:
         installation = _get(payload, "installation", "id")
         installation_id = installation if isinstance(installation, int) else None
         updated_at = _parse_time(pr.get("updated_at"))
-        # Deliveries can arrive or be processed out of order, and `updated_at` has one-second
-        # granularity: the PR as GitHub has it now is the truth, the payload only a fallback.
-        current = await self.gateway.get_pull(installation_id, repository, number)
-        if current is not None:
-            facts.update(
-                head_sha=current.head_sha,
-                head_ref=current.head_ref,
-                base_ref=current.base_ref,
-                author=current.author,
-                state="closed" if current.state == "closed" else "open",
-                draft=current.draft,
-                fork=current.fork,
-                labels=list(current.labels),
+        # The config is read at the base branch the payload names while the PR is being read:
+        # two GitHub round trips in parallel on the way to every create. It is used only if
+        # the PR, once read, still targets that branch.
+        prefetch: ConfigPrefetch | None = None
+        if facts["state"] == "open":
+            base = facts["base_ref"] or "HEAD"
+            prefetch = (
+                base,
+                asyncio.ensure_future(self._read_config(installation_id, repository, base)),
             )
-            updated_at = None  # authoritative: never discarded as stale
-        self.record_pull(repository, number, facts, updated_at, installation_id)
-        await self.reconcile_pull(pull_id(repository, number))
+        try:
+            # Deliveries can arrive or be processed out of order, and `updated_at` has
+            # one-second granularity: the PR as GitHub has it now is the truth, the payload
+            # only a fallback.
+            current = await self.gateway.get_pull(installation_id, repository, number)
+            if current is not None:
+                facts.update(
+                    head_sha=current.head_sha,
+                    head_ref=current.head_ref,
+                    base_ref=current.base_ref,
+                    author=current.author,
+                    state="closed" if current.state == "closed" else "open",
+                    draft=current.draft,
+                    fork=current.fork,
+                    labels=list(current.labels),
+                )
+                updated_at = None  # authoritative: never discarded as stale
+            self.record_pull(repository, number, facts, updated_at, installation_id)
+            await self.reconcile_pull(pull_id(repository, number), prefetch=prefetch)
+        finally:
+            if prefetch is not None:
+                cancel_unused(prefetch[1])
         return True
 
     def record_pull(
@@ -351,11 +376,20 @@ class IntentProcessor:
 
     # ----- the decision ------------------------------------------------------------------------
 
-    async def load_config(self, pull: PullRequest) -> RepoConfig | None:
+    async def _read_config(
+        self, installation_id: int | None, repository: str, ref: str
+    ) -> str | None:
+        return await self.gateway.read_file(installation_id, repository, CONFIG_PATH, ref)
+
+    async def load_config(
+        self, pull: PullRequest, prefetch: ConfigPrefetch | None = None
+    ) -> RepoConfig | None:
         """`.runbot.yml` from the PR's BASE branch: a PR never changes what deploys it."""
-        text = await self.gateway.read_file(
-            pull.installation_id, pull.repository, CONFIG_PATH, pull.base_ref or "HEAD"
-        )
+        ref = pull.base_ref or "HEAD"
+        if prefetch is not None and prefetch[0] == ref:
+            text = await prefetch[1]
+        else:
+            text = await self._read_config(pull.installation_id, pull.repository, ref)
         if text is None:
             return None
         return parse_repo_config(text)
@@ -373,11 +407,14 @@ class IntentProcessor:
             session.add(pull)
             session.commit()
 
-    async def reconcile_pull(self, key: str, *, resume: bool = False) -> None:
+    async def reconcile_pull(
+        self, key: str, *, resume: bool = False, prefetch: ConfigPrefetch | None = None
+    ) -> None:
         """Decide the PR's desired state from its facts and config.
 
         ``resume`` (`/runbot deploy` or `redeploy`) lifts a deliberate stop: otherwise an
         environment that expired or was destroyed by a comment stays gone for the same commit.
+        ``prefetch`` is a config read already under way, for the base branch it names.
         """
         with self.db.session() as session:
             pull = session.get(PullRequest, key)
@@ -390,7 +427,7 @@ class IntentProcessor:
             self._update_pull(key, hold_reason="closed")
             return
         try:
-            config = await self.load_config(pull)
+            config = await self.load_config(pull, prefetch)
         except ConfigError as exc:
             self._update_pull(key, enabled=False, config_error=exc.markdown())
             return

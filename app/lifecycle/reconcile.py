@@ -103,7 +103,6 @@ class Reconciler:
         self.echo_phase = echo_phase
         self.listeners = listeners or []
         self.wakeup = asyncio.Event()
-        self._stacks: dict[tuple[str, tuple[Any, ...]], Stack] = {}
 
     # ----- claiming --------------------------------------------------------------------------
 
@@ -327,15 +326,7 @@ class Reconciler:
         """The stack's code, pinned to the recorded commit for git stacks."""
         kind = source.get("kind", "catalog")
         if kind == "catalog":
-            # Parsing a stack's HCL costs ~25 ms per call on the critical path of every run;
-            # the parse is reused while none of the template files changed (name, size, mtime).
-            key = (name, _catalog_fingerprint(self.catalog.templates_dir / name))
-            stack = self._stacks.get(key)
-            if stack is None:
-                stack = self.catalog.get(name)
-                self._stacks = {k: v for k, v in self._stacks.items() if k[0] != name}
-                self._stacks[key] = stack
-            return stack, ""
+            return self.catalog.get(name), ""  # parsed once per template change
         if kind == "git":
             path, commit = fetch_git_stack(
                 source["url"],
@@ -816,15 +807,3 @@ async def cancel_quietly(task: asyncio.Task[Any]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def _catalog_fingerprint(root: Path) -> tuple[Any, ...]:
-    """Name, size and mtime of every file of a catalog stack's two templates."""
-    found: list[Any] = []
-    for part in ("silo", "instance"):
-        with contextlib.suppress(OSError):
-            for entry in sorted(os.scandir(root / part), key=lambda e: e.name):
-                with contextlib.suppress(OSError):
-                    info = entry.stat()
-                    found.append((part, entry.name, info.st_size, info.st_mtime_ns))
-    return tuple(found)

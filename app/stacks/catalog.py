@@ -6,9 +6,12 @@ Terraform run, as a StackError that names `file:line` and says what to change.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from app.stacks import hcl
 from app.stacks.model import (
@@ -99,11 +102,27 @@ def load_stack(name: str, root: Path, source: StackSource | None = None) -> Stac
     return Stack(name, root, silo, instance, source or StackSource(kind="catalog"))
 
 
+def template_fingerprint(root: Path) -> tuple[Any, ...]:
+    """Name, size and mtime of every file of a stack's two templates."""
+    found: list[Any] = []
+    for part in ("silo", "instance"):
+        with contextlib.suppress(OSError):
+            for entry in sorted(os.scandir(root / part), key=lambda e: e.name):
+                with contextlib.suppress(OSError):
+                    info = entry.stat()
+                    found.append((part, entry.name, info.st_size, info.st_mtime_ns))
+    return tuple(found)
+
+
 class Catalog:
     """The operator's templates directory: one sub-directory per stack."""
 
     def __init__(self, templates_dir: Path) -> None:
         self.templates_dir = Path(templates_dir)
+        # Parsing a stack's HCL costs ~25 ms, and creating an environment needs the stack
+        # twice on its critical path (the input check, then the run): parses are kept while
+        # none of the template files changed (name, size, mtime), so edits apply at once.
+        self._parsed: dict[str, tuple[tuple[Any, ...], Stack]] = {}
 
     def names(self) -> list[str]:
         """Sorted names of the stacks present (directories with silo/ or instance/)."""
@@ -118,7 +137,14 @@ class Catalog:
             raise StackError(
                 f"unknown stack {name!r}: the catalog at {self.templates_dir} has: {available}"
             )
-        return load_stack(name, self.templates_dir / name, StackSource(kind="catalog"))
+        root = self.templates_dir / name
+        fingerprint = template_fingerprint(root)
+        cached = self._parsed.get(name)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        stack = load_stack(name, root, StackSource(kind="catalog"))
+        self._parsed[name] = (fingerprint, stack)
+        return stack
 
     def check_all(self) -> dict[str, StackError | None]:
         """Load every stack for `runbot doctor`: None when fine, else the problem.
