@@ -293,8 +293,18 @@ class Reconciler:
             except Exception:
                 log.exception("listener failed for %s %s", kind, target_id)
 
-    def _save(self, claim: Claim, mutate: Callable[[Any], None], release: bool = False) -> Any:
-        """Apply a change to the claimed row, but only while we still hold its lease."""
+    def _save(
+        self,
+        claim: Claim,
+        mutate: Callable[[Any], None],
+        release: bool = False,
+        start_run: Run | None = None,
+    ) -> Any:
+        """Apply a change to the claimed row, but only while we still hold its lease.
+
+        ``start_run`` is recorded in the same transaction (and becomes an environment's
+        ``last_run_id``): one commit on the critical path of every run instead of three.
+        """
         model = Silo if claim.kind == "silo" else Environment
         with self.db.session() as session:
             row = session.get(model, claim.id, with_for_update=self.db.is_postgres)
@@ -304,6 +314,11 @@ class Reconciler:
             mutate(row)
             if row.status != old_status:
                 check_transition(old_status, row.status)
+            if start_run is not None:
+                session.add(start_run)
+                session.flush()  # assigns its id
+                if isinstance(row, Environment):
+                    row.last_run_id = start_run.id
             row.updated_at = utcnow()
             if isinstance(row, Environment):
                 row.sync_version += 1
@@ -358,25 +373,21 @@ class Reconciler:
             return load_stack(name, Path(source["url"]), source_record), source_record.commit
         raise StackError(f"unknown stack source kind '{kind}'")
 
-    def _start_run(
+    def _new_run(
         self, claim: Claim, operation: str, trigger: str, head_sha: str | None, commit: str
     ) -> Run:
-        with self.db.session() as session:
-            run = Run(
-                target_kind=claim.kind,
-                target_id=claim.id,
-                operation=operation,
-                trigger=trigger,
-                generation=claim.generation,
-                head_sha=head_sha,
-                stack_commit=commit or None,
-                worker=self.worker_id,
-                phase="init",
-            )
-            session.add(run)
-            session.commit()
-            session.refresh(run)
-            return run
+        """A run record, saved by `_save(..., start_run=)` with the status it begins under."""
+        return Run(
+            target_kind=claim.kind,
+            target_id=claim.id,
+            operation=operation,
+            trigger=trigger,
+            generation=claim.generation,
+            head_sha=head_sha,
+            stack_commit=commit or None,
+            worker=self.worker_id,
+            phase="init",
+        )
 
     def _finish_run(
         self, run: Run, status: str, error: str | None = None, exit_code: int | None = None
@@ -513,8 +524,8 @@ class Reconciler:
             if commit:
                 row.stack_source = {**row.stack_source, "commit": commit}
 
-        self._save(claim, begin)
-        run = self._start_run(claim, operation, "cli", None, commit)
+        run = self._new_run(claim, operation, "cli", None, commit)
+        self._save(claim, begin, start_run=run)
         job = EngineJob(
             target=f"silo-{silo.name}",
             template_dir=stack.silo.path,
@@ -699,9 +710,8 @@ class Reconciler:
             if commit:
                 row.stack_source = {**row.stack_source, "commit": commit}
 
-        self._save(claim, begin)
-        run = self._start_run(claim, operation, env.trigger, head_sha, commit)
-        self._save(claim, lambda row: setattr(row, "last_run_id", run.id))
+        run = self._new_run(claim, operation, env.trigger, head_sha, commit)
+        self._save(claim, begin, start_run=run)
         workspace.mkdir(parents=True, exist_ok=True)
         job = EngineJob(
             target=f"env-{env.id}",
