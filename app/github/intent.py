@@ -478,6 +478,8 @@ class IntentProcessor:
             return
         self._update_pull(key, enabled=True, config_error=None, hold_reason=None)
         self.on_change()
+        # The reconciler was just woken: let it claim before this delivery's bookkeeping.
+        await asyncio.sleep(0)
 
     def _settle_burst(self, env_id: str) -> None:
         """Hold the environment's next apply until the burst of pushes goes quiet."""

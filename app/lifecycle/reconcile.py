@@ -246,6 +246,9 @@ class Reconciler:
                     task = asyncio.create_task(self._converge(claim))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                    # Let it reach its engine run before looking for more work: the next
+                    # claim's query is not on this run's critical path.
+                    await asyncio.sleep(0)
                 waiters = [
                     asyncio.create_task(self.wakeup.wait()),
                     asyncio.create_task(stop.wait()),
