@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)  # across all replicas
     worker_concurrency: int | None = Field(default=None, ge=1, le=256)  # per process
     scheduler_interval: float = Field(default=30.0, gt=0, le=86400)
+    # Handled deliveries are kept this long, then deleted: their ids are what recognises a
+    # redelivery, and GitHub lets people redeliver the past 3 days' deliveries.
+    delivery_retention_days: float = Field(default=14.0, ge=3, le=3650)
     default_capacity: int = Field(default=20, ge=1, le=100000)
     lease_seconds: float = Field(default=30.0, gt=1)
     worker_poll_interval: float = Field(default=1.0, gt=0)

@@ -122,6 +122,19 @@ async def test_installation_token_obtained_once_and_reused(
     assert fake.violations == []
 
 
+async def test_concurrent_first_requests_share_one_token(
+    fake: FakeGitHub, gateway: GitHubAppGateway
+) -> None:
+    # The intent reads the PR and .runbot.yml at once: a fresh client must not mint two tokens.
+    config, pulls, *more = await asyncio.gather(
+        gateway.read_file(INSTALLATION, REPO, ".runbot.yml", "main"),
+        gateway.list_open_pulls(INSTALLATION, REPO),
+        *(gateway.read_file(INSTALLATION, REPO, ".runbot.yml", "main") for _ in range(3)),
+    )
+    assert config == "stack: silo\n" and isinstance(pulls, list) and more == [config] * 3
+    assert len(fake.requests_for("POST", TOKEN_POSTS)) == 1
+
+
 async def test_git_token_cached_until_five_minutes_before_expiry(fake: FakeGitHub) -> None:
     now = [1000.0]
     gw = GitHubAppGateway(app_settings(fake), clock=lambda: now[0])

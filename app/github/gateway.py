@@ -366,6 +366,11 @@ class _Installation:
     client: GitHub[Any]
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     last_write: float | None = None
+    # githubkit fetches the client's token on its first request, once per concurrent request
+    # if several start together: until one has succeeded they go one at a time, so a fresh
+    # client makes one token request.
+    has_token: bool = False
+    first_request: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
 Send = Callable[[GitHub[Any]], Awaitable["Response[Any]"]]
@@ -447,6 +452,7 @@ class GitHubAppGateway:
         state = self._installations[installation_id]
         config = dataclasses.replace(self._app.config, cache_strategy=MemCacheStrategy())
         state.client = GitHub(self._app.auth.as_installation(installation_id), config=config)
+        state.has_token = False
 
     async def _installation_id(self, installation_id: int | None, repo: str) -> int:
         if installation_id is not None:
@@ -482,6 +488,17 @@ class GitHubAppGateway:
         """
         iid = await self._installation_id(installation_id, repo)
         state = self._installation(iid)
+        if not state.has_token:
+            async with state.first_request:
+                if not state.has_token:
+                    response = await self._paced(state, iid, what, method, send)
+                    state.has_token = True
+                    return response
+        return await self._paced(state, iid, what, method, send)
+
+    async def _paced(
+        self, state: _Installation, iid: int, what: str, method: str, send: Send
+    ) -> Response[Any]:
         if method not in WRITE_METHODS:
             return await self._attempt(what, method, send, iid)
         async with state.lock:

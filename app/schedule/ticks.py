@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, text, update
+from sqlalchemy import delete, func, text, update
 from sqlmodel import col, select
 
 from app.db.models import Delivery, Environment, PullRequest, Silo, utcnow
@@ -49,12 +49,14 @@ log = logging.getLogger("runbot.schedule")
 
 #: Counters for metrics: ``reaped``, ``warned`` (expiries marked), ``warnings_posted``,
 #: ``warnings_deferred`` (GitHub unavailable, retried next tick), ``expired_leases:<kind>``,
-#: ``released_leases``.
+#: ``released_leases``, ``pruned_deliveries``.
 TICK_STATS: Counter[str] = Counter()
 #: A warning comment being posted right now carries this prefix in ``warned_digest``.
 POSTING = "posting:"
 #: Resync runs on one replica at a time (it reconciles every open PR of every installation).
 RESYNC_LOCK = 7215063
+#: Deliveries deleted per transaction by the retention tick.
+PRUNE_BATCH = 500
 
 
 def due_for_reaping(env: Environment, now: datetime) -> bool:
@@ -112,6 +114,7 @@ class Ticks:
         wake: Callable[[], None] = lambda: None,
         lease_grace: timedelta = timedelta(seconds=30),
         delivery_lease: timedelta = timedelta(seconds=60),
+        delivery_retention: timedelta = timedelta(days=14),
     ) -> None:
         self.db = db
         self.lifecycle = lifecycle
@@ -119,6 +122,7 @@ class Ticks:
         self.wake = wake
         self.lease_grace = lease_grace
         self.delivery_lease = delivery_lease
+        self.delivery_retention = delivery_retention
 
     # ----- TTL ---------------------------------------------------------------------------------
 
@@ -284,6 +288,36 @@ class Ticks:
             self.wake()
         return report
 
+    # ----- retention ---------------------------------------------------------------------------
+
+    async def prune_deliveries(self, now: datetime | None = None) -> int:
+        """Delete handled deliveries older than the retention; returns how many went.
+
+        Each keeps its 18 kB-ish payload, so without this the table grows by every webhook
+        GitHub ever sent. Pending deliveries are never deleted, whatever their age: they are
+        work not done yet. Deleted in batches so no single transaction holds the table long.
+        """
+        cutoff = (now or utcnow()) - self.delivery_retention
+        deleted = 0
+        while True:
+            with self.db.session() as session:
+                batch = session.exec(
+                    select(Delivery.id)
+                    .where(Delivery.status != "pending")
+                    .where(col(Delivery.received_at) < cutoff)
+                    .limit(PRUNE_BATCH)
+                ).all()
+                if batch:
+                    session.execute(delete(Delivery).where(col(Delivery.id).in_(batch)))
+                    session.commit()
+            deleted += len(batch)
+            if len(batch) < PRUNE_BATCH:
+                break
+        if deleted:
+            TICK_STATS["pruned_deliveries"] += deleted
+            log.info("pruned %d handled delivery(ies) older than %s", deleted, cutoff.date())
+        return deleted
+
     # ----- one replica at a time ---------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -320,6 +354,7 @@ def register_ticks(loops: Loops) -> Ticks:
         wake=wake,
         lease_grace=timedelta(seconds=settings.lease_seconds),
         delivery_lease=loops.intent.lease,
+        delivery_retention=timedelta(days=settings.delivery_retention_days),
     )
 
     async def resync() -> None:
@@ -333,6 +368,7 @@ def register_ticks(loops: Loops) -> Ticks:
         ("warn_expiring", ticks.warn_expiring, interval),
         ("recover_leases", ticks.recover_leases, interval),
         ("resync", resync, max(interval * 10, 60.0)),
+        ("prune_deliveries", ticks.prune_deliveries, 3600.0),
     ]
     for job_id, func_, seconds in jobs:
         loops.scheduler.add_job(
