@@ -278,6 +278,12 @@ def test_writer_acts_from_the_dashboard_with_csrf(site: Site) -> None:
         "/silos/shared/destroy", data={"csrf_token": token.group(1)}, follow_redirects=True
     )
     assert "only operators" in refused.text
+    # Both kinds of action button share one check: the token first, then the action's name.
+    for path in ("/silos/shared/update", "/environments/pr-1-aaaaa/sleep"):
+        assert client.post(path, data={}).status_code == 403, path
+    for path in ("/silos/shared/explode", "/environments/pr-1-aaaaa/explode"):
+        unknown = client.post(path, data={"csrf_token": token.group(1)})
+        assert unknown.status_code == 404 and "no action" in unknown.text, path
 
 
 def test_anonymous_is_sent_to_sign_in_and_bad_tokens_are_refused(site: Site) -> None:

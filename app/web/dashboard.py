@@ -9,6 +9,7 @@ fresh. Actions are HTML form POSTs carrying the session's CSRF token, answered w
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,23 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
 from app.db.models import utcnow
 from app.lifecycle.states import BUSY
 from app.ttl.policy import humanize_until
 from app.web.auth import SESSION_COOKIE, Authenticator, AuthError, Principal, Session, stored_secret
-from app.web.views import ENV_ACTIONS, STATUS_FILTERS, Service, ServiceError, UsageOut
+from app.web.views import (
+    ENV_ACTIONS,
+    SILO_ACTIONS,
+    STATUS_FILTERS,
+    LogOut,
+    PageOut,
+    RunOut,
+    Service,
+    ServiceError,
+    UsageOut,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 FLASH_COOKIE = "runbot_flash"
@@ -268,6 +280,38 @@ class Dashboard:
             raise Redirect(self._to_login(request))
         return principal, principal.session or session, new
 
+    async def action_form(
+        self,
+        request: Request,
+        principal: Principal,
+        session: Session,
+        new: bool,
+        action: str,
+        actions: Iterable[str],
+    ) -> FormData:
+        """The posted form of an action button, once its CSRF token and action are checked;
+        otherwise the error page to show instead (as a Redirect, like `who`)."""
+        form = await request.form()
+        try:
+            self.auth.check_csrf(request, principal, str(form.get("csrf_token", "")))
+        except AuthError as exc:
+            raise Redirect(
+                self.error_page(request, session, new, exc.status, exc.message)
+            ) from None
+        if action not in actions:
+            raise Redirect(self.error_page(request, session, new, 404, f"no action '{action}'"))
+        return form
+
+    async def latest_run_log(
+        self, principal: Principal, runs: PageOut[RunOut]
+    ) -> tuple[RunOut | None, LogOut | None]:
+        """The newest of a page of runs, and the start of its log, for a detail page."""
+        current = runs.items[0] if runs.items else None
+        if current is None:
+            return None, None
+        log = await run_in_threadpool(self.service.run_log, principal, current.id, 0, 400)
+        return current, log
+
     @staticmethod
     def _to_login(request: Request) -> RedirectResponse:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -360,12 +404,7 @@ class Dashboard:
                     service.runs_of, principal, "environment", env_id, 1, 50
                 )
                 allowed = await service.allowed_actions(principal, env_id)
-                current = runs.items[0] if runs.items else None
-                log = (
-                    await run_in_threadpool(service.run_log, principal, current.id, 0, 400)
-                    if current
-                    else None
-                )
+                current, log = await self.latest_run_log(principal, runs)
                 return self.render(
                     request,
                     "environment.html",
@@ -386,14 +425,8 @@ class Dashboard:
         @router.post("/environments/{env_id}/{action}")
         async def environment_action(request: Request, env_id: str, action: str) -> Response:
             async def act(principal: Principal, session: Session, new: bool) -> Response:
-                form = await request.form()
+                form = await self.action_form(request, principal, session, new, action, ENV_ACTIONS)
                 back = f"/environments/{quote(env_id)}"
-                try:
-                    self.auth.check_csrf(request, principal, str(form.get("csrf_token", "")))
-                except AuthError as exc:
-                    return self.error_page(request, session, new, exc.status, exc.message)
-                if action not in ENV_ACTIONS:
-                    return self.error_page(request, session, new, 404, f"no action '{action}'")
                 by = str(form.get("by", "")) or None
                 try:
                     result = await service.act_on_environment(
@@ -434,12 +467,7 @@ class Dashboard:
                 envs = await run_in_threadpool(
                     service.list_environments, principal, None, "live", None, name, 1, 200
                 )
-                current = runs.items[0] if runs.items else None
-                log = (
-                    await run_in_threadpool(service.run_log, principal, current.id, 0, 400)
-                    if current
-                    else None
-                )
+                current, log = await self.latest_run_log(principal, runs)
                 return self.render(
                     request,
                     "silo.html",
@@ -459,14 +487,10 @@ class Dashboard:
         @router.post("/silos/{name}/{action}")
         async def silo_action(request: Request, name: str, action: str) -> Response:
             async def act(principal: Principal, session: Session, new: bool) -> Response:
-                form = await request.form()
+                form = await self.action_form(
+                    request, principal, session, new, action, SILO_ACTIONS
+                )
                 back = f"/silos/{quote(name)}"
-                try:
-                    self.auth.check_csrf(request, principal, str(form.get("csrf_token", "")))
-                except AuthError as exc:
-                    return self.error_page(request, session, new, exc.status, exc.message)
-                if action not in ("update", "destroy"):
-                    return self.error_page(request, session, new, 404, f"no action '{action}'")
                 try:
                     result = await service.act_on_silo(
                         principal,

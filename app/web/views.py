@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, Field, computed_field
 from sqlalchemy import func
@@ -42,6 +42,7 @@ STATUS_FILTERS = ("live", "all", *(s.value for s in Status))
 EnvAction = Literal["extend", "destroy", "redeploy", "sleep", "wake"]
 ENV_ACTIONS: tuple[str, ...] = ("extend", "sleep", "wake", "redeploy", "destroy")
 SiloAction = Literal["update", "destroy"]
+SILO_ACTIONS: tuple[str, ...] = get_args(SiloAction)
 
 
 class ServiceError(Exception):
