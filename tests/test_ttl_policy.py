@@ -16,6 +16,8 @@ from app.ttl.policy import (
     humanize_until,
     is_expired,
     needs_warning,
+    policy_from_record,
+    policy_record,
     warning_due_at,
 )
 
@@ -203,3 +205,10 @@ def test_humanize_direction(delta: timedelta) -> None:
         assert text.startswith("in ")
     else:
         assert text.endswith(" ago")
+
+
+def test_a_stored_policy_reads_back_as_itself_and_none_means_the_defaults() -> None:
+    policy = TTLPolicy(idle=timedelta(hours=2), max=timedelta(hours=6), warn_before=timedelta(0))
+    assert policy_record(policy) == {"idle": 7200.0, "max": 21600.0, "warn_before": 0.0}
+    assert policy_from_record(policy_record(policy)) == policy
+    assert policy_from_record({}) == policy_from_record(None) == TTLPolicy()

@@ -7,7 +7,7 @@ the two; events never run the engine. Lease columns make claims survive a killed
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from app.ttl.policy import TTLPolicy
+from app.ttl.policy import policy_from_record, warning_due_at
 
 LIVE_PR_CONDITION = "desired != 'absent' AND status != 'destroyed'"
 
@@ -135,8 +135,7 @@ def warning_time(expires_at: datetime | None, ttl: dict[str, Any] | None) -> dat
     """When the expiry warning of ``expires_at`` falls due under the row's TTL record."""
     if expires_at is None:
         return None
-    warn_before = (ttl or {}).get("warn_before", TTLPolicy().warn_before.total_seconds())
-    return expires_at - timedelta(seconds=float(warn_before))
+    return warning_due_at(policy_from_record(ttl), expires_at)
 
 
 @event.listens_for(Environment, "before_insert")

@@ -20,7 +20,13 @@ from app.lifecycle.ids import new_environment_id
 from app.lifecycle.states import LIVE, Desired, Status
 from app.stacks.catalog import Catalog, StackError, StackSource, validate_name
 from app.stacks.mapping import RUNBOT_INSTANCE_VARIABLES, MappingError, check_type
-from app.ttl.policy import ExtendResult, TTLPolicy, expiry_after_activity
+from app.ttl.policy import (
+    ExtendResult,
+    TTLPolicy,
+    expiry_after_activity,
+    policy_from_record,
+    policy_record,
+)
 from app.ttl.policy import extend as extend_expiry
 
 REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
@@ -40,21 +46,7 @@ class Conflict(LifecycleError):
 
 
 def ttl_policy_of(env: Environment) -> TTLPolicy:
-    if not env.ttl:
-        return TTLPolicy()
-    return TTLPolicy(
-        idle=timedelta(seconds=env.ttl["idle"]),
-        max=timedelta(seconds=env.ttl["max"]),
-        warn_before=timedelta(seconds=env.ttl["warn_before"]),
-    )
-
-
-def _ttl_record(policy: TTLPolicy) -> dict[str, float]:
-    return {
-        "idle": policy.idle.total_seconds(),
-        "max": policy.max.total_seconds(),
-        "warn_before": policy.warn_before.total_seconds(),
-    }
+    return policy_from_record(env.ttl)
 
 
 def mark_pull_dirty(session: Any, repository: str, pr_number: int) -> None:
@@ -258,7 +250,7 @@ class Lifecycle:
                 head_ref=head_ref,
                 vars=vars or {},
                 trigger=trigger,
-                ttl=_ttl_record(policy),
+                ttl=policy_record(policy),
                 last_activity_at=now,
                 created_at=now,
                 expires_at=expiry_after_activity(policy, now, now),

@@ -7,6 +7,7 @@ them with aware values is the classic source of off-by-hours expiry bugs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +19,8 @@ __all__ = [
     "humanize_until",
     "is_expired",
     "needs_warning",
+    "policy_from_record",
+    "policy_record",
     "warning_due_at",
 ]
 
@@ -47,6 +50,26 @@ class ExtendResult:
     expires_at: datetime
     capped: bool
     cap: datetime
+
+
+def policy_from_record(record: Mapping[str, float] | None) -> TTLPolicy:
+    """The policy stored with an environment (seconds per field); none stored: the defaults."""
+    if not record:
+        return TTLPolicy()
+    return TTLPolicy(
+        idle=timedelta(seconds=record["idle"]),
+        max=timedelta(seconds=record["max"]),
+        warn_before=timedelta(seconds=record["warn_before"]),
+    )
+
+
+def policy_record(policy: TTLPolicy) -> dict[str, float]:
+    """What `policy_from_record` reads back: the policy in seconds, JSON-ready."""
+    return {
+        "idle": policy.idle.total_seconds(),
+        "max": policy.max.total_seconds(),
+        "warn_before": policy.warn_before.total_seconds(),
+    }
 
 
 def _aware(name: str, value: datetime) -> datetime:
