@@ -14,6 +14,8 @@ import pytest
 from sqlmodel import select
 
 from app.db.models import Delivery, Environment
+from app.db.session import Database
+from app.github.intake import WebhookIntake
 from tests.apphost import INSTALLATION, REPO, WEBHOOK_SECRET, AppServer, app_settings, seed_repo
 from tests.fakegithub.server import FakeGitHub
 from tests.fakegithub.webhooks import sign
@@ -148,3 +150,43 @@ def test_unknown_event_and_ping(server: AppServer) -> None:
     assert response.status_code == 200 and response.json()["status"] == "pong"
     assert {d.status for d in deliveries(server)} == {"ignored"}
     assert environments(server) == []
+
+
+def test_a_database_failure_is_a_json_500_that_says_to_redeliver(
+    server: AppServer, fake_github: FakeGitHub
+) -> None:
+    """Deliveries skip FastAPI's stack (RunbotApp), so the intake answers its own failures."""
+    db = server.runtime.db
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE delivery RENAME TO delivery_away")
+    try:
+        body = opened_body(fake_github)
+        response = post(server, body, **good_headers(body))
+        assert response.status_code == 500
+        assert "redeliver" in response.json()["error"]
+    finally:
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE delivery_away RENAME TO delivery")
+    assert deliveries(server) == []
+    response = post(server, body, **good_headers(body))  # the redelivery GitHub would send
+    assert response.status_code == 202
+    assert len(deliveries(server)) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "root_path", "direct"),
+    [
+        ("POST", "/webhooks/github", "", True),
+        ("POST", "/runbot/webhooks/github", "/runbot", True),  # mounted under a prefix
+        ("GET", "/webhooks/github", "", False),  # FastAPI answers 405
+        ("POST", "/webhooks/github/", "", False),  # FastAPI redirects
+        ("POST", "/webhooks/github/../github", "", False),
+        ("POST", "/api/environments", "", False),
+    ],
+)
+def test_which_requests_go_straight_to_the_intake(
+    method: str, path: str, root_path: str, direct: bool
+) -> None:
+    intake = WebhookIntake(Database("sqlite://"), lambda: "s", lambda: None)
+    scope = {"type": "http", "method": method, "path": path, "root_path": root_path}
+    assert intake.matches(scope) is direct

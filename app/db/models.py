@@ -254,11 +254,18 @@ class RunLogChunk(SQLModel, table=True):
 
 
 class Delivery(SQLModel, table=True):
+    # Every query on deliveries filters on status and then on the two times: the claim of the
+    # oldest pending ones, the lease sweep, the backlog metric, retention. On SQLite a row's
+    # times sit after its payload (overflow pages); unindexed, listing 50 claimable ids out of
+    # a 7,000-delivery backlog read all their payloads and sorted them: 57 ms, every 50
+    # deliveries. Covered by this index it takes 0.1 ms.
+    __table_args__ = (Index("ix_delivery_claim", "status", "received_at", "processed_at", "id"),)
+
     id: str = Field(primary_key=True, max_length=100)
     event: str = Field(max_length=60)
     action: str | None = Field(default=None, max_length=60)
     payload: str = Field(sa_column=Column(Text, nullable=False))
-    status: str = Field(default="pending", max_length=20, index=True)
+    status: str = Field(default="pending", max_length=20)
     error: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

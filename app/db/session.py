@@ -31,6 +31,7 @@ class Database:
         self.url = url
         self.is_postgres = url.startswith("postgresql")
         self.engine = self._create_engine(url)
+        self._owned: list[Any] = []
 
     @staticmethod
     def _create_engine(url: str) -> Engine:
@@ -56,6 +57,15 @@ class Database:
     def session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
+
+    def own_connection(self) -> Any:
+        """A DB-API connection outside the pool, with the engine's settings, for one component
+        to keep for good (closed by `dispose`)."""
+        pooled = self.engine.raw_connection()
+        connection = pooled.driver_connection
+        pooled.detach()
+        self._owned.append(connection)
+        return connection
 
     def _alembic_config(self) -> Config:
         config = Config()
@@ -86,8 +96,17 @@ class Database:
         return sorted(heads - current)
 
     @property
+    def is_sqlite_file(self) -> bool:
+        """SQLite on a file: a second connection sees the same database (not so in memory)."""
+        database = make_url(self.url).database
+        return not self.is_postgres and database not in (None, "", ":memory:")
+
+    @property
     def safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
 
     def dispose(self) -> None:
+        for connection in self._owned:
+            connection.close()
+        self._owned.clear()
         self.engine.dispose()

@@ -81,6 +81,24 @@ def _get(data: Any, *path: str, default: Any = None) -> Any:
     return default if data is None else data
 
 
+def claimable_deliveries(now: datetime, lease: timedelta) -> tuple[Any, ...]:
+    """Pending, and either never leased or with a lease that lapsed."""
+    return (
+        Delivery.status == "pending",
+        or_(col(Delivery.processed_at).is_(None), col(Delivery.processed_at) < now - lease),
+    )
+
+
+def oldest_claimable(now: datetime, lease: timedelta, limit: int) -> Any:
+    """Ids only, oldest first: answered from ix_delivery_claim alone."""
+    return (
+        select(Delivery.id)
+        .where(*claimable_deliveries(now, lease))
+        .order_by(col(Delivery.received_at))
+        .limit(limit)
+    )
+
+
 class IntentProcessor:
     def __init__(
         self,
@@ -108,20 +126,13 @@ class IntentProcessor:
     def claim_delivery(self) -> Delivery | None:
         """Lease the oldest pending delivery.
 
-        Finding "the oldest pending" costs a scan of the pending rows (on SQLite it also reads
-        every pending payload, stored before `received_at` in the row). Done once per delivery,
-        a backlog of N deliveries cost O(N^2): 35% of the serve process's CPU under a webhook
-        flood (bench/webhook.py). Candidates are now listed in batches, ids only, and each is
-        leased by primary key with a conditional UPDATE that exactly one replica wins.
+        Candidates are listed in batches, ids only, in index order (`oldest_claimable`), and
+        each is leased by primary key with a conditional UPDATE that exactly one replica wins.
+        Listing them once per delivery by scanning and sorting the pending rows made a backlog
+        of N deliveries cost O(N^2): 35% of the serve process's CPU under a webhook flood.
         """
         now = utcnow()
-        claimable = (
-            Delivery.status == "pending",
-            or_(
-                col(Delivery.processed_at).is_(None),
-                col(Delivery.processed_at) < now - self.lease,
-            ),
-        )
+        claimable = claimable_deliveries(now, self.lease)
         for _ in range(2):
             while self._candidates:
                 delivery_id = self._candidates.popleft()
@@ -136,12 +147,7 @@ class IntentProcessor:
                     if result.rowcount == 1:  # type: ignore[attr-defined]
                         return session.get(Delivery, delivery_id)
             with self.db.session() as session:
-                found = session.exec(
-                    select(Delivery.id)
-                    .where(*claimable)
-                    .order_by(col(Delivery.received_at))
-                    .limit(CLAIM_BATCH)
-                ).all()
+                found = session.exec(oldest_claimable(now, self.lease, CLAIM_BATCH)).all()
             if not found:
                 return None
             self._candidates.extend(found)
