@@ -316,6 +316,15 @@ class Serve:
     def memory(self) -> dict[str, int]:
         return proc_status(self.pid)
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Freeze the process (SIGSTOP), e.g. while a baseline is measured on the same cores."""
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

@@ -5,10 +5,15 @@ The deliveries are for a repository where the App is installed but which has no 
 (the common case of an organisation-wide install), so the background intent work a delivery
 causes (record the PR's facts, read the base branch's config from the fake GitHub) runs in the
 same process while the load lasts, as it would in production, but no engine run competes.
+
+That background work outlasts each runbot trial (the intent backlog drains for a while), so
+`runbot serve` is frozen (SIGSTOP) while the baseline is measured: otherwise it would slow the
+baseline down on the same two cores and flatter the ratio.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -154,7 +159,9 @@ def run(ctx: Context) -> list[Row]:
                 for side, port in order:
                     path = root / f"trial-{trial}-{side}.jsonl"
                     ids = _requests(fake, repo, count, path, f"t{trial}-{side}")
-                    result = _load(port, path, root / f"trial-{trial}-{side}.json")
+                    quiet = serve.paused() if side == "bare" else contextlib.nullcontext()
+                    with quiet:
+                        result = _load(port, path, root / f"trial-{trial}-{side}.json")
                     bad = {k: v for k, v in result["statuses"].items() if k not in ("202", "200")}
                     if bad:
                         raise RuntimeError(f"{side} refused deliveries: {bad}")

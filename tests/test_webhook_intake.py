@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from app.db.models import Delivery, Environment
 from app.db.session import Database
-from app.github.intake import WebhookIntake
+from app.github.intake import WebhookIntake, parse_json
 from tests.apphost import INSTALLATION, REPO, WEBHOOK_SECRET, AppServer, app_settings, seed_repo
 from tests.fakegithub.server import FakeGitHub
 from tests.fakegithub.webhooks import sign
@@ -190,3 +190,22 @@ def test_which_requests_go_straight_to_the_intake(
     intake = WebhookIntake(Database("sqlite://"), lambda: "s", lambda: None)
     scope = {"type": "http", "method": method, "path": path, "root_path": root_path}
     assert intake.matches(scope) is direct
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"action": "created", "comment": {"body": "half an emoji \\ud83d"}}',  # lone surrogate
+        b'{"action": "created", "score": NaN}',
+        b'\xef\xbb\xbf{"action": "created"}',  # a byte-order mark
+    ],
+)
+def test_json_that_only_orjson_refuses_is_still_accepted(body: bytes) -> None:
+    """orjson reads payloads first and is stricter than `json`; validity must not change."""
+    assert parse_json(body)["action"] == "created"
+
+
+@pytest.mark.parametrize("body", [b"{", b'{"action": }', b"\xff\xfe", b""])
+def test_json_that_both_refuse_is_an_error(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_json(body)

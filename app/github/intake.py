@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.dialects import postgresql, sqlite
@@ -50,6 +51,16 @@ def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     if not header or not header.startswith("sha256="):
         return False
     return hmac.compare_digest(sign_body(secret, body), header.strip())
+
+
+def parse_json(data: bytes | str) -> Any:
+    """orjson first: 33 µs for an 18 kB payload against 79 µs with `json`, whose parse was a
+    fifth of the acknowledgement's CPU. It is stricter (NaN, lone surrogates, a BOM), so what
+    it refuses gets a second reading by `json`: validity means what it meant before."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _problem(status: int, message: str) -> JSONResponse:
@@ -311,7 +322,7 @@ class WebhookIntake:
             outcome(event or "unknown", "bad_headers")
             return _problem(400, "X-GitHub-Event and X-GitHub-Delivery headers are required")
         try:
-            payload = json.loads(body)
+            payload = parse_json(body)
         except (ValueError, UnicodeDecodeError):
             outcome(event, "malformed")
             return _problem(400, "body is not valid JSON")

@@ -28,7 +28,7 @@ from app.db.models import Delivery, Environment, Installation, PullRequest, Run,
 from app.db.session import Database
 from app.github.config import ConfigError, GitStack, LocalStack, RepoConfig, parse_repo_config
 from app.github.gateway import Gateway, GitHubError, PullInfo, RetryLater
-from app.github.intake import ACTIVITY
+from app.github.intake import ACTIVITY, parse_json
 from app.lifecycle.service import Lifecycle, LifecycleError, pull_id
 from app.lifecycle.states import Desired, Status
 from app.logging import log_context
@@ -178,7 +178,7 @@ class IntentProcessor:
 
     async def _process(self, delivery: Delivery) -> bool:
         try:
-            payload = json.loads(delivery.payload)
+            payload = parse_json(delivery.payload)
             async with kept_alive(lambda: self._renew(delivery.id), self.lease.total_seconds() / 3):
                 handled = await self.handle(delivery.event, payload)
         except RetryLater as exc:
