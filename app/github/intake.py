@@ -112,8 +112,9 @@ class SqliteInlineInsert:
     connection is writing, and the caller hands that batch to a thread that may wait.
 
     Nor does it checkpoint on the loop: SQLite's automatic checkpoint runs inside the COMMIT
-    that crosses 1,000 WAL pages and fsyncs, a stall of up to ~100 ms on a virtual disk. It is
-    off on this connection, and a thread checkpoints every `CHECKPOINT_BYTES` of deliveries.
+    that crosses 1,000 WAL pages and fsyncs (one bench run here saw a 129 ms p99 from it on
+    a virtual disk). It is off on this connection, and a thread checkpoints every
+    `CHECKPOINT_BYTES` of deliveries.
     """
 
     CHECKPOINT_BYTES = 4 * 2**20  # about SQLite's default, 1,000 pages of 4 kB
