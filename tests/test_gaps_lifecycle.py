@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
+from app.db.models import Silo, utcnow
 from app.engine.backends import backend_for
-from app.lifecycle.states import Status
+from app.lifecycle.reconcile import Claim, Reconciler
+from app.lifecycle.states import Desired, Status
 from app.runtime import build_runtime
 from app.web.app import SingleProcessError, acquire_sqlite_lock
 from tests.conftest import make_settings
@@ -76,3 +80,38 @@ def test_sqlite_allows_one_runbot_process(tmp_path: Path) -> None:
 def test_postgres_needs_no_process_lock(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, "postgresql+psycopg://root@127.0.0.1:5432/whatever")
     assert acquire_sqlite_lock(settings) is None
+
+
+async def test_a_reap_between_claim_and_converge_keeps_its_reason(tmp_path: Path) -> None:
+    """Another replica's reaper marks an environment expired after this worker read it and
+    found its silo unusable, before the worker saves its "waiting" note: that note must not
+    overwrite "expired" (two replicas under load hit it, tests/test_ticks_replicas.py), and
+    the new desired state is handled at once rather than after the waiting delay."""
+    rt = build_runtime(make_settings(tmp_path))
+
+    class ReapedMeanwhile(Reconciler):
+        def _release_later(self, claim: Claim, delay: float, status: str, reason: str) -> None:
+            # The other replica, between this worker's read and its save.
+            assert rt.lifecycle.reap_if_expired(claim.id, utcnow() + timedelta(days=365))
+            super()._release_later(claim, delay, status, reason)
+
+    try:
+        rt.lifecycle.create_silo("broken", "local", {})
+        with rt.db.session() as session:
+            session.execute(
+                update(Silo).values(status=Status.FAILED, observed_generation=Silo.generation)
+            )
+            session.commit()
+        env = rt.lifecycle.create_environment("broken", "acme/app", 7, "a" * 40, author="al")
+        reconciler = ReapedMeanwhile(rt.db, rt.catalog, rt.runner, rt.settings.data_dir)
+        claim = reconciler.claim()
+        assert claim is not None and claim.id == env.id
+        await reconciler._converge(claim)
+        row = rt.lifecycle.get_environment(env.id)
+        assert (row.desired, row.reason, row.trigger) == (Desired.ABSENT, "expired", "ttl")
+        assert row.next_attempt_at is None and row.lease_owner is None
+        again = rt.reconciler().claim()  # claimable now, not after the waiting delay
+        assert again is not None and again.id == env.id
+        assert again.generation == row.generation
+    finally:
+        rt.db.dispose()

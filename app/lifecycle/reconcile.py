@@ -335,6 +335,11 @@ class Reconciler:
 
     def _release_later(self, claim: Claim, delay: float, status: str, reason: str) -> None:
         def mutate(row: Any) -> None:
+            if row.generation != claim.generation:
+                # The desired state moved since the claim (the TTL reaper, a command): its
+                # reason stands, and the new desired state is handled at once.
+                row.next_attempt_at = None
+                return
             row.status, row.reason = status, reason
             row.next_attempt_at = utcnow() + timedelta(seconds=delay)
 
