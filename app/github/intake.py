@@ -256,7 +256,8 @@ class WebhookIntake:
     The direct way skips FastAPI's request machinery: its routing, dependency solving and six
     middlewares cost ~80 µs of a ~290 µs acknowledgement (bench/webhook.py, measured on a bare
     endpoint both ways) and give this endpoint nothing: it reads the raw body, checks it by
-    hand and answers JSON. Both ways run the same `receive`.
+    hand and answers JSON. Both ways run the same `receive`. One consequence: FastAPI's own
+    middleware (its native OpenTelemetry included) does not see deliveries; the access log does.
     """
 
     def __init__(
