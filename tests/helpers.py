@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+from sqlalchemy import update
 
 from app.db.models import Environment, Silo
 from app.lifecycle.states import Status
@@ -30,6 +31,15 @@ def processes_matching(pattern: str) -> list[str]:
     """Command lines of live processes whose argv contains `pattern` (excluding pgrep itself)."""
     out = subprocess.run(["pgrep", "-af", "--", pattern], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
+def fail_every_silo(rt: Runtime) -> None:
+    """Mark the silos failed without an engine run: their environments wait as `queued`."""
+    with rt.db.session() as session:
+        session.execute(
+            update(Silo).values(status=Status.FAILED, observed_generation=Silo.generation)
+        )
+        session.commit()
 
 
 def settled(row: Silo | Environment) -> bool:

@@ -6,16 +6,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 
-from app.db.models import Silo, utcnow
+from app.db.models import utcnow
 from app.engine.backends import backend_for
 from app.lifecycle.reconcile import Claim, Reconciler
 from app.lifecycle.states import Desired, Status
 from app.runtime import build_runtime
 from app.web.app import SingleProcessError, acquire_sqlite_lock
 from tests.conftest import make_settings
-from tests.helpers import converge_sync, env_settled, fetch, silo_ready
+from tests.helpers import converge_sync, env_settled, fail_every_silo, fetch, silo_ready
 
 
 @pytest.mark.engine
@@ -97,11 +96,7 @@ async def test_a_reap_between_claim_and_converge_keeps_its_reason(tmp_path: Path
 
     try:
         rt.lifecycle.create_silo("broken", "local", {})
-        with rt.db.session() as session:
-            session.execute(
-                update(Silo).values(status=Status.FAILED, observed_generation=Silo.generation)
-            )
-            session.commit()
+        fail_every_silo(rt)
         env = rt.lifecycle.create_environment("broken", "acme/app", 7, "a" * 40, author="al")
         reconciler = ReapedMeanwhile(rt.db, rt.catalog, rt.runner, rt.settings.data_dir)
         claim = reconciler.claim()

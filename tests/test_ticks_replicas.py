@@ -17,9 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 
-from app.db.models import PullRequest, Silo
+from app.db.models import PullRequest
 from app.lifecycle.service import pull_id
 from app.lifecycle.states import Desired, Status
 from app.runtime import build_runtime
@@ -27,7 +26,7 @@ from app.ttl.policy import TTLPolicy
 from tests.apphost import INSTALLATION, REPO, WEBHOOK_SECRET, app_settings, seed_repo
 from tests.conftest import ROOT, TEMPLATES
 from tests.fakegithub.server import FakeGitHub
-from tests.helpers import wait_for
+from tests.helpers import fail_every_silo, wait_for
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 pytestmark = pytest.mark.postgres
@@ -107,11 +106,7 @@ def test_each_expiry_warns_once_and_destroys_once(
         # A silo that is not (and will not be) applied: environments wait on it as `queued`,
         # and an expired one is forgotten without an engine run.
         rt.lifecycle.create_silo("replicas", "local", {})
-        with rt.db.session() as session:
-            session.execute(
-                update(Silo).values(status=Status.FAILED, observed_generation=Silo.generation)
-            )
-            session.commit()
+        fail_every_silo(rt)
         envs = []
         for number in PULLS:
             fake.add_pull(REPO, number, f"{number:040x}", f"feature/{number}", author="alice")
