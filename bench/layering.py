@@ -102,8 +102,9 @@ def open_and_wait(
         found["url"] = match.group(1)
         return answers(found["url"], sha)
 
+    event = pr_event(fake, "opened", repo, number)  # ready before the clock, as GitHub's
     started = time.perf_counter()
-    post_event(serve.webhook_url, pr_event(fake, "opened", repo, number))
+    post_event(serve.webhook_url, event)
     elapsed = wait_until(ready, SLOW_SILO_SECONDS * 4, what=f"{repo}#{number}") - started
     return elapsed, found["url"]
 
