@@ -262,11 +262,9 @@ class EngineRunner:
             ]
 
             async def run(phase: str, args: list[str], sink: LineSink) -> None:
-                if on_phase:
-                    on_phase(phase)
                 on_line(f"$ {Path(prefix[-1]).name} {' '.join(args)}")
                 await self._run_phase(
-                    prefix, workdir, args, env, phase, deadline, sink, redact, cancel
+                    prefix, workdir, args, env, phase, deadline, sink, redact, cancel, on_phase
                 )
 
             # `init` again for a target already initialised from the very same template,
@@ -301,11 +299,12 @@ class EngineRunner:
                 await run(operation, main_args, on_line)
             outputs: dict[str, dict[str, Any]] = {}
             if job.operation == "apply":
-                if on_phase:
-                    on_phase("output")
                 # runbot's own local backend: the outputs are in the state file the apply just
-                # wrote, so a second engine process (`output -json`, ~0.1 s) is not needed.
+                # wrote, so a second engine process (`output -json`, ~0.1 s) is not needed, nor
+                # a phase of its own.
                 local = _local_state_outputs(self.data_dir, job, backend)
+                if local is None and on_phase:
+                    on_phase("output")
                 outputs = (
                     local
                     if local is not None
@@ -388,8 +387,13 @@ class EngineRunner:
         on_line: LineSink,
         redact: Redactor,
         cancel: asyncio.Event | None,
+        on_phase: PhaseSink | None = None,
     ) -> None:
         proc = await self._spawn(prefix, workdir, args, env, merge=True)
+        if on_phase:
+            # Recorded once the engine is starting (its own start-up takes far longer than
+            # this write), not on the critical path before it.
+            on_phase(phase)
         assert proc.stdout is not None
 
         async def pump() -> None:
