@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from app.db.models import utcnow
+from app.db.models import Environment, Silo, utcnow
 from app.engine.backends import backend_for
 from app.lifecycle.reconcile import Claim, Reconciler
 from app.lifecycle.states import Desired, Status
 from app.runtime import build_runtime
-from app.web.app import SingleProcessError, acquire_sqlite_lock
+from app.web.app import Loops, SingleProcessError, acquire_sqlite_lock
 from tests.conftest import make_settings
 from tests.helpers import converge_sync, env_settled, fail_every_silo, fetch, silo_ready
 
@@ -110,3 +111,62 @@ async def test_a_reap_between_claim_and_converge_keeps_its_reason(tmp_path: Path
         assert again.generation == row.generation
     finally:
         rt.db.dispose()
+
+
+def test_claims_respect_the_run_cap_and_wake_at_the_earliest_delay(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Claiming counts active runs in one statement and reads candidates as (key, generation)."""
+    rt = build_runtime(make_settings(tmp_path, database_url))
+    worker = Reconciler(
+        rt.db, rt.catalog, rt.runner, tmp_path, worker_id="w1", max_concurrent_runs=2
+    )
+    assert worker.claim() is None and worker._next_due() is None
+    rt.lifecycle.create_silo("s", "local", {"port_base": 42000, "capacity": 3})
+    envs = {rt.lifecycle.create_environment("s", "octo/app", n, "abc1234").id for n in (1, 2, 3)}
+
+    assert worker.claim() == Claim(kind="silo", id="s", generation=1)  # silos first
+    claimed = worker.claim()
+    assert claimed is not None and claimed.kind == "environment" and claimed.id in envs
+    with rt.db.session() as session:
+        env = session.get(Environment, claimed.id)
+        assert env is not None and claimed.generation == env.generation
+    assert worker.claim() is None  # two leases held: the cap of 2 is reached
+
+    # Both released with retry delays: 30 s for the silo, 10 s for the environment.
+    with rt.db.session() as session:
+        for row, delay in (
+            (session.get(Silo, "s"), 30),
+            (session.get(Environment, claimed.id), 10),
+        ):
+            assert row is not None
+            row.lease_owner, row.lease_expires_at = None, None
+            row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            session.add(row)
+        session.commit()
+    due = worker._next_due()
+    assert due is not None and 9.0 < due <= 10.1
+    # The two other environments are claimable now; the delayed ones are not.
+    taken = [worker.claim(), worker.claim()]
+    assert {c.id for c in taken if c is not None} == envs - {claimed.id}
+    rt.db.dispose()
+
+
+async def test_a_change_wakes_the_notifier_only_after_the_reconciler_has_claimed(
+    tmp_path: Path,
+) -> None:
+    """The reconciler and the notifier share one event loop, and a new run's engine start is
+    the critical path: the notifier's pass (a claim, a render, usually a hold) goes after."""
+    rt = build_runtime(make_settings(tmp_path))
+    loops = Loops.build(rt)
+    loops._intent_changed()
+    assert loops.reconciler.wakeup.is_set() and not loops.notifier.wakeup.is_set()
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(loops.reconciler.run(stop, poll_interval=30))
+    await asyncio.wait_for(loops.notifier.wakeup.wait(), 5)  # woken by the claiming pass
+    assert not loops.reconciler.wakeup.is_set()  # which had consumed its own wake-up first
+    stop.set()
+    await worker
+    await loops.gateway.aclose()
+    rt.db.dispose()

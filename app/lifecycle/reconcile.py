@@ -50,7 +50,7 @@ log = logging.getLogger("runbot.reconcile")
 Target = Silo | Environment
 LineEcho = Callable[[str, str], None]  # (target label, line)
 PhaseEcho = Callable[[str, str], None]  # (target label, phase)
-Listener = Callable[[str, str], None]  # (kind, id): called after every visible change
+Listener = Callable[[str, str, str], None]  # (kind, id, status): after every visible change
 
 RETRY_DELAYS = (10.0, 60.0, 300.0)  # automatic retries of failed destroys: nothing may leak
 
@@ -64,6 +64,11 @@ class Claim:
 
 class LeaseLost(Exception):
     pass
+
+
+def _aware(value: datetime, now: datetime) -> datetime:
+    """A timestamp from an aggregate, in UTC even if the driver handed it back naive."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=now.tzinfo)
 
 
 def default_worker_id() -> str:
@@ -103,12 +108,15 @@ class Reconciler:
         self.echo_phase = echo_phase
         self.listeners = listeners or []
         self.wakeup = asyncio.Event()
+        # Called after each claiming pass, once the runs it started have reached their engine.
+        self.after_pass: Callable[[], None] = lambda: None
 
     # ----- claiming --------------------------------------------------------------------------
 
     def _claimable(self, model: type[Target], now: datetime) -> Any:
+        key = model.name if model is Silo else model.id  # type: ignore[attr-defined]
         return (
-            select(model)
+            select(key, model.generation)
             .where(model.generation != model.observed_generation)
             .where(or_(col(model.lease_expires_at).is_(None), col(model.lease_expires_at) < now))
             .where(or_(col(model.next_attempt_at).is_(None), col(model.next_attempt_at) <= now))
@@ -117,27 +125,34 @@ class Reconciler:
         )
 
     def claim(self) -> Claim | None:
-        """Lease the oldest target that needs work, if the global run cap allows another."""
+        """Lease the oldest target that needs work, if the global run cap allows another.
+
+        It runs after every change and every finished run, on the way to each engine start and
+        before each status comment: one statement counts the active runs, and candidates are
+        read as (key, generation) rather than whole rows.
+        """
         now = utcnow()
         with self.db.session() as session:
             if self.db.is_postgres:
                 # Serialises only the cap check across replicas; rows are then taken SKIP LOCKED.
                 session.exec(select(func.pg_advisory_xact_lock(7215062)))  # type: ignore[call-overload]
-            active = 0
-            for model in (Silo, Environment):
-                active += session.exec(
-                    select(func.count()).select_from(model).where(col(model.lease_expires_at) > now)
-                ).one()
+            counts = [
+                select(func.count()).select_from(model).where(col(model.lease_expires_at) > now)
+                for model in (Silo, Environment)
+            ]
+            active = session.exec(
+                select(counts[0].scalar_subquery() + counts[1].scalar_subquery())
+            ).one()
             if active >= self.max_concurrent_runs:
                 return None
             for model, kind in ((Silo, "silo"), (Environment, "environment")):
                 query = self._claimable(model, now)
                 if self.db.is_postgres:
                     query = query.with_for_update(skip_locked=True)
-                row = session.exec(query).first()
-                if row is None:
+                found = session.exec(query).first()
+                if found is None:
                     continue
-                key = row.name if isinstance(row, Silo) else row.id
+                key, generation = found
                 pk = model.name if model is Silo else model.id  # type: ignore[attr-defined]
                 result = session.execute(
                     update(model)
@@ -151,28 +166,26 @@ class Reconciler:
                 )
                 session.commit()
                 if result.rowcount == 1:  # type: ignore[attr-defined]
-                    return Claim(kind=kind, id=key, generation=row.generation)
+                    return Claim(kind=kind, id=key, generation=generation)
                 return None
         return None
 
     def _next_due(self) -> float | None:
         """Seconds until the earliest delayed target needing work becomes claimable."""
         now = utcnow()
-        earliest = None
         with self.db.session() as session:
-            for model in (Silo, Environment):
-                found = session.exec(
-                    select(func.min(model.next_attempt_at))
-                    .where(model.generation != model.observed_generation)
-                    .where(col(model.next_attempt_at) > now)
-                ).one()
-                if found is not None and (earliest is None or found < earliest):
-                    earliest = found
-        if earliest is None:
+            found = [
+                select(func.min(model.next_attempt_at))
+                .where(model.generation != model.observed_generation)
+                .where(col(model.next_attempt_at) > now)
+                .scalar_subquery()
+                for model in (Silo, Environment)
+            ]
+            silo_due, env_due = session.exec(select(found[0], found[1])).one()
+        due = [_aware(value, now) for value in (silo_due, env_due) if value is not None]
+        if not due:
             return None
-        if earliest.tzinfo is None:  # SQLite hands back naive UTC from a bare aggregate
-            earliest = earliest.replace(tzinfo=now.tzinfo)
-        return max(0.0, (earliest - now).total_seconds()) + 0.005
+        return max(0.0, (min(due) - now).total_seconds()) + 0.005
 
     def _renew(self, claim: Claim) -> None:
         model = Silo if claim.kind == "silo" else Environment
@@ -249,6 +262,7 @@ class Reconciler:
                     # Let it reach its engine run before looking for more work: the next
                     # claim's query is not on this run's critical path.
                     await asyncio.sleep(0)
+                self.after_pass()
                 waiters = [
                     asyncio.create_task(self.wakeup.wait()),
                     asyncio.create_task(stop.wait()),
@@ -289,10 +303,10 @@ class Reconciler:
 
     # ----- helpers ---------------------------------------------------------------------------
 
-    def _notify(self, kind: str, target_id: str) -> None:
+    def _notify(self, kind: str, target_id: str, status: str) -> None:
         for listener in self.listeners:
             try:
-                listener(kind, target_id)
+                listener(kind, target_id, status)
             except Exception:
                 log.exception("listener failed for %s %s", kind, target_id)
 
@@ -330,7 +344,7 @@ class Reconciler:
                 row.lease_owner, row.lease_expires_at = None, None
             session.add(row)
             session.commit()
-        self._notify(claim.kind, claim.id)
+        self._notify(claim.kind, claim.id, row.status)
         return row
 
     def _release_later(self, claim: Claim, delay: float, status: str, reason: str) -> None:
