@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlmodel import func, select
 
 from app.db.models import Delivery, utcnow
 from app.db.session import Database
-from app.github.intake import DeliveryRecorder
+from app.github.intake import ACTIVITY, DeliveryRecorder
 from app.github.intent import oldest_claimable
+from app.runtime import build_runtime
+from app.web.app import Loops
+from tests.conftest import make_settings
 
 
 def row(delivery_id: str) -> dict[str, Any]:
@@ -188,3 +192,41 @@ def test_claiming_from_a_backlog_reads_the_index_alone(tmp_path: Path) -> None:
         assert "TEMP B-TREE" not in plan, plan
     finally:
         db.dispose()
+
+
+async def test_a_delivery_recorded_on_an_idle_queue_is_claimed_by_key(tmp_path: Path) -> None:
+    """The intake hands the id over: one conditional UPDATE, no listing of the queue. During a
+    flood the hint is ignored and the oldest delivery still goes first."""
+    rt = build_runtime(make_settings(tmp_path))
+    intent = Loops.build(rt).intent
+    recorder = DeliveryRecorder(rt.db)
+    older, newer = row("older"), row("newer")
+    older["received_at"] = utcnow() - timedelta(seconds=5)
+    assert await recorder.record(older) and await recorder.record(newer)
+    statements: list[str] = []
+    event.listen(rt.db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+
+    ACTIVITY.in_flight += 1  # as inside the request that recorded it
+    try:
+        intent.hint("newer")
+    finally:
+        ACTIVITY.in_flight -= 1
+    assert intent.wakeup.is_set()
+    claimed = intent.claim_delivery()
+    assert claimed is not None and claimed.id == "newer"  # by key, ahead of the older one
+    assert not any("ORDER BY" in sql for sql in statements), statements
+
+    with rt.db.session() as session:  # put it back in the queue
+        back = session.get(Delivery, "newer")
+        assert back is not None
+        back.processed_at = None
+        session.add(back)
+        session.commit()
+    ACTIVITY.in_flight += 2  # another delivery is in flight: a flood
+    try:
+        intent.hint("newer")
+    finally:
+        ACTIVITY.in_flight -= 2
+    claimed = intent.claim_delivery()
+    assert claimed is not None and claimed.id == "older"  # the queue's order stands
+    rt.db.dispose()

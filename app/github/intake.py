@@ -95,6 +95,10 @@ class IntakeActivity:
     def busy(self, within: float = 0.002) -> bool:
         return self.in_flight > 0 or time.monotonic() - self.last < within
 
+    def alone(self, within: float = 0.002) -> bool:
+        """Asked from inside a request: no other is in flight, and none ended just before."""
+        return self.in_flight <= 1 and time.monotonic() - self.last >= within
+
 
 #: One per process: every webhook router of the process reports to it.
 ACTIVITY = IntakeActivity()
@@ -264,7 +268,7 @@ class WebhookIntake:
         self,
         db: Database,
         secret: Callable[[], str],
-        on_recorded: Callable[[], None],
+        on_recorded: Callable[[str], None],
         count: Callable[[str, str], None] | None = None,
     ) -> None:
         self.recorder = DeliveryRecorder(db)
@@ -357,5 +361,5 @@ class WebhookIntake:
             outcome(event, "ignored")
             return JSONResponse({"status": "ignored", "event": event}, status_code=202)
         outcome(event, "accepted")
-        self.on_recorded()
+        self.on_recorded(delivery_id)
         return JSONResponse({"status": "accepted", "delivery": delivery_id}, status_code=202)

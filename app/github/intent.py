@@ -123,6 +123,14 @@ class IntentProcessor:
 
     # ----- delivery queue ----------------------------------------------------------------------
 
+    def hint(self, delivery_id: str) -> None:
+        """A delivery was just recorded by this process: wake up, and when the queue is idle,
+        lease it by key (one conditional UPDATE) instead of listing the queue first: that
+        query sat on the way to every create. During a flood the listing order stands."""
+        if not self._candidates and ACTIVITY.alone():
+            self._candidates.append(delivery_id)
+        self.wakeup.set()
+
     def claim_delivery(self) -> Delivery | None:
         """Lease the oldest pending delivery.
 

@@ -241,9 +241,9 @@ def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
     app.state.runtime = rt
     app.state.loops = holder
 
-    def wake() -> None:
+    def wake(delivery_id: str) -> None:
         if "loops" in holder:
-            holder["loops"].intent.wakeup.set()
+            holder["loops"].intent.hint(delivery_id)
 
     def count_delivery(event: str, result: str) -> None:
         web.metrics.count_delivery(event, result)
