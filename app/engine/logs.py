@@ -48,18 +48,24 @@ class RunLogWriter:
             self.flush()
 
     def flush(self) -> None:
+        chunk = self.take_chunk()
+        if chunk is not None:
+            with self.db.session() as session:
+                session.add(chunk)
+                session.commit()
+
+    def take_chunk(self) -> RunLogChunk | None:
+        """The buffered lines as the next chunk, for the caller to store in its transaction."""
         self._last_flush = time.monotonic()
         if not self._buffer:
-            return
+            return None
         text = "\n".join(self._buffer) + "\n"
         self._buffer = []
         if self._stored > MAX_STORED_LOG:
-            return
+            return None
         self._stored += len(text)
         self._seq += 1
-        with self.db.session() as session:
-            session.add(RunLogChunk(run_id=self.run_id, seq=self._seq, text=text))
-            session.commit()
+        return RunLogChunk(run_id=self.run_id, seq=self._seq, text=text)
 
 
 def read_log(db: Database, run_id: int, after: int = 0) -> tuple[str, int]:

@@ -412,9 +412,18 @@ class Reconciler:
         )
 
     def _finish_run(
-        self, run: Run, status: str, error: str | None = None, exit_code: int | None = None
+        self,
+        run: Run,
+        writer: RunLogWriter,
+        status: str,
+        error: str | None = None,
+        exit_code: int | None = None,
     ) -> None:
+        """The run's outcome and the last of its log, in one transaction."""
         with self.db.session() as session:
+            chunk = writer.take_chunk()
+            if chunk is not None:
+                session.add(chunk)
             row = session.get(Run, run.id)
             assert row is not None
             row.status, row.error, row.exit_code = status, error, exit_code
@@ -460,29 +469,24 @@ class Reconciler:
                 job, writer.line, self._set_phase(run, label), cancel
             )
         except EngineCancelled as exc:
-            writer.flush()
-            self._finish_run(run, "cancelled", str(exc), exc.exit_code)
+            self._finish_run(run, writer, "cancelled", str(exc), exc.exit_code)
             if cancel.is_set():
                 raise LeaseLost(f"{claim.kind} {claim.id}") from exc
             return None, f"the engine {exc}", writer.tail
         except EngineFailed as exc:
-            writer.flush()
-            self._finish_run(run, "failed", str(exc), exc.exit_code)
+            self._finish_run(run, writer, "failed", str(exc), exc.exit_code)
             return None, f"the engine's {exc}", writer.tail
         except (EngineError, StackError, OSError) as exc:
             writer.line(f"runbot: {exc}")
-            writer.flush()
-            self._finish_run(run, "failed", str(exc))
+            self._finish_run(run, writer, "failed", str(exc))
             return None, str(exc), writer.tail
         except asyncio.CancelledError:
             writer.line("runbot: worker shutting down; another worker will continue this run")
-            writer.flush()
-            self._finish_run(run, "cancelled", "worker shut down")
+            self._finish_run(run, writer, "cancelled", "worker shut down")
             raise
         finally:
             heartbeat.cancel()
-        writer.flush()
-        self._finish_run(run, "succeeded", exit_code=0)
+        self._finish_run(run, writer, "succeeded", exit_code=0)
         return result.outputs, None, writer.tail
 
     # ----- silos -----------------------------------------------------------------------------
