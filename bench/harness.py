@@ -448,6 +448,27 @@ def wait_until(
         time.sleep(interval)
 
 
+def wait_for_github(
+    fake: FakeGitHub, check: Callable[[], Any], timeout: float, what: str = "condition"
+) -> float:
+    """Like `wait_until`, but re-checks the moment the fake GitHub has handled a request.
+
+    What the bot shows people lands on GitHub, so a timed step ends at a GitHub write: waking
+    on each one sees it at once, where polling every 5 ms saw it 2.5 ms late on average and
+    kept waking this process while the bot's engine ran (the direct runs had no such load).
+    Conditions that do not follow a write (a URL answering) are still re-checked every 50 ms.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = fake.handled_count
+        if check():
+            return time.perf_counter()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        fake.wait_for_handled(seen, min(left, 0.05))
+
+
 def answers(url: str, expect: str | None = None, timeout: float = 2.0) -> bool:
     try:
         response = _client().get(url, timeout=timeout, headers={"Connection": "close"})

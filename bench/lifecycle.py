@@ -44,6 +44,7 @@ from bench.harness import (
     runtime_for,
     seed_repo,
     status_comment,
+    wait_for_github,
     wait_until,
 )
 from bench.stats import Row, check, fmt_seconds, median, ratio
@@ -95,7 +96,7 @@ def bot_lifecycle(fake: FakeGitHub, serve: Serve, repo: str, number: int) -> dic
     event = pr_event(fake, "opened", repo, number)
     started = _now()
     post_event(serve.webhook_url, event)
-    create = wait_until(created, 180, what=f"PR {number} created") - started
+    create = wait_for_github(fake, created, 180, what=f"PR {number} created") - started
     settle(fake, repo, number, "success", first)
     fake.update_pull(repo, number, head_sha=second)
 
@@ -111,7 +112,7 @@ def bot_lifecycle(fake: FakeGitHub, serve: Serve, repo: str, number: int) -> dic
     event = pr_event(fake, "synchronize", repo, number)
     started = _now()
     post_event(serve.webhook_url, event)
-    update = wait_until(updated, 180, what=f"PR {number} updated") - started
+    update = wait_for_github(fake, updated, 180, what=f"PR {number} updated") - started
     settle(fake, repo, number, "success", second)
     fake.update_pull(repo, number, state="closed")
 
@@ -122,7 +123,7 @@ def bot_lifecycle(fake: FakeGitHub, serve: Serve, repo: str, number: int) -> dic
     event = pr_event(fake, "closed", repo, number)
     started = _now()
     post_event(serve.webhook_url, event)
-    destroy = wait_until(destroyed, 180, what=f"PR {number} destroyed") - started
+    destroy = wait_for_github(fake, destroyed, 180, what=f"PR {number} destroyed") - started
     settle(fake, repo, number, "inactive", second)
     return {"create": create, "update": update, "destroy": destroy}
 

@@ -666,3 +666,17 @@ def test_installation_permissions_are_enforced(fake_github: FakeGitHub) -> None:
     )
     assert denied.status_code == 403
     assert denied.json()["message"] == "Resource not accessible by integration"
+
+
+def test_wait_for_handled_wakes_at_the_next_request_and_times_out_without_one(
+    fake: FakeGitHub, gh: GitHub[Any]
+) -> None:
+    seen = fake.handled_count
+    assert not fake.wait_for_handled(seen, 0.05)  # nothing sent: it times out
+    reader = threading.Timer(0.2, lambda: gh.rest.pulls.get("octo-org", "hello", 1))
+    started = time.monotonic()
+    reader.start()
+    assert fake.wait_for_handled(seen, 10)
+    assert 0.15 < time.monotonic() - started < 5  # woken by that request, not the timeout
+    reader.join()
+    assert fake.handled_count > seen

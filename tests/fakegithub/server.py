@@ -408,6 +408,9 @@ class FakeGitHub:
         self.manifests: list[dict[str, Any]] = []
 
         self._lock = threading.RLock()
+        #: Notified once each request has been handled (its effects are visible).
+        self._handled = threading.Condition(self._lock)
+        self._handled_count = 0
         self._requests: list[RecordedRequest] = []
         self._violations: list[Violation] = []
         self._faults: list[_Fault] = []
@@ -529,6 +532,21 @@ class FakeGitHub:
             if (method is None or r.method == method.upper())
             and (path is None or fnmatch.fnmatchcase(r.path, path))
         ]
+
+    @property
+    def handled_count(self) -> int:
+        """How many requests have been handled so far (for `wait_for_handled`)."""
+        with self._lock:
+            return self._handled_count
+
+    def wait_for_handled(self, count: int, timeout: float) -> bool:
+        """Block until more than `count` requests have been handled, or `timeout` passes.
+
+        Lets a benchmark see a write the moment it lands instead of polling, which would
+        also load the machine while the bot works.
+        """
+        with self._handled:
+            return self._handled.wait_for(lambda: self._handled_count > count, timeout)
 
     def clear_records(self) -> None:
         """Forget recorded requests and violations (state is kept)."""
@@ -1712,35 +1730,44 @@ class FakeGitHub:
         raw = await request.body()
         body = self._parse_body(request, raw)
         auth = self._authenticate(request)
+        with self._lock:
+            try:
+                return self._dispatch_locked(request, route, body, raw, auth, arrived)
+            finally:
+                self._handled_count += 1
+                self._handled.notify_all()
+
+    def _dispatch_locked(
+        self, request: Request, route: _Route, body: Any, raw: bytes, auth: _Auth, arrived: float
+    ) -> Response:
         path = request.url.path
         version = request.headers.get("x-github-api-version", schema.DEFAULT_API_VERSION)
-        with self._lock:
-            self._requests.append(RecordedRequest(arrived, request.method, path, body, auth.kind))
-            fault = self._take_fault(request.method, path)
-            if fault is not None:
-                return self._render(fault, auth)
-            if version not in schema.api_versions():
-                return self._render(
-                    self._error(
-                        _GitHubError(400, f"The requested version {version!r} is not supported.")
-                    ),
-                    auth,
-                )
-            self._api_version = version
+        self._requests.append(RecordedRequest(arrived, request.method, path, body, auth.kind))
+        fault = self._take_fault(request.method, path)
+        if fault is not None:
+            return self._render(fault, auth)
+        if version not in schema.api_versions():
+            return self._render(
+                self._error(
+                    _GitHubError(400, f"The requested version {version!r} is not supported.")
+                ),
+                auth,
+            )
+        self._api_version = version
+        try:
+            resp = self._handle(request, route, body, raw, auth)
+        except _GitHubError as err:
+            resp = self._error(err)
+        finally:
+            self._api_version = schema.DEFAULT_API_VERSION
+        if route.template is not None and resp.raw is None and resp.body is not None:
             try:
-                resp = self._handle(request, route, body, raw, auth)
-            except _GitHubError as err:
-                resp = self._error(err)
-            finally:
-                self._api_version = schema.DEFAULT_API_VERSION
-            if route.template is not None and resp.raw is None and resp.body is not None:
-                try:
-                    schema.validate_response(
-                        route.method, route.template, resp.status, resp.body, version
-                    )
-                except schema.SchemaViolation as exc:
-                    self._violations.append(Violation("response", route.method, path, str(exc)))
-            return self._render(resp, auth, version)
+                schema.validate_response(
+                    route.method, route.template, resp.status, resp.body, version
+                )
+            except schema.SchemaViolation as exc:
+                self._violations.append(Violation("response", route.method, path, str(exc)))
+        return self._render(resp, auth, version)
 
     def _handle(self, request: Request, route: _Route, body: Any, raw: bytes, auth: _Auth) -> _Resp:
         if auth.kind == "invalid":
