@@ -66,6 +66,11 @@ class LeaseLost(Exception):
     pass
 
 
+def _key_column(model: type[Target]) -> Any:
+    """The primary-key column: a silo's name, an environment's id."""
+    return model.name if model is Silo else model.id  # type: ignore[attr-defined]
+
+
 def _aware(value: datetime, now: datetime) -> datetime:
     """A timestamp from an aggregate, in UTC even if the driver handed it back naive."""
     return value if value.tzinfo is not None else value.replace(tzinfo=now.tzinfo)
@@ -114,9 +119,8 @@ class Reconciler:
     # ----- claiming --------------------------------------------------------------------------
 
     def _claimable(self, model: type[Target], now: datetime) -> Any:
-        key = model.name if model is Silo else model.id  # type: ignore[attr-defined]
         return (
-            select(key, model.generation)
+            select(_key_column(model), model.generation)
             .where(model.generation != model.observed_generation)
             .where(or_(col(model.lease_expires_at).is_(None), col(model.lease_expires_at) < now))
             .where(or_(col(model.next_attempt_at).is_(None), col(model.next_attempt_at) <= now))
@@ -153,10 +157,9 @@ class Reconciler:
                 if found is None:
                     continue
                 key, generation = found
-                pk = model.name if model is Silo else model.id  # type: ignore[attr-defined]
                 result = session.execute(
                     update(model)
-                    .where(pk == key)
+                    .where(_key_column(model) == key)
                     .where(
                         or_(
                             col(model.lease_expires_at).is_(None), col(model.lease_expires_at) < now
@@ -189,11 +192,10 @@ class Reconciler:
 
     def _renew(self, claim: Claim) -> None:
         model = Silo if claim.kind == "silo" else Environment
-        pk = model.name if model is Silo else model.id  # type: ignore[attr-defined]
         with self.db.session() as session:
             result = session.execute(
                 update(model)
-                .where(pk == claim.id)
+                .where(_key_column(model) == claim.id)
                 .where(model.lease_owner == self.worker_id)
                 .values(lease_expires_at=utcnow() + self.lease)
             )
