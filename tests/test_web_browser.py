@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -196,7 +197,11 @@ def test_sign_in_watch_a_run_extend_and_destroy(serve: Serve, fake_github: FakeG
             log = page.locator("#live-log")
             first_seen = _wait_for_log(page, "slow step 2 of 8", timeout=90)
             page.evaluate("window.__sameDocument = true")  # set once; a reload would clear it
-            _wait_for_log(page, "slow step 5 of 8", timeout=20)
+            # Wait for a step after the last one this page has shown: a slow machine may open
+            # it several steps in, and waiting for a fixed step then proved nothing.
+            shown = max(int(n) for n in re.findall(r"slow step (\d) of 8", first_seen))
+            assert shown < 8, "the page opened after the run ended: no tail left to watch"
+            _wait_for_log(page, f"slow step {shown + 1} of 8", timeout=20)
             grown = log.inner_text()
             assert page.evaluate("window.__sameDocument === true"), "log grew by reload, not tail"
             assert len(grown) > len(first_seen) and grown.startswith(first_seen[:40])
