@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
+from app.engine.initcache import KEEP, InitCache
 from app.engine.runner import EngineJob, EngineRunner
 
 pytestmark = pytest.mark.engine
@@ -83,4 +85,110 @@ def test_init_is_skipped_for_the_same_template_and_rerun_when_it_changes(
 
     other = EngineJob("env-c", template, "apply", {"delay": 0, "marker": "3"})
     assert recorder.run(runner, other) == {"marker": "3", "extra": "x"}
-    assert recorder.phases == ["init", "apply"]  # another target has its own backend scope
+    assert recorder.phases == ["apply"]  # a new target starts from env-b's init (next test)
+
+
+def test_a_new_target_starts_from_another_targets_init_and_keeps_its_own_state(
+    tmp_path: Path, template: Path, database_url: str
+) -> None:
+    """A new pull request's environment skips `init`; its state stays its own (SQLite: a local
+    workspace per target; PostgreSQL: a schema per target)."""
+    runner = EngineRunner("embedded", tmp_path / "data", database_url)
+    recorder = Recorder()
+    first = EngineJob("env-a", template, "apply", {"delay": 0, "marker": "a"})
+    second = EngineJob("env-b", template, "apply", {"delay": 0, "marker": "b"})
+    assert recorder.run(runner, first) == {"marker": "a"}
+    assert recorder.phases[0] == "init"
+    assert recorder.run(runner, second) == {"marker": "b"}
+    assert recorder.phases[0] == "apply"
+    assert "init" not in recorder.phases
+
+    # env-b's apply did not touch env-a's state: re-applying env-a changes nothing.
+    recorder.lines.clear()
+    assert recorder.run(runner, first) == {"marker": "a"}
+    assert any("Resources: 0 added, 0 changed, 0 destroyed" in line for line in recorder.lines)
+    if not database_url.startswith("postgresql"):
+        states = sorted(p.parent.name for p in (tmp_path / "data" / "state").rglob("*.tfstate"))
+        assert states == ["env-a", "env-b"]
+
+    # Destroying one target leaves the other's resources and state.
+    recorder.lines.clear()
+    asyncio.run(
+        runner.execute(
+            EngineJob("env-a", template, "destroy", first.variables), recorder.lines.append
+        )
+    )
+    assert any("Resources: 1 destroyed" in line for line in recorder.lines)
+    runner.forget("env-a")
+    recorder.lines.clear()
+    assert recorder.run(runner, second) == {"marker": "b"}
+    assert any("Resources: 0 added, 0 changed, 0 destroyed" in line for line in recorder.lines)
+
+
+def test_a_broken_shared_init_is_noticed_by_the_engine_and_redone(
+    tmp_path: Path, template: Path
+) -> None:
+    runner = EngineRunner("embedded", tmp_path / "data")
+    recorder = Recorder()
+    recorder.run(runner, EngineJob("env-a", template, "apply", {"delay": 0, "marker": "a"}))
+    (copy,) = runner.init_cache.root.iterdir()
+    (copy / "terraform.tfstate").unlink()  # the backend's settings, written by init
+
+    outputs = recorder.run(
+        runner, EngineJob("env-b", template, "apply", {"delay": 0, "marker": "b"})
+    )
+    assert outputs == {"marker": "b"}
+    assert recorder.phases == ["apply", "init", "apply"]
+    assert "runbot: the engine asks for init; running it and retrying" in recorder.lines
+
+
+def test_a_template_with_its_own_backend_inits_each_target(tmp_path: Path, template: Path) -> None:
+    """A declared backend is scoped by a per-target backend setting, so `init` cannot be shared."""
+    (template / "backend.tf").write_text('terraform {\n  backend "local" {}\n}\n')
+    runner = EngineRunner("embedded", tmp_path / "data")
+    recorder = Recorder()
+    for target in ("env-d", "env-e"):
+        job = EngineJob(target, template, "apply", {"delay": 0, "marker": target}, "local")
+        assert recorder.run(runner, job) == {"marker": target}
+        assert recorder.phases == ["init", "apply", "output"]
+    assert not runner.init_cache.root.exists()
+
+
+def test_state_in_the_layout_before_workspaces_is_moved_and_destroyed(
+    tmp_path: Path, template: Path
+) -> None:
+    """An environment created before the per-target workspaces still has its state found."""
+    data = tmp_path / "data"
+    runner = EngineRunner("embedded", data)
+    recorder = Recorder()
+    job = EngineJob("env-old", template, "apply", {"delay": 0, "marker": "old"})
+    recorder.run(runner, job)
+    workspace = data / "state" / "env-old"
+    (workspace / "terraform.tfstate").rename(data / "state" / "env-old.tfstate")
+    workspace.rmdir()
+    shutil.rmtree(data / "tfdata" / "env-old")  # initialised with the old settings
+
+    recorder.lines.clear()
+    job.operation = "destroy"
+    asyncio.run(runner.execute(job, recorder.lines.append))
+    assert any("Resources: 1 destroyed" in line for line in recorder.lines), recorder.lines
+    assert not (data / "state" / "env-old.tfstate").exists()
+    runner.forget("env-old")
+    assert list((data / "state").iterdir()) == []
+
+
+def test_init_cache_keeps_the_most_recently_used_copies(tmp_path: Path) -> None:
+    cache = InitCache(tmp_path / "cache")
+    cache.root.mkdir()
+    now = time.time()
+    for age in range(KEEP + 2):
+        entry = cache.root / f"fingerprint-{age:02d}"
+        entry.mkdir()
+        os.utime(entry, (now - age * 60, now - age * 60))
+    abandoned, fresh = cache.root / ".staging-old", cache.root / ".staging-new"
+    abandoned.mkdir()
+    fresh.mkdir()
+    os.utime(abandoned, (now - 7200, now - 7200))
+    cache.prune()
+    left = sorted(entry.name for entry in cache.root.iterdir())
+    assert left == [".staging-new", *(f"fingerprint-{age:02d}" for age in range(KEEP))]

@@ -2,11 +2,17 @@
 
 One state per silo/environment, so targets never share a lock. With PostgreSQL the state goes
 into the same server (a schema per target) so any replica can pick up any target and the engine's
-state lock is a real cross-process lock.
+state lock is a real cross-process lock. Otherwise it is a local file: one workspace per target
+under `<data dir>/state`, `<target>/terraform.tfstate`.
+
+With runbot's own backends the target is chosen through the environment (TF_WORKSPACE,
+PG_SCHEMA_NAME), not the backend settings, so every target of one template shares the same
+`init` result (see initcache.py).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +44,32 @@ class Backend:
     kind: str
     override_file: str | None
     config_args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # credentials: redacted from every log
+    scope_env: dict[str, str] = field(default_factory=dict)  # names the target's state; not secret
+    workspace: str | None = None  # TF_WORKSPACE for every command but `init`
+    shared_init: bool = False  # nothing target-specific in TF_DATA_DIR: targets share `init`
+
+
+def local_state_file(data_dir: Path, target: str) -> Path:
+    """The target's state with runbot's local backend (its workspace's state file)."""
+    return (data_dir / "state" / target / "terraform.tfstate").absolute()
+
+
+def legacy_state_file(data_dir: Path, target: str) -> Path:
+    """Where runbot kept a target's local state before workspaces: `state/<target>.tfstate`."""
+    return (data_dir / "state" / f"{target}.tfstate").absolute()
+
+
+def move_legacy_state(data_dir: Path, target: str) -> None:
+    """Move a state file from the old layout into the target's workspace, once."""
+    old, new = legacy_state_file(data_dir, target), local_state_file(data_dir, target)
+    if not old.is_file() or new.exists():
+        return
+    new.parent.mkdir(parents=True, exist_ok=True)
+    backup = old.with_name(old.name + ".backup")
+    if backup.is_file():
+        os.replace(backup, new.with_name(new.name + ".backup"))
+    os.replace(old, new)
 
 
 def libpq_url(database_url: str) -> str:
@@ -87,12 +118,17 @@ def backend_for(
         return Backend(
             kind="pg",
             override_file='terraform {\n  backend "pg" {}\n}\n',
-            env={"PG_CONN_STR": libpq_url(database_url), "PG_SCHEMA_NAME": schema_name(target)},
+            env={"PG_CONN_STR": libpq_url(database_url)},
+            scope_env={"PG_SCHEMA_NAME": schema_name(target)},
+            shared_init=True,
         )
-    state_path = (data_dir / "state" / f"{target}.tfstate").absolute()
-    state_path.parent.mkdir(parents=True, exist_ok=True)
+    # Target names are workspace-safe: lowercase letters, digits, `-` and `_`.
+    workspaces = local_state_file(data_dir, target).parent.parent
+    workspaces.mkdir(parents=True, exist_ok=True)
     return Backend(
         kind="local",
         override_file='terraform {\n  backend "local" {}\n}\n',
-        config_args=[f"-backend-config=path={state_path}"],
+        config_args=[f"-backend-config=workspace_dir={workspaces}"],
+        workspace=target,
+        shared_init=True,
     )

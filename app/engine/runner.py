@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.engine import embedded
-from app.engine.backends import Backend, backend_for
+from app.engine.backends import (
+    Backend,
+    backend_for,
+    legacy_state_file,
+    local_state_file,
+    move_legacy_state,
+)
+from app.engine.initcache import InitCache
 from app.engine.process import EngineProcess, start
 
 LineSink = Callable[[str], None]
@@ -34,8 +41,6 @@ PhaseSink = Callable[[str], None]
 
 VAR_FILE = "runbot.tfvars.json"
 BACKEND_FILE = "runbot_backend_override.tf"
-LOCK_FILE = ".terraform.lock.hcl"
-INIT_STAMP = "runbot-init.json"  # in TF_DATA_DIR: what it was initialised from
 _IGNORED = (".terraform", "*.tfstate", "*.tfstate.*", "*.tfvars.json")
 _COPY_IGNORE = shutil.ignore_patterns(*_IGNORED)
 # Engine messages that mean "run init first"; they come before any change is made.
@@ -71,7 +76,7 @@ def _local_state_outputs(
     """
     if job.declared_backend or backend.kind != "local":
         return None
-    path = data_dir / "state" / f"{job.target}.tfstate"
+    path = local_state_file(data_dir, job.target)
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -187,6 +192,7 @@ class EngineRunner:
         self.timeout = timeout
         self.cancel_grace = cancel_grace
         self._identity: tuple[list[str], str] | None = None
+        self.init_cache = InitCache(self.data_dir / "init-cache")
 
     def argv_prefix(self) -> list[str]:
         return resolve_engine(self.engine)
@@ -234,10 +240,21 @@ class EngineRunner:
     ) -> EngineResult:
         prefix = self.argv_prefix()
         backend = backend_for(job.target, job.declared_backend, self.data_dir, self.database_url)
-        env = self.child_env(job.target, {**backend.env, **job.secret_env})
-        redact = Redactor(
-            [*job.redact, *job.secret_env.values(), *backend.env.values(), *secretish_values(env)]
+        if backend.workspace is not None:
+            move_legacy_state(self.data_dir, job.target)
+        init_env = self.child_env(
+            job.target, {**backend.env, **backend.scope_env, **job.secret_env}
         )
+        redact = Redactor(
+            [
+                *job.redact,
+                *job.secret_env.values(),
+                *backend.env.values(),
+                *secretish_values(init_env),
+            ]
+        )
+        # `init` runs in the default workspace: it refuses a selected one that does not exist yet.
+        env = {**init_env, "TF_WORKSPACE": backend.workspace} if backend.workspace else init_env
         workdir = self.data_dir / "work" / job.target / uuid.uuid4().hex[:12]
         shutil.copytree(job.template_dir, workdir, ignore=_COPY_IGNORE)
         try:
@@ -247,7 +264,8 @@ class EngineRunner:
             fd = os.open(var_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 json.dump(job.variables, handle)
-            Path(env["TF_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+            tf_data = Path(env["TF_DATA_DIR"])
+            tf_data.mkdir(parents=True, exist_ok=True)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout
             common = ["-input=false", "-no-color"]
@@ -264,20 +282,31 @@ class EngineRunner:
             async def run(phase: str, args: list[str], sink: LineSink) -> None:
                 on_line(f"$ {Path(prefix[-1]).name} {' '.join(args)}")
                 await self._run_phase(
-                    prefix, workdir, args, env, phase, deadline, sink, redact, cancel, on_phase
+                    prefix,
+                    workdir,
+                    args,
+                    init_env if phase == "init" else env,
+                    phase,
+                    deadline,
+                    sink,
+                    redact,
+                    cancel,
+                    on_phase,
                 )
 
-            # `init` again for a target already initialised from the very same template,
-            # backend and engine is redundant: it only rewrites what TF_DATA_DIR already holds
-            # (~0.15 s with the embedded engine and the local stack, seconds with providers).
-            # The fingerprint covers the template's bytes, the backend and the engine; the
-            # dependency lock file init wrote is restored into the fresh working copy.
-            stamp = Path(env["TF_DATA_DIR"]) / INIT_STAMP
-            fingerprint = self._init_fingerprint(prefix, job, backend)
-            initialised = self._restore_init(stamp, fingerprint, workdir)
-            if not initialised:
+            async def init() -> None:
+                self.init_cache.unstamp(tf_data)
                 await run("init", init_args, on_line)
-                self._save_init(stamp, fingerprint, workdir)
+                self.init_cache.save(tf_data, fingerprint, workdir, share=backend.shared_init)
+
+            # `init` is redundant when this target, or with runbot's own backends any target,
+            # was initialised from the same template, backend and engine (initcache.py).
+            fingerprint = self._init_fingerprint(prefix, job, backend)
+            initialised = self.init_cache.restore(tf_data, fingerprint, workdir) or (
+                backend.shared_init and self.init_cache.adopt(tf_data, fingerprint, workdir)
+            )
+            if not initialised:
+                await init()
             tail: list[str] = []
 
             def keep(line: str) -> None:
@@ -293,9 +322,7 @@ class EngineRunner:
                 # Skipped init but the engine disagrees (plugin cache wiped, engine upgraded in
                 # place...): these errors come before any change is made, so init and retry.
                 on_line("runbot: the engine asks for init; running it and retrying")
-                stamp.unlink(missing_ok=True)
-                await run("init", init_args, on_line)
-                self._save_init(stamp, fingerprint, workdir)
+                await init()
                 await run(operation, main_args, on_line)
             outputs: dict[str, dict[str, Any]] = {}
             if job.operation == "apply":
@@ -348,25 +375,6 @@ class EngineRunner:
                 continue
             digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
         return digest.hexdigest()
-
-    @staticmethod
-    def _restore_init(stamp: Path, fingerprint: str, workdir: Path) -> bool:
-        try:
-            saved = json.loads(stamp.read_text())
-        except (OSError, ValueError):
-            return False
-        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
-            return False
-        lock = saved.get("lock")
-        if isinstance(lock, str):
-            (workdir / LOCK_FILE).write_text(lock)
-        return True
-
-    @staticmethod
-    def _save_init(stamp: Path, fingerprint: str, workdir: Path) -> None:
-        lock_path = workdir / LOCK_FILE
-        lock = lock_path.read_text() if lock_path.is_file() else None
-        stamp.write_text(json.dumps({"fingerprint": fingerprint, "lock": lock}))
 
     async def _spawn(
         self, prefix: list[str], workdir: Path, args: list[str], env: dict[str, str], merge: bool
@@ -489,9 +497,11 @@ class EngineRunner:
         """Drop a destroyed target's state and engine data, so nothing is left behind."""
         shutil.rmtree(self.data_dir / "tfdata" / target, ignore_errors=True)
         shutil.rmtree(self.data_dir / "work" / target, ignore_errors=True)
+        shutil.rmtree(local_state_file(self.data_dir, target).parent, ignore_errors=True)
+        legacy = legacy_state_file(self.data_dir, target)
         for suffix in ("", ".backup", ".lock.info"):
             with contextlib.suppress(FileNotFoundError):
-                (self.data_dir / "state" / f"{target}.tfstate{suffix}").unlink()
+                legacy.with_name(legacy.name + suffix).unlink()
         if self.database_url and self.database_url.startswith("postgresql"):
             import psycopg
 

@@ -1,0 +1,110 @@
+"""Running `init` once per template rather than once per run or per pull request.
+
+`init` writes a target's TF_DATA_DIR (the backend's settings, modules, provider links) and the
+dependency lock file. Run again from the very same template, backend and engine, it rewrites the
+same bytes: ~0.15 s with the embedded engine and the local stack, seconds with real providers.
+
+Two levels:
+- a target's own TF_DATA_DIR carries a stamp of what it was initialised from, so an update or a
+  destroy of that target skips `init`;
+- with runbot's own backends nothing in TF_DATA_DIR names the target (the local backend keeps one
+  workspace per target under a shared `workspace_dir`; pg takes its schema from the environment),
+  so a *new* target starts from a copy of an initialised one with the same fingerprint: a new
+  pull request's environment skips `init` too. Templates that declare their own backend get a
+  per-target key in their backend settings, so they only use the first level.
+
+If the engine disagrees anyway (a wiped plugin cache, an engine upgraded in place), the runner
+sees its "run init first" error, which comes before any change, runs `init` and retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+STAMP = "runbot-init.json"  # in TF_DATA_DIR: what it was initialised from, and its lock file
+LOCK_FILE = ".terraform.lock.hcl"
+KEEP = 16  # initialised copies kept, most recently used first; one per template in use
+
+
+class InitCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root  # <data dir>/init-cache: one initialised TF_DATA_DIR per fingerprint
+
+    def restore(self, data_dir: Path, fingerprint: str, workdir: Path) -> bool:
+        """Whether `data_dir` was initialised from `fingerprint`; if so, restore the lock file."""
+        try:
+            saved = json.loads((data_dir / STAMP).read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+            return False
+        lock = saved.get("lock")
+        if isinstance(lock, str):
+            (workdir / LOCK_FILE).write_text(lock)
+        return True
+
+    def adopt(self, data_dir: Path, fingerprint: str, workdir: Path) -> bool:
+        """Make `data_dir` a copy of an initialised one with the same fingerprint, if any."""
+        shared = self.root / fingerprint
+        if not shared.is_dir():
+            return False
+        shutil.rmtree(data_dir, ignore_errors=True)
+        try:
+            shutil.copytree(shared, data_dir, symlinks=True)
+        except (OSError, shutil.Error):  # evicted while being copied: init as usual
+            shutil.rmtree(data_dir, ignore_errors=True)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            return False
+        with contextlib.suppress(OSError):
+            os.utime(shared)  # recently used: kept by prune()
+        return self.restore(data_dir, fingerprint, workdir)
+
+    def unstamp(self, data_dir: Path) -> None:
+        """Drop a target's stamp before an `init` that may fail half-way."""
+        (data_dir / STAMP).unlink(missing_ok=True)
+
+    def save(self, data_dir: Path, fingerprint: str, workdir: Path, *, share: bool) -> None:
+        """Stamp a freshly initialised `data_dir`; with `share`, keep a copy for new targets."""
+        lock_path = workdir / LOCK_FILE
+        lock = lock_path.read_text() if lock_path.is_file() else None
+        (data_dir / STAMP).write_text(json.dumps({"fingerprint": fingerprint, "lock": lock}))
+        if not share or (self.root / fingerprint).is_dir():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Copied aside, then renamed into place: a concurrent adopt() never sees half a copy,
+        # and of two runs publishing the same fingerprint at once, one rename wins.
+        staging = self.root / f".staging-{uuid.uuid4().hex[:12]}"
+        try:
+            shutil.copytree(data_dir, staging, symlinks=True)
+            os.rename(staging, self.root / fingerprint)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        self.prune()
+
+    def prune(self) -> None:
+        """Keep the KEEP most recently used copies, so old templates' copies do not pile up, and
+        drop staging copies a crash left behind."""
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return
+
+        def last_used(entry: Path) -> float:
+            try:
+                return entry.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        stale = time.time() - 3600
+        abandoned = [e for e in entries if e.name.startswith(".") and last_used(e) < stale]
+        copies = [e for e in entries if not e.name.startswith(".")]
+        kept = sorted(copies, key=last_used, reverse=True)
+        for entry in [*abandoned, *kept[KEEP:]]:
+            shutil.rmtree(entry, ignore_errors=True)
