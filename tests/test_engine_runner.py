@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -153,6 +155,14 @@ def test_a_template_with_its_own_backend_inits_each_target(tmp_path: Path, templ
         assert recorder.phases == ["init", "apply", "output"]
     assert not runner.init_cache.root.exists()
 
+    # The declared local backend's state is kept between runs (it once went to the working copy,
+    # which each run throws away, so every apply created the resources again).
+    recorder.lines.clear()
+    job = EngineJob("env-d", template, "apply", {"delay": 0, "marker": "env-d"}, "local")
+    assert recorder.run(runner, job) == {"marker": "env-d"}
+    assert any("Resources: 0 added, 0 changed, 0 destroyed" in line for line in recorder.lines)
+    assert (tmp_path / "data" / "state" / "env-d" / "terraform.tfstate").is_file()
+
 
 def test_state_in_the_layout_before_workspaces_is_moved_and_destroyed(
     tmp_path: Path, template: Path
@@ -192,3 +202,65 @@ def test_init_cache_keeps_the_most_recently_used_copies(tmp_path: Path) -> None:
     cache.prune()
     left = sorted(entry.name for entry in cache.root.iterdir())
     assert left == [".staging-new", *(f"fingerprint-{age:02d}" for age in range(KEEP))]
+
+
+@pytest.fixture
+def module_template(tmp_path: Path) -> Path:
+    """A template whose module the engine downloads at init (from a git repository on disk)."""
+    if shutil.which("git") is None:
+        pytest.fail("git is needed for a module source the engine downloads (apt-get install git)")
+    module = tmp_path / "module-repo"
+    module.mkdir()
+    (module / "main.tf").write_text('output "greeting" {\n  value = "from the module"\n}\n')
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "-C", str(module)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "module"]):
+        subprocess.run([*git, *args], check=True)
+    template = tmp_path / "template-with-module"
+    template.mkdir()
+    (template / "main.tf").write_text(
+        f'module "remote" {{\n  source = "git::file://{module}"\n}}\n'
+        'output "greeting" {\n  value = module.remote.greeting\n}\n'
+    )
+    return template
+
+
+def test_a_shared_init_with_a_downloaded_module_outlives_the_target_that_ran_it(
+    tmp_path: Path, module_template: Path
+) -> None:
+    """The engine records downloaded modules by absolute path under the TF_DATA_DIR that ran
+    `init`; a copy must use its own, or it breaks once that first target is destroyed."""
+    runner = EngineRunner("embedded", tmp_path / "data")
+    recorder = Recorder()
+    greeting = {"greeting": "from the module"}
+    assert recorder.run(runner, EngineJob("env-a", module_template, "apply", {})) == greeting
+    assert recorder.run(runner, EngineJob("env-b", module_template, "apply", {})) == greeting
+    assert recorder.phases == ["apply"]
+
+    runner.forget("env-a")  # env-a destroyed: its TF_DATA_DIR, and its module copy, are gone
+    assert recorder.run(runner, EngineJob("env-b", module_template, "apply", {})) == greeting
+    assert recorder.phases == ["apply"]  # no "engine asks for init" retry
+    env_b = tmp_path / "data" / "tfdata" / "env-b"
+    manifest = json.loads((env_b / "modules" / "modules.json").read_text())
+    places = {item["Key"]: item["Dir"] for item in manifest["Modules"]}
+    assert places["remote"] == str(env_b / "modules" / "remote")
+
+
+def test_a_stale_module_manifest_in_a_shared_init_is_redone_from_scratch(
+    tmp_path: Path, module_template: Path
+) -> None:
+    """`init` itself fails on a manifest naming a module directory that is gone, so the retry
+    starts from an empty TF_DATA_DIR."""
+    runner = EngineRunner("embedded", tmp_path / "data")
+    recorder = Recorder()
+    recorder.run(runner, EngineJob("env-a", module_template, "apply", {}))
+    (copy,) = runner.init_cache.root.iterdir()
+    manifest = copy / "modules" / "modules.json"
+    content = json.loads(manifest.read_text())
+    for item in content["Modules"]:
+        if item["Key"] == "remote":
+            item["Dir"] = str(tmp_path / "gone" / "remote")
+    manifest.write_text(json.dumps(content))
+
+    outputs = recorder.run(runner, EngineJob("env-b", module_template, "apply", {}))
+    assert outputs == {"greeting": "from the module"}
+    assert recorder.phases == ["apply", "init", "apply"]

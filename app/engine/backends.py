@@ -108,6 +108,11 @@ def backend_for(
             value = f"runbot/{target}"
         if declared_backend == "kubernetes":
             value = target
+        if declared_backend == "local":
+            # Absolute: a relative path would land in the run's throwaway working copy.
+            state = local_state_file(data_dir, target)
+            state.parent.mkdir(parents=True, exist_ok=True)
+            value = str(state)
         return Backend(
             kind=declared_backend,
             override_file=None,

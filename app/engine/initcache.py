@@ -63,7 +63,16 @@ class InitCache:
             return False
         with contextlib.suppress(OSError):
             os.utime(shared)  # recently used: kept by prune()
-        return self.restore(data_dir, fingerprint, workdir)
+        if not self.restore(data_dir, fingerprint, workdir):
+            return False
+        try:
+            origin = json.loads((data_dir / STAMP).read_text()).get("data_dir")
+            if isinstance(origin, str) and origin != str(data_dir):
+                _relocate_modules(data_dir, Path(origin))
+        except (OSError, ValueError, AttributeError):
+            return False
+        self._stamp(data_dir, fingerprint, workdir)
+        return True
 
     def unstamp(self, data_dir: Path) -> None:
         """Drop a target's stamp before an `init` that may fail half-way."""
@@ -71,9 +80,7 @@ class InitCache:
 
     def save(self, data_dir: Path, fingerprint: str, workdir: Path, *, share: bool) -> None:
         """Stamp a freshly initialised `data_dir`; with `share`, keep a copy for new targets."""
-        lock_path = workdir / LOCK_FILE
-        lock = lock_path.read_text() if lock_path.is_file() else None
-        (data_dir / STAMP).write_text(json.dumps({"fingerprint": fingerprint, "lock": lock}))
+        self._stamp(data_dir, fingerprint, workdir)
         if not share or (self.root / fingerprint).is_dir():
             return
         self.root.mkdir(parents=True, exist_ok=True)
@@ -87,6 +94,13 @@ class InitCache:
             shutil.rmtree(staging, ignore_errors=True)
             return
         self.prune()
+
+    @staticmethod
+    def _stamp(data_dir: Path, fingerprint: str, workdir: Path) -> None:
+        lock_path = workdir / LOCK_FILE
+        lock = lock_path.read_text() if lock_path.is_file() else None
+        stamp = {"fingerprint": fingerprint, "lock": lock, "data_dir": str(data_dir)}
+        (data_dir / STAMP).write_text(json.dumps(stamp))
 
     def prune(self) -> None:
         """Keep the KEEP most recently used copies, so old templates' copies do not pile up, and
@@ -108,3 +122,18 @@ class InitCache:
         kept = sorted(copies, key=last_used, reverse=True)
         for entry in [*abandoned, *kept[KEEP:]]:
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _relocate_modules(data_dir: Path, origin: Path) -> None:
+    """Point the module manifest at this copy: the engine records where it installed each
+    downloaded module as an absolute path under the TF_DATA_DIR that ran `init`."""
+    manifest = data_dir / "modules" / "modules.json"
+    if not manifest.is_file():
+        return
+    content = json.loads(manifest.read_text())
+    prefix = str(origin).rstrip("/") + "/"
+    for module in content.get("Modules") or []:
+        place = module.get("Dir")
+        if isinstance(place, str) and place.startswith(prefix):
+            module["Dir"] = str(data_dir / place[len(prefix) :])
+    manifest.write_text(json.dumps(content))

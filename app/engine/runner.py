@@ -294,8 +294,13 @@ class EngineRunner:
                     on_phase,
                 )
 
-            async def init() -> None:
+            async def init(*, afresh: bool = False) -> None:
                 self.init_cache.unstamp(tf_data)
+                if afresh:
+                    # What init wrote can be rebuilt by init (state lives in the backend), and
+                    # a stale module manifest makes init itself fail.
+                    shutil.rmtree(tf_data, ignore_errors=True)
+                    tf_data.mkdir(parents=True, exist_ok=True)
                 await run("init", init_args, on_line)
                 self.init_cache.save(tf_data, fingerprint, workdir, share=backend.shared_init)
 
@@ -322,7 +327,7 @@ class EngineRunner:
                 # Skipped init but the engine disagrees (plugin cache wiped, engine upgraded in
                 # place...): these errors come before any change is made, so init and retry.
                 on_line("runbot: the engine asks for init; running it and retrying")
-                await init()
+                await init(afresh=True)
                 await run(operation, main_args, on_line)
             outputs: dict[str, dict[str, Any]] = {}
             if job.operation == "apply":
