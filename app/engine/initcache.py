@@ -50,27 +50,28 @@ class InitCache:
         return True
 
     def adopt(self, data_dir: Path, fingerprint: str, workdir: Path) -> bool:
-        """Make `data_dir` a copy of an initialised one with the same fingerprint, if any."""
+        """Make `data_dir` a copy of an initialised one with the same fingerprint, if any.
+
+        The target's stamp is written last, so a copy cut short (a crash, an eviction) is never
+        taken for a complete one.
+        """
         shared = self.root / fingerprint
         if not shared.is_dir():
             return False
         shutil.rmtree(data_dir, ignore_errors=True)
         try:
-            shutil.copytree(shared, data_dir, symlinks=True)
-        except (OSError, shutil.Error):  # evicted while being copied: init as usual
+            shutil.copytree(shared, data_dir, symlinks=True, ignore=shutil.ignore_patterns(STAMP))
+            if not self.restore(shared, fingerprint, workdir):
+                raise ValueError("the shared copy has no stamp")
+            origin = json.loads((shared / STAMP).read_text()).get("data_dir")
+            if isinstance(origin, str) and origin != str(data_dir):
+                _relocate_modules(data_dir, Path(origin))
+        except (OSError, ValueError, AttributeError, shutil.Error):  # init as usual instead
             shutil.rmtree(data_dir, ignore_errors=True)
             data_dir.mkdir(parents=True, exist_ok=True)
             return False
         with contextlib.suppress(OSError):
             os.utime(shared)  # recently used: kept by prune()
-        if not self.restore(data_dir, fingerprint, workdir):
-            return False
-        try:
-            origin = json.loads((data_dir / STAMP).read_text()).get("data_dir")
-            if isinstance(origin, str) and origin != str(data_dir):
-                _relocate_modules(data_dir, Path(origin))
-        except (OSError, ValueError, AttributeError):
-            return False
         self._stamp(data_dir, fingerprint, workdir)
         return True
 
