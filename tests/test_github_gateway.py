@@ -553,6 +553,24 @@ async def test_outage_is_deferred_after_a_bounded_number_of_requests(
     assert fake.violations == []
 
 
+async def test_a_resent_write_keeps_the_write_pacing(fake: FakeGitHub) -> None:
+    """A PATCH that met a 502 is resent (it is idempotent), but not sooner than the pacing
+    allows: GitHub counts the failed write too."""
+    gw = GitHubAppGateway(app_settings(fake), min_write_interval=1.0)
+    try:
+        comment = await gw.create_comment(INSTALLATION, REPO, 1, "one")
+        fake.clear_records()
+        fake.fail_next(1, status=502, match=r"^PATCH ")
+        await gw.update_comment(INSTALLATION, REPO, comment, "two")
+    finally:
+        await gw.aclose()
+    attempts = [r.time for r in fake.requests_for("PATCH", f"/repos/{REPO}/issues/comments/*")]
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] >= 1.0
+    assert [c["body"] for c in fake.comments(REPO, 1)] == ["two"]
+    assert fake.violations == []
+
+
 async def test_unreachable_github_is_deferred(fake: FakeGitHub) -> None:
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))

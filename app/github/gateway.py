@@ -507,15 +507,23 @@ class GitHubAppGateway:
                 if wait > 0:
                     await self._sleep(wait)
             try:
-                return await self._attempt(what, method, send, iid)
+                return await self._attempt(what, method, send, iid, self.min_write_interval)
             finally:
                 # Stamped after the answer, so GitHub sees the gap even if requests overtake.
                 state.last_write = self._clock()
 
     async def _attempt(
-        self, what: str, method: str, send: Send, installation_id: int | None
+        self,
+        what: str,
+        method: str,
+        send: Send,
+        installation_id: int | None,
+        min_gap: float = 0.0,
     ) -> Response[Any]:
-        """Send once; wait out a short rate limit or retry a transient failure at most once."""
+        """Send once; wait out a short rate limit or retry a transient failure at most once.
+
+        A resent write waits at least `min_gap` too: GitHub counts a failed write in its pacing.
+        """
         waited = retried = renewed = False
         while True:
             client = (
@@ -532,7 +540,7 @@ class GitHubAppGateway:
                 if failed is None:  # connection refused/reset, timeout, TLS
                     if resendable and not retried:
                         retried = True
-                        await self._sleep(QUICK_RETRY_DELAY)
+                        await self._sleep(max(QUICK_RETRY_DELAY, min_gap))
                         continue
                     raise self._outage(what, f"GitHub could not be reached ({exc.exc!r})") from None
                 response = failed.response
@@ -544,7 +552,7 @@ class GitHubAppGateway:
                         waited = True
                         GATEWAY_STATS[f"rate_limit_waits:{kind}"] += 1
                         logger.info("GitHub %s rate limit: waiting %.1f s to %s", kind, wait, what)
-                        await self._sleep(wait)
+                        await self._sleep(max(wait, min_gap))
                         continue
                     GATEWAY_STATS[f"retry_later:{kind}"] += 1
                     raise RetryLater(
@@ -555,7 +563,7 @@ class GitHubAppGateway:
                 if status >= 500:
                     if resendable and not retried:
                         retried = True
-                        await self._sleep(QUICK_RETRY_DELAY)
+                        await self._sleep(max(QUICK_RETRY_DELAY, min_gap))
                         continue
                     raise self._outage(what, f"GitHub answered {status}", response) from None
                 if status == 401 and installation_id is not None and not renewed:
