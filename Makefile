@@ -26,7 +26,7 @@ bench: install
 	$(PY) -m bench
 
 drills: install
-	RUNBOT_DRILL_POINTS=100 $(VENV)/bin/pytest -q -p no:cacheprovider -o timeout=3600 tests/test_drills.py
+	RUNBOT_DRILL_POINTS=100 RUNBOT_DRILL_REPLICA_PRS=50 $(VENV)/bin/pytest -q -p no:cacheprovider -o timeout=3600 tests/test_drills.py
 
 clean:
 	rm -rf .runbot $(VENV)

@@ -1,8 +1,9 @@
-"""Reliability drills: kill -9 at random points, and fuzzed webhooks. Nothing may be lost.
+"""Reliability drills: kill -9 at random points, fuzzed webhooks, two replicas. Nothing may be lost.
 
 The crash drill kills `runbot serve` at RUNBOT_DRILL_POINTS random points (20 in CI, 100 under
 `make drills`) across several PR lifecycles and restarts it each time. Every environment must
 converge to its desired state, with no duplicate process, and every status comment must end right.
+The two-replica drill plays RUNBOT_DRILL_REPLICA_PRS PRs (20 in CI, 50 under `make drills`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import os
 import random
 import signal
 import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -19,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
-from app.db.models import Delivery, Environment
+from app.db.models import Delivery, Environment, Run
 from app.github.comment import MARKER
 from app.lifecycle.states import Status
 from app.runtime import build_runtime
@@ -32,7 +36,7 @@ from tests.apphost import (
     free_port,
     seed_repo,
 )
-from tests.conftest import make_settings
+from tests.conftest import make_settings, port_range_free
 from tests.fakegithub.server import FakeGitHub
 from tests.fakegithub.webhooks import deliver, sign
 from tests.helpers import converge_sync, fetch, processes_matching, silo_ready, wait_for
@@ -277,3 +281,113 @@ def test_fuzzed_deliveries_do_not_wedge_the_intent_loop(fuzz_server: AppServer) 
 
     wait_for(drained, timeout=60)
     assert fuzz_server.loops.tasks and not any(t.done() for t in fuzz_server.loops.tasks[:3])
+
+
+# PRs in the two-replica drill: 20 in CI, 50 under `make drills`.
+REPLICA_PRS = int(os.environ.get("RUNBOT_DRILL_REPLICA_PRS", "20"))
+
+
+def _free_port_range(count: int) -> int:
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 40000, 100)
+        if port_range_free(base, count):
+            return base
+    raise RuntimeError("no free port range on loopback")
+
+
+@pytest.mark.engine
+@pytest.mark.postgres
+def test_two_serve_replicas_on_postgres_apply_each_change_once(
+    tmp_path: Path, fake_github: FakeGitHub, postgres_url: str
+) -> None:
+    """Two `runbot serve` replicas, each with its own data dir, behind one round-robin address:
+    REPLICA_PRS PRs opened, pushed to (through the other replica) and closed. Each desired change is
+    applied once, each environment destroyed once, and each PR has one status comment."""
+    fake = fake_github
+    seed_repo(fake, f"stack: local\nsilo: shared\nmax_environments: {REPLICA_PRS}\n")
+    rt = build_runtime(make_settings(tmp_path, postgres_url))
+    rt.lifecycle.create_silo(
+        "shared", "local", {"port_base": _free_port_range(REPLICA_PRS), "capacity": REPLICA_PRS}
+    )
+    converge_sync(rt, silo_ready(rt, "shared"))
+    numbers = list(range(1, REPLICA_PRS + 1))
+    for number in numbers:
+        fake.add_pull(REPO, number, f"{number:040x}", f"branch-{number}")
+
+    def event(action: str, number: int) -> dict:
+        payload = fake.pull_request_event(action, REPO, number)
+        payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
+        return payload
+
+    def environments() -> list[Environment]:
+        with rt.db.session() as session:
+            return list(session.exec(select(Environment)))
+
+    with ExitStack() as replicas:
+        urls = []
+        for name in ("a", "b"):
+            env_vars, port = process_env(tmp_path / name, fake, postgres_url), free_port()
+            log = tmp_path / f"serve-{name}.log"
+            serve = replicas.enter_context(runbot(["serve", "--port", str(port)], env_vars, log))
+            wait_healthy(port, serve, log)
+            urls.append(f"http://127.0.0.1:{port}/webhooks/github")
+
+        def send(action: str, replica: int) -> None:
+            with httpx.Client() as client:
+                for index, number in enumerate(numbers):
+                    url = urls[(index + replica) % 2]
+                    response = deliver(
+                        url, "pull_request", event(action, number), WEBHOOK_SECRET, client=client
+                    )
+                    assert response.status_code == 202, response.text
+
+        def settle(check: Callable[[list[Environment]], bool], what: str) -> None:
+            try:
+                wait_for(lambda: check(environments()), timeout=120, interval=0.5)
+            except AssertionError:
+                envs = environments()
+                states = Counter((e.status, e.deployed_sha is not None) for e in envs)
+                logs = "\n".join(
+                    (tmp_path / f"serve-{n}.log").read_text()[-2000:] for n in ("a", "b")
+                )
+                raise AssertionError(f"{what}: {len(envs)} envs, {states}\n{logs}") from None
+
+        send("opened", 0)
+        settle(
+            lambda envs: len(envs) == len(numbers) and all(e.status == Status.READY for e in envs),
+            "all ready",
+        )
+        for number in numbers:
+            fake.update_pull(REPO, number, head_sha=f"{number + 1000:040x}")
+        send("synchronize", 1)  # each PR's push lands on the other replica
+        settle(
+            lambda envs: all(
+                e.status == Status.READY and e.deployed_sha == f"{e.pr_number + 1000:040x}"
+                for e in envs
+            ),
+            "all updated",
+        )
+        for env in environments():
+            assert f"{env.pr_number + 1000:040x}" in fetch(env.url or "").text
+        for number in numbers:
+            fake.update_pull(REPO, number, state="closed")
+        send("closed", 0)
+        settle(lambda envs: all(e.status == Status.DESTROYED for e in envs), "all destroyed")
+
+        with rt.db.session() as session:
+            runs = list(session.exec(select(Run).where(Run.target_kind == "environment")))
+        per_change = Counter((r.target_id, r.generation, r.operation) for r in runs)
+        assert set(per_change.values()) == {1}, per_change  # no change applied twice
+        destroys = Counter(r.target_id for r in runs if r.operation == "destroy")
+        assert sorted(destroys.values()) == [1] * len(numbers), destroys
+        assert all(r.status == "succeeded" for r in runs), Counter(r.status for r in runs)
+        workers = Counter(r.worker.split(":")[1] for r in runs)
+        assert len(workers) == 2, f"only one replica did the work: {workers}"
+        for number in numbers:
+            status_comments = [
+                c for c in fake.comments(REPO, number) if c["body"].startswith(MARKER)
+            ]
+            assert len(status_comments) <= 1, (number, status_comments)
+    for env in environments():
+        assert processes_matching(env.id) == []
