@@ -94,6 +94,63 @@ def opened(fake: FakeGitHub, number: int) -> dict:
     return payload
 
 
+def kill_during_the_apply_of(serve: subprocess.Popen[bytes], target: str) -> None:
+    """Kill -9 the process group at the moment the engine is applying `target`."""
+    wait_for(
+        lambda: any(
+            "apply" in line and f"/work/{target}" in line
+            for line in processes_matching("app.engine.embedded")
+        ),
+        timeout=60,
+        interval=0.01,
+    )
+    os.killpg(serve.pid, signal.SIGKILL)
+    serve.wait()
+
+
+def test_serve_killed_while_an_update_runs_then_restarted(
+    tmp_path: Path, fake_github: FakeGitHub, port_base: int
+) -> None:
+    """A crash mid-update leaves the row `updating`; the apply that takes over after the restart
+    must carry on from there (it once tried `updating -> creating` and failed the environment)."""
+    fake = fake_github
+    seed_repo(fake, "stack: local\nsilo: procs\n")
+    fake.add_pull(REPO, 1, "a" * 40, "feature")
+    rt = build_runtime(make_settings(tmp_path))
+    rt.lifecycle.create_silo("procs", "local", {"port_base": port_base})
+    converge_sync(rt, silo_ready(rt, "procs"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/webhooks/github"
+    env_vars, log = process_env(tmp_path, fake, None), tmp_path / "serve.log"
+    with runbot(["serve", "--port", str(port)], env_vars, log) as serve:
+        wait_healthy(port, serve, log)
+        assert deliver(url, "pull_request", opened(fake, 1), WEBHOOK_SECRET).status_code == 202
+        wait_for(lambda: [e.status for e in rt.lifecycle.list_environments()] == ["ready"], 60)
+        env_id = rt.lifecycle.list_environments()[0].id
+        fake.update_pull(REPO, 1, head_sha="b" * 40)
+        push = fake.pull_request_event("synchronize", REPO, 1)
+        push["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
+        assert deliver(url, "pull_request", push, WEBHOOK_SECRET).status_code == 202
+        kill_during_the_apply_of(serve, f"env-{env_id}")
+    assert rt.lifecycle.get_environment(env_id).status == Status.UPDATING
+
+    with runbot(["serve", "--port", str(port)], env_vars, log) as serve:
+        wait_healthy(port, serve, log)
+
+        def converged() -> bool:
+            env = rt.lifecycle.get_environment(env_id)
+            return env.status in (Status.READY, Status.FAILED) and env.lease_owner is None
+
+        wait_for(converged, timeout=90)
+        env = rt.lifecycle.get_environment(env_id)
+        assert env.status == Status.READY, env.reason
+        assert env.deployed_sha == "b" * 40 and "b" * 40 in fetch(env.url or "").text
+        assert len(processes_matching(f"--instance-id {env.id}")) == 1
+        rt.lifecycle.destroy_environment(env.id)
+        wait_for(lambda: rt.lifecycle.get_environment(env.id).status == Status.DESTROYED, 60)
+    assert processes_matching(env_id) == []
+
+
 def test_serve_killed_while_an_apply_runs_then_restarted(
     tmp_path: Path, fake_github: FakeGitHub, port_base: int
 ) -> None:
@@ -116,17 +173,7 @@ def test_serve_killed_while_an_apply_runs_then_restarted(
             ).status_code
             == 202
         )
-        # Kill -9 at the moment the engine is applying the instance.
-        wait_for(
-            lambda: any(
-                "apply" in line and "/work/env-pr-1-" in line
-                for line in processes_matching("app.engine.embedded")
-            ),
-            timeout=60,
-            interval=0.01,
-        )
-        os.killpg(serve.pid, signal.SIGKILL)
-        serve.wait()
+        kill_during_the_apply_of(serve, "env-pr-1-")
     env_row = rt.lifecycle.list_environments()[0]
     # The kill lands mid-apply; whether the row already said "creating" is incidental.
     assert env_row.status in (Status.PENDING, Status.CREATING, Status.READY)

@@ -103,8 +103,14 @@ def plan_action(desired: str, status: str) -> Action:
 
 
 def status_during_apply(status: str) -> Status:
-    """Creating until the target has been ready once; updating afterwards."""
-    return Status.UPDATING if Status(status) in (Status.READY, Status.SLEEPING) else Status.CREATING
+    """Creating until the target has been ready once; updating afterwards.
+
+    A target can be found mid-apply (`creating`, `updating`) when the process that ran the apply
+    died; the apply that takes over keeps the status.
+    """
+    if Status(status) in (Status.READY, Status.SLEEPING, Status.UPDATING):
+        return Status.UPDATING
+    return Status.CREATING
 
 
 def status_after_apply(desired: str) -> Status:
