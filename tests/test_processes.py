@@ -19,7 +19,7 @@ from sqlmodel import select
 from app.db.models import Environment, Run
 from app.github.comment import MARKER
 from app.lifecycle.states import Status
-from app.runtime import build_runtime
+from app.runtime import Runtime, build_runtime
 from tests.apphost import INSTALLATION, REPO, WEBHOOK_SECRET, free_port, seed_repo
 from tests.conftest import TEMPLATES, make_settings
 from tests.fakegithub.server import FakeGitHub
@@ -94,6 +94,16 @@ def opened(fake: FakeGitHub, number: int) -> dict:
     return payload
 
 
+def one_pr_on_a_ready_silo(tmp_path: Path, fake: FakeGitHub, port_base: int) -> Runtime:
+    """PR #1 at commit a…a, a repository configured for the silo `procs`, and that silo ready."""
+    seed_repo(fake, "stack: local\nsilo: procs\n")
+    fake.add_pull(REPO, 1, "a" * 40, "feature")
+    rt = build_runtime(make_settings(tmp_path))
+    rt.lifecycle.create_silo("procs", "local", {"port_base": port_base})
+    converge_sync(rt, silo_ready(rt, "procs"))
+    return rt
+
+
 def kill_during_the_apply_of(serve: subprocess.Popen[bytes], target: str) -> None:
     """Kill -9 the process group at the moment the engine is applying `target`."""
     wait_for(
@@ -114,11 +124,7 @@ def test_serve_killed_while_an_update_runs_then_restarted(
     """A crash mid-update leaves the row `updating`; the apply that takes over after the restart
     must carry on from there (it once tried `updating -> creating` and failed the environment)."""
     fake = fake_github
-    seed_repo(fake, "stack: local\nsilo: procs\n")
-    fake.add_pull(REPO, 1, "a" * 40, "feature")
-    rt = build_runtime(make_settings(tmp_path))
-    rt.lifecycle.create_silo("procs", "local", {"port_base": port_base})
-    converge_sync(rt, silo_ready(rt, "procs"))
+    rt = one_pr_on_a_ready_silo(tmp_path, fake, port_base)
     port = free_port()
     url = f"http://127.0.0.1:{port}/webhooks/github"
     env_vars, log = process_env(tmp_path, fake, None), tmp_path / "serve.log"
@@ -155,11 +161,7 @@ def test_serve_killed_while_an_apply_runs_then_restarted(
     tmp_path: Path, fake_github: FakeGitHub, port_base: int
 ) -> None:
     fake = fake_github
-    seed_repo(fake, "stack: local\nsilo: procs\n")
-    fake.add_pull(REPO, 1, "a" * 40, "feature")
-    rt = build_runtime(make_settings(tmp_path))
-    rt.lifecycle.create_silo("procs", "local", {"port_base": port_base})
-    converge_sync(rt, silo_ready(rt, "procs"))
+    rt = one_pr_on_a_ready_silo(tmp_path, fake, port_base)
 
     env_vars, log, port = process_env(tmp_path, fake, None), tmp_path / "serve.log", free_port()
     with runbot(["serve", "--port", str(port)], env_vars, log) as serve:
