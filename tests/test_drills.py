@@ -52,13 +52,15 @@ def test_kill_9_at_random_points_of_pr_lifecycles(
     tmp_path: Path, fake_github: FakeGitHub, port_base: int
 ) -> None:
     fake, rng = fake_github, random.Random(int(os.environ.get("RUNBOT_DRILL_SEED", "7")))
-    seed_repo(fake, "stack: local\nsilo: drill\n")
+    # A script of events: each PR is opened, pushed, and (for most) closed.
+    prs = max(2, DRILL_POINTS // 3 + 1)
+    # Every PR left open must get an environment: the default limit (10 live environments per
+    # repository) would rightly hold the 11th back when 100 points leave 11 PRs open.
+    seed_repo(fake, f"stack: local\nsilo: drill\nmax_environments: {prs}\n")
     rt = build_runtime(make_settings(tmp_path))
     rt.lifecycle.create_silo("drill", "local", {"port_base": port_base, "capacity": 20})
     converge_sync(rt, silo_ready(rt, "drill"))
 
-    # A script of events: each PR is opened, pushed, and (for most) closed.
-    prs = max(2, DRILL_POINTS // 3 + 1)
     script: list[tuple[int, str]] = []
     for number in range(1, prs + 1):
         script += [(number, "opened"), (number, "synchronize")]
