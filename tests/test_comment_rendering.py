@@ -185,6 +185,21 @@ def test_expiry_warning_line() -> None:
     assert "⚠️" not in render_status_comment(view("ready"))
 
 
+def test_expiry_warning_line_suggests_what_the_max_lifetime_allows() -> None:
+    expires = NOW + timedelta(minutes=30)
+
+    def warning_line(max_expires_at: datetime) -> str:
+        text = render_status_comment(
+            view("ready", warning=True, expires_at=expires, max_expires_at=max_expires_at)
+        )
+        (line,) = [line for line in text.splitlines() if line.startswith("> ⚠️")]
+        return line
+
+    assert f"`{PREFIX} extend 2h`" in warning_line(expires + timedelta(hours=2))
+    at_limit = warning_line(expires)
+    assert "maximum lifetime" in at_limit and f"{PREFIX} extend" not in at_limit
+
+
 def test_sleeping_points_at_wake() -> None:
     assert f"`{PREFIX} wake`" in render_status_comment(view("sleeping"))
 
@@ -380,6 +395,17 @@ def test_expiry_warning_comment() -> None:
     assert f"{PREFIX} extend 4h" in text
     assert "`web-pr-12`" in text
     assert not text.startswith(MARKER)
+
+
+def test_expiry_warning_comment_near_the_max_lifetime() -> None:
+    expires = NOW + timedelta(minutes=45)
+    short = render_expiry_warning(
+        "octocat", "web-pr-12", expires, NOW, max_expires_at=expires + timedelta(minutes=90)
+    )
+    assert f"{PREFIX} extend 1h\n" in short
+    over = render_expiry_warning("octocat", "web-pr-12", expires, NOW, max_expires_at=expires)
+    assert f"{PREFIX} extend" not in over
+    assert "maximum lifetime" in over and f"`{PREFIX} redeploy`" in over
 
 
 def test_expiry_warning_with_odd_author_pings_nobody() -> None:

@@ -18,6 +18,7 @@ from app.ttl.policy import (
     needs_warning,
     policy_from_record,
     policy_record,
+    suggested_extension,
     warning_due_at,
 )
 
@@ -212,3 +213,28 @@ def test_a_stored_policy_reads_back_as_itself_and_none_means_the_defaults() -> N
     assert policy_record(policy) == {"idle": 7200.0, "max": 21600.0, "warn_before": 0.0}
     assert policy_from_record(policy_record(policy)) == policy
     assert policy_from_record({}) == policy_from_record(None) == TTLPolicy()
+
+
+@pytest.mark.parametrize(
+    ("room", "suggested"),
+    [
+        (None, 4 * H),  # no max lifetime known
+        (2 * D, 4 * H),
+        (4 * H, 4 * H),
+        (3 * H + timedelta(minutes=59), 3 * H),  # whole hours: the extend is never cut short
+        (H, H),
+        (timedelta(minutes=59, seconds=30), timedelta(minutes=59)),
+        (timedelta(seconds=59), None),  # nothing worth extending by
+        (timedelta(0), None),
+        (-H, None),  # the repository lowered ttl.max below the current expiry
+    ],
+)
+def test_the_suggested_extension_fits_in_the_max_lifetime(
+    room: timedelta | None, suggested: timedelta | None
+) -> None:
+    expires = T0 + 10 * H
+    assert suggested_extension(expires, None if room is None else expires + room) == suggested
+    if suggested is not None and room is not None:
+        created = expires + room - POLICY.max  # so that created + max is the limit
+        result = extend(POLICY, created, T0, expires, suggested)
+        assert not result.capped and result.expires_at == expires + suggested

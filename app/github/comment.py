@@ -16,7 +16,8 @@ from urllib.parse import quote, urlsplit
 
 from app.commands.grammar import PREFIX, usage
 from app.github.config import CONFIG_FILENAME
-from app.ttl.policy import humanize_until
+from app.ttl.durations import format_duration
+from app.ttl.policy import SUGGESTED_EXTENSION, humanize_until, suggested_extension
 
 __all__ = [
     "CONFIG_MARKER",
@@ -341,10 +342,19 @@ def _table(view: StatusView, label: str) -> list[str]:
 def _notes(view: StatusView) -> list[str]:
     """Sentences under the table: the things someone should act on."""
     notes: list[str] = []
-    extend = f"`{PREFIX} extend 4h`"
     if view.warning and view.state not in _NO_EXPIRY:
         when = "soon" if view.expires_at is None else _when(view.expires_at, view.now)
-        hint = f" Comment {extend} to keep it longer." if view.commands_available else ""
+        by = (
+            SUGGESTED_EXTENSION
+            if view.expires_at is None
+            else suggested_extension(view.expires_at, view.max_expires_at)
+        )
+        if by is None:
+            hint = " It has reached its maximum lifetime (`ttl.max`) and cannot be extended."
+        elif view.commands_available:
+            hint = f" Comment `{PREFIX} extend {format_duration(by)}` to keep it longer."
+        else:
+            hint = ""
         notes.append(f"> ⚠️ **This environment expires soon: {when}.**{hint}")
     if view.state == "destroyed" and (view.reason or "").strip().lower() == "expired":
         hint = f" Comment `{PREFIX} redeploy` to bring it back." if view.commands_available else ""
@@ -452,14 +462,30 @@ def render_config_error(problem_markdown: str, docs_url: str | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def render_expiry_warning(author: str, env_id: str, expires_at: datetime, now: datetime) -> str:
-    """A separate, short comment so the PR author gets a notification before the teardown."""
+def render_expiry_warning(
+    author: str,
+    env_id: str,
+    expires_at: datetime,
+    now: datetime,
+    max_expires_at: datetime | None = None,
+) -> str:
+    """A separate, short comment so the PR author gets a notification before the teardown.
+
+    It suggests an extension the max lifetime allows in full, or says none is left.
+    """
     login = (author or "").strip().removeprefix("@")
     who = f"@{login}" if _GITHUB_LOGIN.fullmatch(login) else escape_markdown_inline(login)
+    by = suggested_extension(expires_at, max_expires_at)
+    action = (
+        "It has reached its maximum lifetime (`ttl.max` in `.runbot.yml`) and cannot be"
+        f" extended; once it is gone, comment `{PREFIX} redeploy` for a new one.\n"
+        if by is None
+        else f"To keep it, comment:\n\n```\n{PREFIX} extend {format_duration(by)}\n```\n"
+    )
     return (
         f"⚠️ {who}, the preview environment {_code(env_id)} expires "
         f"{humanize_until(expires_at, now)} ({_utc(expires_at)}) and will then be destroyed.\n\n"
-        f"To keep it, comment:\n\n```\n{PREFIX} extend 4h\n```\n"
+        + action
     )
 
 
