@@ -151,6 +151,20 @@ async def test_extend_rearms_the_warning_for_the_new_expiry(host: CommandHost) -
     assert len(warnings(host)) == 2
 
 
+async def test_at_the_max_lifetime_the_warning_suggests_no_extend(host: CommandHost) -> None:
+    env = live_env(host)
+    await host.comment("/runbot extend 4h", "alice")  # to created + 6h: the max lifetime
+    capped = live_env(host)
+    assert capped.expires_at == capped.created_at + ttl_policy_of(capped).max
+    assert await host.ticks.warn_expiring(now=capped.expires_at - timedelta(minutes=1)) == [env.id]
+    warning = warnings(host)[-1]
+    assert "maximum lifetime" in warning and "/runbot extend" not in warning
+    assert await host.loops.notifier.sync_one()
+    [status] = [c["body"] for c in host.fake.comments(REPO, 1) if c["body"].startswith(MARKER)]
+    (line,) = [line for line in status.splitlines() if line.startswith("> ⚠️")]
+    assert "cannot be extended" in line
+
+
 async def test_reaps_once_with_reason_expired(host: CommandHost) -> None:
     env = live_env(host)
     assert env.expires_at is not None
