@@ -224,7 +224,8 @@ def test_a_stored_policy_reads_back_as_itself_and_none_means_the_defaults() -> N
         (3 * H + timedelta(minutes=59), 3 * H),  # whole hours: the extend is never cut short
         (H, H),
         (timedelta(minutes=59, seconds=30), timedelta(minutes=59)),
-        (timedelta(seconds=59), None),  # nothing worth extending by
+        (timedelta(seconds=59, milliseconds=700), timedelta(seconds=59)),  # short test TTLs
+        (timedelta(milliseconds=700), None),  # nothing left to extend by
         (timedelta(0), None),
         (-H, None),  # the repository lowered ttl.max below the current expiry
     ],

@@ -124,14 +124,17 @@ SUGGESTED_EXTENSION = timedelta(hours=4)
 
 def suggested_extension(expires_at: datetime, max_expires_at: datetime | None) -> timedelta | None:
     """What an expiry warning suggests extending by: 4 h, or less when the max lifetime leaves
-    less (whole hours, else whole minutes), so the suggested command is never cut short.
-    None when nothing is left to extend by."""
+    less (whole hours, else whole minutes, else whole seconds), so the suggested command is
+    never cut short. None when nothing is left to extend by."""
     if max_expires_at is None:
         return SUGGESTED_EXTENSION
     room = _aware("max_expires_at", max_expires_at) - _aware("expires_at", expires_at)
     if room >= SUGGESTED_EXTENSION:
         return SUGGESTED_EXTENSION
-    unit = timedelta(hours=1) if room >= timedelta(hours=1) else timedelta(minutes=1)
+    unit = next(
+        (size for size in (timedelta(hours=1), timedelta(minutes=1)) if room >= size),
+        timedelta(seconds=1),
+    )
     whole = (room // unit) * unit
     return whole if whole > timedelta(0) else None
 
