@@ -26,6 +26,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 STAMP = "runbot-init.json"  # in TF_DATA_DIR: what it was initialised from, and its lock file
 LOCK_FILE = ".terraform.lock.hcl"
@@ -38,16 +39,21 @@ class InitCache:
 
     def restore(self, data_dir: Path, fingerprint: str, workdir: Path) -> bool:
         """Whether `data_dir` was initialised from `fingerprint`; if so, restore the lock file."""
+        return self._restore(data_dir, fingerprint, workdir) is not None
+
+    @staticmethod
+    def _restore(data_dir: Path, fingerprint: str, workdir: Path) -> dict[str, Any] | None:
+        """The stamp of `data_dir` if it matches `fingerprint`, its lock file restored."""
         try:
             saved = json.loads((data_dir / STAMP).read_text())
         except (OSError, ValueError):
-            return False
+            return None
         if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
-            return False
+            return None
         lock = saved.get("lock")
         if isinstance(lock, str):
             (workdir / LOCK_FILE).write_text(lock)
-        return True
+        return saved
 
     def adopt(self, data_dir: Path, fingerprint: str, workdir: Path) -> bool:
         """Make `data_dir` a copy of an initialised one with the same fingerprint, if any.
@@ -61,9 +67,10 @@ class InitCache:
         shutil.rmtree(data_dir, ignore_errors=True)
         try:
             shutil.copytree(shared, data_dir, symlinks=True, ignore=shutil.ignore_patterns(STAMP))
-            if not self.restore(shared, fingerprint, workdir):
+            stamp = self._restore(shared, fingerprint, workdir)
+            if stamp is None:
                 raise ValueError("the shared copy has no stamp")
-            origin = json.loads((shared / STAMP).read_text()).get("data_dir")
+            origin = stamp.get("data_dir")
             if isinstance(origin, str) and origin != str(data_dir):
                 _relocate_modules(data_dir, Path(origin))
         except (OSError, ValueError, AttributeError, shutil.Error):  # init as usual instead
