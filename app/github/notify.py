@@ -48,6 +48,7 @@ from app.github.comment import (
     render_status_comment,
 )
 from app.github.gateway import Gateway, GitHubError, NotFoundOnGitHub, RetryLater
+from app.lifecycle.service import lifetime_limit
 from app.lifecycle.states import Status
 
 log = logging.getLogger("runbot.notify")
@@ -352,7 +353,6 @@ class Notifier:
         if pull.hold_reason and env.status in (Status.READY, Status.SLEEPING):
             reason = pull.hold_reason  # e.g. checks failed: staying at the last good SHA
         expires = env.expires_at if env.status != Status.DESTROYED else None
-        policy_max = env.ttl.get("max") if env.ttl else None
         run_link = f"{self.public_url}/environments/{env.id}"
         if env.last_run_id:
             run_link += f"#run-{env.last_run_id}"
@@ -368,9 +368,7 @@ class Notifier:
             deployed_sha=env.deployed_sha,
             head_sha=env.head_sha,
             expires_at=expires,
-            max_expires_at=(
-                env.created_at + timedelta(seconds=policy_max) if policy_max and expires else None
-            ),
+            max_expires_at=lifetime_limit(env) if expires else None,
             warning=bool(expires and env.warned_for and env.warned_for == expires),
             log_url=run_link,
             log_tail=self._log_tail(env) if env.status == Status.FAILED else (),

@@ -49,6 +49,13 @@ def ttl_policy_of(env: Environment) -> TTLPolicy:
     return policy_from_record(env.ttl)
 
 
+def lifetime_limit(env: Environment) -> datetime | None:
+    """The latest the environment may live to (`ttl.max` after creation); None when its row
+    stores no TTL record."""
+    seconds = env.ttl.get("max") if env.ttl else None
+    return env.created_at + timedelta(seconds=seconds) if seconds else None
+
+
 def mark_pull_dirty(session: Any, repository: str, pr_number: int) -> None:
     """The PR's status comment and deployment must be re-rendered: bump its sync version."""
     session.execute(

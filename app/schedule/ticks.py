@@ -24,9 +24,9 @@ from sqlmodel import col, select
 from app.db.models import Delivery, Environment, PullRequest, Silo, utcnow
 from app.github.comment import render_expiry_warning
 from app.github.gateway import GitHubError, RetryLater
-from app.lifecycle.service import pull_id, ttl_policy_of
+from app.lifecycle.service import lifetime_limit, pull_id, ttl_policy_of
 from app.lifecycle.states import Desired, Status
-from app.ttl.policy import is_expired, needs_warning, policy_from_record
+from app.ttl.policy import is_expired, needs_warning
 
 if TYPE_CHECKING:
     from app.db.session import Database
@@ -197,9 +197,8 @@ class Ticks:
             return False  # an environment made outside a PR has nobody to mention
         if not self._swap_digest(key, pull.warned_digest, POSTING + digest):
             return False  # another replica is posting it
-        limit = env.created_at + policy_from_record(env.ttl).max if env.ttl else None
         body = render_expiry_warning(
-            env.author or pull.author, env.id, env.expires_at, now, max_expires_at=limit
+            env.author or pull.author, env.id, env.expires_at, now, lifetime_limit(env)
         )
         try:
             await self.gateway.create_comment(
