@@ -76,15 +76,21 @@ def port_range_free(base: int, count: int) -> bool:
     return True
 
 
+def free_port_range(count: int) -> int:
+    """A base port with `count` free loopback ports above it, for one local silo."""
+    rng = random.Random()
+    step = 50 * -(-count // 50)  # bases a whole range apart
+    for _ in range(200):
+        base = rng.randrange(20000, 40000, step)
+        if port_range_free(base, count):
+            return base
+    raise RuntimeError("no free port range on loopback")
+
+
 @pytest.fixture
 def port_base() -> int:
     """A base port with 25 free ports above it, for one local silo."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 40000, 50)
-        if port_range_free(base, 25):
-            return base
-    raise RuntimeError("no free port range on loopback")
+    return free_port_range(25)
 
 
 def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: object) -> Settings:

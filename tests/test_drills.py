@@ -28,7 +28,6 @@ from app.github.comment import MARKER
 from app.lifecycle.states import Status
 from app.runtime import build_runtime
 from tests.apphost import (
-    INSTALLATION,
     REPO,
     WEBHOOK_SECRET,
     AppServer,
@@ -36,11 +35,11 @@ from tests.apphost import (
     free_port,
     seed_repo,
 )
-from tests.conftest import make_settings, port_range_free
+from tests.conftest import free_port_range, make_settings
 from tests.fakegithub.server import FakeGitHub
 from tests.fakegithub.webhooks import deliver, sign
 from tests.helpers import converge_sync, fetch, processes_matching, silo_ready, wait_for
-from tests.test_processes import process_env, runbot, wait_healthy
+from tests.test_processes import pr_event, process_env, runbot, wait_healthy
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 
@@ -84,8 +83,7 @@ def test_kill_9_at_random_points_of_pr_lifecycles(
                     fake.update_pull(REPO, number, head_sha=heads[number])
                 else:
                     fake.update_pull(REPO, number, state="closed")
-                payload = fake.pull_request_event(action, REPO, number)
-                payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
+                payload = pr_event(fake, action, number)
                 assert deliver(url, "pull_request", payload, WEBHOOK_SECRET).status_code == 202
                 step += 1
                 if kills_left > 0:
@@ -289,15 +287,6 @@ def test_fuzzed_deliveries_do_not_wedge_the_intent_loop(fuzz_server: AppServer) 
 REPLICA_PRS = int(os.environ.get("RUNBOT_DRILL_REPLICA_PRS", "20"))
 
 
-def _free_port_range(count: int) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 40000, 100)
-        if port_range_free(base, count):
-            return base
-    raise RuntimeError("no free port range on loopback")
-
-
 @pytest.mark.engine
 @pytest.mark.postgres
 def test_two_serve_replicas_on_postgres_apply_each_change_once(
@@ -305,22 +294,17 @@ def test_two_serve_replicas_on_postgres_apply_each_change_once(
 ) -> None:
     """Two `runbot serve` replicas, each with its own data dir, behind one round-robin address:
     REPLICA_PRS PRs opened, pushed to (through the other replica) and closed. Each desired change is
-    applied once, each environment destroyed once, and each PR has one status comment."""
+    applied once, each environment destroyed once, and no PR gets two status comments."""
     fake = fake_github
     seed_repo(fake, f"stack: local\nsilo: shared\nmax_environments: {REPLICA_PRS}\n")
     rt = build_runtime(make_settings(tmp_path, postgres_url))
     rt.lifecycle.create_silo(
-        "shared", "local", {"port_base": _free_port_range(REPLICA_PRS), "capacity": REPLICA_PRS}
+        "shared", "local", {"port_base": free_port_range(REPLICA_PRS), "capacity": REPLICA_PRS}
     )
     converge_sync(rt, silo_ready(rt, "shared"))
     numbers = list(range(1, REPLICA_PRS + 1))
     for number in numbers:
         fake.add_pull(REPO, number, f"{number:040x}", f"branch-{number}")
-
-    def event(action: str, number: int) -> dict:
-        payload = fake.pull_request_event(action, REPO, number)
-        payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
-        return payload
 
     def environments() -> list[Environment]:
         with rt.db.session() as session:
@@ -340,7 +324,11 @@ def test_two_serve_replicas_on_postgres_apply_each_change_once(
                 for index, number in enumerate(numbers):
                     url = urls[(index + replica) % 2]
                     response = deliver(
-                        url, "pull_request", event(action, number), WEBHOOK_SECRET, client=client
+                        url,
+                        "pull_request",
+                        pr_event(fake, action, number),
+                        WEBHOOK_SECRET,
+                        client=client,
                     )
                     assert response.status_code == 202, response.text
 

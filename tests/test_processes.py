@@ -88,10 +88,15 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise AssertionError("runbot never became healthy:\n" + log.read_text()[-3000:])
 
 
-def opened(fake: FakeGitHub, number: int) -> dict:
-    payload = fake.pull_request_event("opened", REPO, number)
+def pr_event(fake: FakeGitHub, action: str, number: int) -> dict:
+    """A `pull_request` payload for the fake's PR, from the App's installation."""
+    payload = fake.pull_request_event(action, REPO, number)
     payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
     return payload
+
+
+def opened(fake: FakeGitHub, number: int) -> dict:
+    return pr_event(fake, "opened", number)
 
 
 def one_pr_on_a_ready_silo(tmp_path: Path, fake: FakeGitHub, port_base: int) -> Runtime:
@@ -134,8 +139,7 @@ def test_serve_killed_while_an_update_runs_then_restarted(
         wait_for(lambda: [e.status for e in rt.lifecycle.list_environments()] == ["ready"], 60)
         env_id = rt.lifecycle.list_environments()[0].id
         fake.update_pull(REPO, 1, head_sha="b" * 40)
-        push = fake.pull_request_event("synchronize", REPO, 1)
-        push["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
+        push = pr_event(fake, "synchronize", 1)
         assert deliver(url, "pull_request", push, WEBHOOK_SECRET).status_code == 202
         kill_during_the_apply_of(serve, f"env-{env_id}")
     assert rt.lifecycle.get_environment(env_id).status == Status.UPDATING
