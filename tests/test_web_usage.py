@@ -9,7 +9,7 @@ from app.db.models import Environment, Silo
 from app.runtime import build_runtime
 from app.web.auth import Authenticator, Principal
 from app.web.dashboard import usage_svg
-from app.web.views import Service
+from app.web.service import Service
 from tests.conftest import make_settings
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The REST API under /api (OpenAPI at /docs): a thin JSON skin over `views.Service`.
+"""The REST API under /api (OpenAPI at /docs): a thin JSON skin over `service.Service`.
 
 Authentication: `Authorization: Bearer <RUNBOT_API_TOKEN>` for automation, or the dashboard's
 session cookie (then POSTs must send the session's CSRF token as `X-CSRF-Token`). Anonymous
@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.web.auth import Authenticator, AuthError, Principal
+from app.web.service import Service, ServiceError
 from app.web.views import (
     DEFAULT_PER_PAGE,
     MAX_PER_PAGE,
@@ -24,8 +25,6 @@ from app.web.views import (
     OutboxOut,
     PageOut,
     RunOut,
-    Service,
-    ServiceError,
     SiloOut,
     UsageOut,
 )

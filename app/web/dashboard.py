@@ -1,4 +1,4 @@
-"""The server-rendered dashboard at `/`: Jinja2 pages over `views.Service`, no build step.
+"""The server-rendered dashboard at `/`: Jinja2 pages over `service.Service`, no build step.
 
 Pages render complete HTML; a few lines of plain JS (static/app.js) tail the current run's log
 through the API, reload a detail page when its environment changes, and keep relative times
@@ -27,17 +27,8 @@ from app.db.models import utcnow
 from app.lifecycle.states import BUSY
 from app.ttl.policy import humanize_until
 from app.web.auth import SESSION_COOKIE, Authenticator, AuthError, Principal, Session, stored_secret
-from app.web.views import (
-    ENV_ACTIONS,
-    SILO_ACTIONS,
-    STATUS_FILTERS,
-    LogOut,
-    PageOut,
-    RunOut,
-    Service,
-    ServiceError,
-    UsageOut,
-)
+from app.web.service import ENV_ACTIONS, SILO_ACTIONS, Service, ServiceError
+from app.web.views import STATUS_FILTERS, LogOut, PageOut, RunOut, UsageOut
 
 TEMPLATES = Path(__file__).parent / "templates"
 FLASH_COOKIE = "runbot_flash"

@@ -1,7 +1,8 @@
 """Wires the dashboard, the REST API, sign-in and /metrics into the runbot app.
 
 `create_app` calls `mount_web` once; everything web-facing beyond intake and health lives in
-this package: `views` (the shared service layer), `api`, `dashboard`, `auth`, `metrics`.
+this package: `service` (the shared service layer), `views` (what it returns), `api`,
+`dashboard`, `auth`, `metrics`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from app.web.api import api_router
 from app.web.auth import Authenticator
 from app.web.dashboard import Dashboard
 from app.web.metrics import Metrics
-from app.web.views import Service
+from app.web.service import Service
 
 STATIC = Path(__file__).parent / "static"
 

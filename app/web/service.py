@@ -1,0 +1,576 @@
+"""The one service layer behind the dashboard and the REST API: queries, actions, authorization.
+
+Both front ends call these and only these, so a rule (who sees what, who may do what, which
+outputs are masked) exists exactly once. Queries are synchronous database work (callers run them
+in a worker thread); actions check permissions with GitHub (async), then call the same
+`Lifecycle` methods as the comment commands and the CLI.
+
+Environments of repositories a principal cannot read are reported as absent, not forbidden, so
+their existence does not leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, get_args
+
+from sqlalchemy import func
+from sqlmodel import col, select
+from starlette.concurrency import run_in_threadpool
+
+from app.commands.handlers import authorize
+from app.db.models import Environment, OutboxMessage, PullRequest, Run, Silo, utcnow
+from app.engine.logs import read_log
+from app.lifecycle.reconcile import public_outputs
+from app.lifecycle.service import LifecycleError, pull_id
+from app.lifecycle.service import NotFound as LifecycleNotFound
+from app.lifecycle.states import LIVE, Status
+from app.runtime import Runtime
+from app.ttl.durations import DurationError, parse_duration
+from app.ttl.policy import humanize_until
+from app.web.auth import Authenticator, AuthError, Principal
+from app.web.views import (
+    DEFAULT_PER_PAGE,
+    MAX_PER_PAGE,
+    STATUS_FILTERS,
+    USAGE_DAYS,
+    ActionOut,
+    EnvironmentOut,
+    LogOut,
+    OutboxOut,
+    PageOut,
+    RunOut,
+    SiloOut,
+    UsageOut,
+    UsageSeries,
+    pr_url,
+    run_out,
+)
+
+EnvAction = Literal["extend", "destroy", "redeploy", "sleep", "wake"]
+ENV_ACTIONS: tuple[str, ...] = ("extend", "sleep", "wake", "redeploy", "destroy")
+SiloAction = Literal["update", "destroy"]
+SILO_ACTIONS: tuple[str, ...] = get_args(SiloAction)
+
+
+class ServiceError(Exception):
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotVisible(ServiceError):
+    status = 404
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class Invalid(ServiceError):
+    status = 422
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+def _page_args(page: int, per_page: int) -> tuple[int, int]:
+    if page < 1:
+        raise Invalid("page starts at 1")
+    if not 1 <= per_page <= MAX_PER_PAGE:
+        raise Invalid(f"per_page must be between 1 and {MAX_PER_PAGE}")
+    return page, per_page
+
+
+class Service:
+    def __init__(self, rt: Runtime, auth: Authenticator, wake: Callable[[], None]) -> None:
+        self.rt = rt
+        self.db = rt.db
+        self.settings = rt.settings
+        self.auth = auth
+        self.wake = wake
+
+    # ----- views of rows -----------------------------------------------------------------------
+
+    def environment_out(self, env: Environment) -> EnvironmentOut:
+        live = env.status != Status.DESTROYED
+        return EnvironmentOut(
+            id=env.id,
+            repository=env.repository,
+            pr_number=env.pr_number,
+            pr_url=pr_url(self.settings.github_url, env.repository, env.pr_number),
+            author=env.author,
+            status=env.status,
+            desired=env.desired,
+            reason=env.reason,
+            url=env.url,
+            silo=env.silo_name,
+            slot=env.slot,
+            stack=env.stack,
+            head_sha=env.head_sha,
+            head_ref=env.head_ref,
+            deployed_sha=env.deployed_sha,
+            trigger=env.trigger,
+            created_at=env.created_at,
+            updated_at=env.updated_at,
+            expires_at=env.expires_at if live else None,
+            max_expires_at=(
+                env.created_at + timedelta(seconds=float(env.ttl["max"]))
+                if live and env.ttl.get("max")
+                else None
+            ),
+            destroyed_at=env.destroyed_at,
+            last_run_id=env.last_run_id,
+            outputs=public_outputs(env.outputs),
+        )
+
+    def _silo_out(self, session: Any, silo: Silo, principal: Principal) -> SiloOut:
+        used = session.exec(
+            select(func.count())
+            .select_from(Environment)
+            .where(Environment.silo_name == silo.name, col(Environment.slot).is_not(None))
+        ).one()
+        live = self._visible(
+            select(func.count())
+            .select_from(Environment)
+            .where(
+                Environment.silo_name == silo.name,
+                col(Environment.status).in_([s.value for s in LIVE]),
+            ),
+            principal,
+        )
+        return SiloOut(
+            name=silo.name,
+            stack=silo.stack,
+            status=silo.status,
+            desired=silo.desired,
+            reason=silo.reason,
+            capacity=silo.capacity or self.settings.default_capacity,
+            used=used,
+            environments=session.exec(live).one() if live is not None else 0,
+            created_at=silo.created_at,
+            updated_at=silo.updated_at,
+            outputs=public_outputs(silo.outputs),
+        )
+
+    @staticmethod
+    def _visible(query: Any, principal: Principal) -> Any | None:
+        """Restrict a query on Environment to readable repositories; None: nothing is."""
+        if principal.kind == "anonymous":
+            return None
+        if principal.readable is None:
+            return query
+        if not principal.readable:
+            return None
+        return query.where(func.lower(Environment.repository).in_(sorted(principal.readable)))
+
+    # ----- environments ------------------------------------------------------------------------
+
+    def list_environments(
+        self,
+        principal: Principal,
+        repo: str | None = None,
+        status: str | None = None,
+        author: str | None = None,
+        silo: str | None = None,
+        page: int = 1,
+        per_page: int = DEFAULT_PER_PAGE,
+    ) -> PageOut[EnvironmentOut]:
+        """Newest first. `status`: live (the default: all but destroyed), all, or one status."""
+        page, per_page = _page_args(page, per_page)
+        status = status or "live"
+        if status not in STATUS_FILTERS:
+            raise Invalid(f"status must be one of: {', '.join(STATUS_FILTERS)}")
+        conditions: list[Any] = []
+        if repo:
+            conditions.append(func.lower(Environment.repository) == repo.strip().lower())
+        if author:
+            conditions.append(func.lower(Environment.author) == author.strip().lower())
+        if silo:
+            conditions.append(Environment.silo_name == silo)
+        if status == "live":
+            conditions.append(Environment.status != Status.DESTROYED)
+        elif status != "all":
+            conditions.append(Environment.status == status)
+        count = self._visible(select(func.count()).select_from(Environment), principal)
+        rows = self._visible(select(Environment), principal)
+        if count is None or rows is None:
+            return PageOut(items=[], page=page, per_page=per_page, total=0)
+        with self.db.session() as session:
+            total = session.exec(count.where(*conditions)).one()
+            found = session.exec(
+                rows.where(*conditions)
+                .order_by(col(Environment.created_at).desc(), col(Environment.id).desc())
+                .offset((page - 1) * per_page)
+                .limit(per_page)
+            ).all()
+        return PageOut(
+            items=[self.environment_out(env) for env in found],
+            page=page,
+            per_page=per_page,
+            total=total,
+        )
+
+    def _environment_row(self, principal: Principal, env_id: str) -> Environment:
+        with self.db.session() as session:
+            env = session.get(Environment, env_id)
+        if env is None or not principal.can_read(env.repository):
+            raise NotVisible(f"no environment '{env_id}' that you can see")
+        return env
+
+    def get_environment(self, principal: Principal, env_id: str) -> EnvironmentOut:
+        return self.environment_out(self._environment_row(principal, env_id))
+
+    def repositories(self, principal: Principal) -> list[str]:
+        """Repositories with environments this principal can see (for the filter)."""
+        query = self._visible(select(Environment.repository).distinct(), principal)
+        if query is None:
+            return []
+        with self.db.session() as session:
+            return sorted(set(session.exec(query).all()), key=str.lower)
+
+    # ----- silos -------------------------------------------------------------------------------
+
+    def _require_member(self, principal: Principal) -> None:
+        if not principal.member:
+            raise NotVisible("no silos that you can see")
+
+    def list_silos(
+        self,
+        principal: Principal,
+        status: str | None = None,
+        page: int = 1,
+        per_page: int = DEFAULT_PER_PAGE,
+    ) -> PageOut[SiloOut]:
+        """Every silo (they are shared) to anyone with access to a repository runbot serves."""
+        page, per_page = _page_args(page, per_page)
+        if not principal.member:
+            return PageOut(items=[], page=page, per_page=per_page, total=0)
+        conditions = [Silo.status == status] if status else []
+        with self.db.session() as session:
+            total = session.exec(select(func.count()).select_from(Silo).where(*conditions)).one()
+            silos = session.exec(
+                select(Silo)
+                .where(*conditions)
+                .order_by(col(Silo.name))
+                .offset((page - 1) * per_page)
+                .limit(per_page)
+            ).all()
+            items = [self._silo_out(session, silo, principal) for silo in silos]
+        return PageOut(items=items, page=page, per_page=per_page, total=total)
+
+    def get_silo(self, principal: Principal, name: str) -> SiloOut:
+        self._require_member(principal)
+        with self.db.session() as session:
+            silo = session.get(Silo, name)
+            if silo is None:
+                raise NotVisible(f"no silo '{name}'")
+            return self._silo_out(session, silo, principal)
+
+    # ----- runs and logs -----------------------------------------------------------------------
+
+    def runs_of(
+        self,
+        principal: Principal,
+        kind: Literal["environment", "silo"],
+        target: str,
+        page: int = 1,
+        per_page: int = DEFAULT_PER_PAGE,
+    ) -> PageOut[RunOut]:
+        """Newest first."""
+        page, per_page = _page_args(page, per_page)
+        if kind == "environment":
+            self._environment_row(principal, target)
+        else:
+            self.get_silo(principal, target)
+        condition = (Run.target_kind == kind, Run.target_id == target)
+        with self.db.session() as session:
+            total = session.exec(select(func.count()).select_from(Run).where(*condition)).one()
+            runs = session.exec(
+                select(Run)
+                .where(*condition)
+                .order_by(col(Run.id).desc())
+                .offset((page - 1) * per_page)
+                .limit(per_page)
+            ).all()
+        return PageOut(items=[run_out(r) for r in runs], page=page, per_page=per_page, total=total)
+
+    def _run_row(self, principal: Principal, run_id: int) -> Run:
+        with self.db.session() as session:
+            run = session.get(Run, run_id)
+        if run is None:
+            raise NotVisible(f"no run {run_id}")
+        try:
+            if run.target_kind == "environment":
+                self._environment_row(principal, run.target_id)
+            else:
+                self._require_member(principal)
+        except NotVisible:
+            raise NotVisible(f"no run {run_id} that you can see") from None
+        return run
+
+    def get_run(self, principal: Principal, run_id: int) -> RunOut:
+        return run_out(self._run_row(principal, run_id))
+
+    def run_log(
+        self, principal: Principal, run_id: int, after: int = 0, tail: int | None = None
+    ) -> LogOut:
+        """The log after chunk `after` (0: from the start); `tail` keeps only the last lines."""
+        if after < 0:
+            raise Invalid("after must be 0 or a cursor returned earlier")
+        if tail is not None and tail < 1:
+            raise Invalid("tail must be a positive number of lines")
+        run = self._run_row(principal, run_id)
+        finished = run.finished_at is not None  # read before the log: no line can be missed
+        text, cursor = read_log(self.db, run_id, after)
+        if tail is not None:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-tail:])
+        return LogOut(run_id=run_id, text=text, cursor=cursor, finished=finished, status=run.status)
+
+    # ----- usage -------------------------------------------------------------------------------
+
+    def usage(
+        self, principal: Principal, now: datetime | None = None, days: int = USAGE_DAYS
+    ) -> UsageOut:
+        """Environment-hours per repository per UTC day over the last `days` days."""
+        now = now or utcnow()
+        first_day = (now - timedelta(days=days - 1)).date()
+        start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
+        day_list = [first_day + timedelta(days=i) for i in range(days)]
+        hours: dict[str, list[float]] = {}
+        counts: dict[str, int] = {}
+        query = self._visible(
+            select(
+                Environment.repository,
+                Environment.created_at,
+                Environment.destroyed_at,
+                Environment.status,
+                Environment.updated_at,
+            ).where(
+                Environment.created_at < now,
+                (col(Environment.destroyed_at).is_(None))
+                | (col(Environment.destroyed_at) >= start),
+            ),
+            principal,
+        )
+        count_query = self._visible(
+            select(Environment.status, func.count())
+            .where(Environment.status != Status.DESTROYED)
+            .group_by(Environment.status),
+            principal,
+        )
+        silos = 0
+        with self.db.session() as session:
+            rows = session.exec(query).all() if query is not None else []
+            if count_query is not None:
+                counts = {status: n for status, n in session.exec(count_query).all()}
+            if principal.member:
+                silos = session.exec(
+                    select(func.count()).select_from(Silo).where(Silo.status != Status.DESTROYED)
+                ).one()
+        for repository, created, destroyed, status, updated in rows:
+            end = destroyed or (updated if status == Status.DESTROYED else now)
+            begin, end = max(created, start), min(end, now)
+            series = hours.setdefault(repository, [0.0] * days)
+            while begin < end:
+                index = (begin.date() - first_day).days
+                next_midnight = datetime(
+                    begin.year, begin.month, begin.day, tzinfo=UTC
+                ) + timedelta(days=1)
+                stop = min(end, next_midnight)
+                if 0 <= index < days:
+                    series[index] += (stop - begin).total_seconds() / 3600
+                begin = stop
+        ordered = sorted(hours.items(), key=lambda item: (-sum(item[1]), item[0].lower()))
+        return UsageOut(
+            days=day_list,
+            series=[
+                UsageSeries(
+                    repository=repo,
+                    hours=[round(h, 2) for h in values],
+                    total=round(sum(values), 2),
+                )
+                for repo, values in ordered
+            ],
+            counts=counts,
+            live=sum(counts.values()),
+            silos=silos,
+        )
+
+    # ----- outbox ------------------------------------------------------------------------------
+
+    def outbox(
+        self, principal: Principal, page: int = 1, per_page: int = DEFAULT_PER_PAGE
+    ) -> PageOut[OutboxOut]:
+        """Local mode's would-be GitHub writes, newest first; for operators."""
+        page, per_page = _page_args(page, per_page)
+        if not principal.operator:
+            raise Forbidden("the outbox is shown to operators only")
+        with self.db.session() as session:
+            total = session.exec(select(func.count()).select_from(OutboxMessage)).one()
+            rows = session.exec(
+                select(OutboxMessage)
+                .order_by(col(OutboxMessage.id).desc())
+                .offset((page - 1) * per_page)
+                .limit(per_page)
+            ).all()
+        items = [
+            OutboxOut(
+                id=m.id or 0, method=m.method, path=m.path, body=m.body, created_at=m.created_at
+            )
+            for m in rows
+        ]
+        return PageOut(items=items, page=page, per_page=per_page, total=total)
+
+    # ----- actions -----------------------------------------------------------------------------
+
+    def _pull_of(self, env: Environment) -> PullRequest | None:
+        with self.db.session() as session:
+            return session.get(PullRequest, pull_id(env.repository, env.pr_number))
+
+    async def _refusal(self, principal: Principal, env: Environment, action: str) -> str | None:
+        """Why the principal may not do `action` to `env` (None: allowed).
+
+        The comment commands' rule, word for word: `authorize` from the commands room, fed with
+        the person's role on the repository, whether they authored the PR, and its state.
+        """
+        if principal.operator:
+            return None
+        role = await self.auth.role(principal, env.repository, env.installation_id)
+        pull = await run_in_threadpool(self._pull_of, env)
+        login = (principal.login or "").lower()
+        decision = authorize(
+            action,
+            role,
+            is_author=bool(login) and login == env.author.lower(),
+            pr_state=pull.state if pull else "open",
+            is_fork=pull.fork if pull else False,
+            required=self.settings.command_permission,
+        )
+        if decision.allowed:
+            return None
+        if decision.needed is None:
+            return f"{env.repository}#{env.pr_number} is closed; its environment takes no requests"
+        return (
+            f"you need {decision.needed} access to {env.repository} to {action} its environment"
+            f" (yours: {role})"
+        )
+
+    async def allowed_actions(self, principal: Principal, env_id: str) -> frozenset[str]:
+        """Which actions to offer on the environment's page (each action checks again)."""
+        env = await run_in_threadpool(self._environment_row, principal, env_id)
+        allowed = set()
+        for action in ENV_ACTIONS:
+            try:
+                if await self._refusal(principal, env, action) is None:
+                    allowed.add(action)
+            except AuthError:
+                break
+        return frozenset(allowed)
+
+    async def act_on_environment(
+        self,
+        principal: Principal,
+        env_id: str,
+        action: EnvAction,
+        via: str,
+        by: str | None = None,
+    ) -> ActionOut:
+        """The comment commands' operations, under the comment commands' rule."""
+        env = await run_in_threadpool(self._environment_row, principal, env_id)
+        if action not in ENV_ACTIONS:
+            raise Invalid(f"unknown action '{action}'")
+        refusal = await self._refusal(principal, env, action)
+        if refusal is not None:
+            raise Forbidden(refusal)
+        trigger = principal.trigger(via)
+        who = principal.login or ("the API" if principal.kind == "token" else "the dashboard")
+        lifecycle = self.rt.lifecycle
+        try:
+            if action == "extend":
+                duration = _duration_arg(by)
+                result = await run_in_threadpool(
+                    lifecycle.extend, env_id, duration, trigger, utcnow()
+                )
+                updated = await run_in_threadpool(lifecycle.get_environment, env_id)
+                note = " (capped at the maximum lifetime)" if result.capped else ""
+                message = (
+                    f"expires {humanize_until(result.expires_at, utcnow())}"
+                    f" ({result.expires_at:%Y-%m-%d %H:%M} UTC){note}"
+                )
+                out = ActionOut(
+                    message=message,
+                    environment=self.environment_out(updated),
+                    expires_at=result.expires_at,
+                    capped=result.capped,
+                )
+            elif action == "destroy":
+                row = await run_in_threadpool(
+                    lifecycle.destroy_environment, env_id, f"destroyed by {who}", trigger
+                )
+                out = ActionOut(
+                    message=f"{env_id} is being destroyed", environment=self.environment_out(row)
+                )
+            elif action == "redeploy":
+                row = await run_in_threadpool(lifecycle.redeploy, env_id, trigger)
+                out = ActionOut(
+                    message=f"redeploying as {row.id}", environment=self.environment_out(row)
+                )
+            elif action in ("sleep", "wake"):
+                row = await run_in_threadpool(
+                    lifecycle.set_suspended, env_id, action == "sleep", trigger
+                )
+                verb = "going to sleep" if action == "sleep" else "waking up"
+                out = ActionOut(
+                    message=f"{env_id} is {verb}", environment=self.environment_out(row)
+                )
+            else:
+                raise Invalid(f"unknown action '{action}'")
+        except LifecycleNotFound as exc:
+            raise NotVisible(str(exc)) from exc
+        except LifecycleError as exc:
+            raise Conflict(str(exc)) from exc
+        self.wake()
+        return out
+
+    async def act_on_silo(
+        self, principal: Principal, name: str, action: SiloAction, force: bool = False
+    ) -> ActionOut:
+        """Silos are shared by many repositories: only operators change them."""
+        silo = await run_in_threadpool(self.get_silo, principal, name)
+        if not principal.operator:
+            raise Forbidden(
+                "silos are shared by many repositories: only operators (RUNBOT_ADMINS, the API"
+                " token) may change them"
+            )
+        lifecycle = self.rt.lifecycle
+        try:
+            if action == "update":
+                await run_in_threadpool(lifecycle.update_silo, name)
+                message = f"silo {name} is being updated"
+            elif action == "destroy":
+                await run_in_threadpool(lifecycle.destroy_silo, name, force)
+                message = f"silo {name} is being destroyed"
+            else:
+                raise Invalid(f"unknown action '{action}'")
+        except LifecycleNotFound as exc:
+            raise NotVisible(str(exc)) from exc
+        except LifecycleError as exc:
+            raise Conflict(str(exc)) from exc
+        self.wake()
+        silo = await run_in_threadpool(self.get_silo, principal, name)
+        return ActionOut(message=message, silo=silo)
+
+
+def _duration_arg(by: str | None) -> timedelta:
+    if by is None or not by.strip():
+        raise Invalid("extend needs a duration, e.g. 4h, 1d or 1h30m")
+    try:
+        return parse_duration(by)
+    except DurationError as exc:
+        raise Invalid(str(exc)) from exc
