@@ -525,7 +525,7 @@ def setup(
     for label, url in (("--github-url", web), ("--github-api-url", api), ("--public-url", public)):
         if not url.startswith(("http://", "https://")):
             fail(f"{label} must start with http:// or https:// (got {url!r})")
-    from app.doctor import local_address_problem
+    from app.doctor.github import local_address_problem
 
     problem = local_address_problem(public)
     if problem:
@@ -577,7 +577,8 @@ def doctor(
     ] = None,
 ) -> None:
     """Check the engine, database, stacks, GitHub App and settings; say how to fix each failure."""
-    from app.doctor import exit_code, render, run_checks
+    from app.doctor.checks import run_checks
+    from app.doctor.report import exit_code, render
 
     if env_file is not None and not env_file.is_file():
         fail(f"--env-file {env_file} does not exist")

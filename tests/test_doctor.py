@@ -19,7 +19,9 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.db.session import Database
-from app.doctor import MIN_WEBHOOK_SECRET_LENGTH, Row, State, render, run_checks
+from app.doctor.checks import run_checks
+from app.doctor.github import MIN_WEBHOOK_SECRET_LENGTH
+from app.doctor.report import Row, State, render
 from app.settings import Settings, load_settings
 from app.web.app import acquire_sqlite_lock
 from tests.conftest import TEMPLATES

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.doctor import State, run_checks
+from app.doctor.checks import run_checks
+from app.doctor.report import State
 from app.github.intake import HANDLED_EVENTS
 from app.settings import load_settings
 from app.setup import (
