@@ -28,7 +28,8 @@ from app.github.comment import (
     render_reply,
     render_status_comment,
 )
-from app.github.config import ConfigError, parse_repo_config
+from app.github.config import parse_repo_config
+from app.github.config_errors import ConfigError
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 STATES = (

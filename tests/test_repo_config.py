@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from app.github.config import (
     MAX_CONFIG_BYTES,
-    ConfigError,
     GitStack,
     LocalStack,
     RepoConfig,
     parse_repo_config,
 )
+from app.github.config_errors import ConfigError
 from app.ttl.policy import TTLPolicy
 
 FULL = """\

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
 from app.commands.grammar import PREFIX, usage
-from app.github.config import CONFIG_FILENAME
+from app.github.config_errors import CONFIG_FILENAME
 from app.ttl.durations import format_duration
 from app.ttl.policy import SUGGESTED_EXTENSION, humanize_until, suggested_extension
 

@@ -26,7 +26,8 @@ from sqlmodel import col, func, select
 from app.db.leases import kept_alive
 from app.db.models import Delivery, Environment, Installation, PullRequest, Run, Silo, utcnow
 from app.db.session import Database
-from app.github.config import ConfigError, GitStack, LocalStack, RepoConfig, parse_repo_config
+from app.github.config import GitStack, LocalStack, RepoConfig, parse_repo_config
+from app.github.config_errors import ConfigError
 from app.github.gateway import Gateway, GitHubError, PullInfo, RetryLater
 from app.github.intake import ACTIVITY, parse_json
 from app.lifecycle.service import Lifecycle, LifecycleError, pull_id

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import col, select
 
 from app.db.models import OutboxMessage
-from app.github.config import CONFIG_FILENAME
+from app.github.config_errors import CONFIG_FILENAME
 from app.github.gateway import (
     DEPLOYMENT_STATES,
     REACTIONS,
