@@ -13,11 +13,11 @@ from app.commands.grammar import COMMANDS
 from app.commands.handlers import (
     PERMISSION_LEVELS,
     authorize,
-    comment_event,
     level_at_least,
     render_extend_refused,
 )
 from app.github.comment import MARKER, RunSummary, StatusView, render_status_reply
+from app.github.payloads import comment_event
 from app.ttl.policy import TTLPolicy, extend
 from tests.fakegithub.webhooks import make_issue_comment_event
 

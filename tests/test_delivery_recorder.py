@@ -15,7 +15,7 @@ from sqlmodel import func, select
 from app.db.models import Delivery, utcnow
 from app.db.session import Database
 from app.github.intake import ACTIVITY, DeliveryRecorder
-from app.github.intent import oldest_claimable
+from app.intent.deliveries import oldest_claimable
 from app.runtime import build_runtime
 from app.web.app import Loops
 from tests.conftest import make_settings
@@ -212,7 +212,7 @@ async def test_a_delivery_recorded_on_an_idle_queue_is_claimed_by_key(tmp_path: 
     finally:
         ACTIVITY.in_flight -= 1
     assert intent.wakeup.is_set()
-    claimed = intent.claim_delivery()
+    claimed = intent.deliveries.claim()
     assert claimed is not None and claimed.id == "newer"  # by key, ahead of the older one
     assert not any("ORDER BY" in sql for sql in statements), statements
 
@@ -227,6 +227,6 @@ async def test_a_delivery_recorded_on_an_idle_queue_is_claimed_by_key(tmp_path: 
         intent.hint("newer")
     finally:
         ACTIVITY.in_flight -= 2
-    claimed = intent.claim_delivery()
+    claimed = intent.deliveries.claim()
     assert claimed is not None and claimed.id == "older"  # the queue's order stands
     rt.db.dispose()

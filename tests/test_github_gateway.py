@@ -27,10 +27,10 @@ from app.github.gateway import (
     GitHubAppGateway,
     GitHubError,
     NotFoundOnGitHub,
-    PullInfo,
     RetryLater,
 )
 from app.github.outbox import OutboxGateway
+from app.github.payloads import PullFacts
 from app.settings import Settings, load_settings
 from tests.fakegithub.server import FakeGitHub
 
@@ -334,17 +334,19 @@ async def test_list_open_pulls_reads_every_page(
     assert sorted(p.number for p in pulls) == [*range(1, 131), 200]
     assert len(fake.requests_for("GET", f"/repos/{REPO}/pulls")) == 2
     by_number = {p.number: p for p in pulls}
-    assert by_number[200] == PullInfo(
+    assert by_number[200] == PullFacts(
         number=200,
         head_sha="c" * 40,
         head_ref="evil",
         base_ref="main",
+        base_sha=fake.pull(REPO, 200)["base"]["sha"],
         author="mallory",
         draft=True,
         fork=True,
         labels=("preview", "big"),
         state="open",
     )
+    assert len(by_number[200].base_sha) == 40
     assert by_number[1].fork is False and by_number[1].author == "octocat"
     assert fake.violations == []
 

@@ -26,7 +26,7 @@ from app.commands.grammar import PREFIX, Command, CommandError, parse_comment, u
 from app.db.models import CommentCommand, Environment, PullRequest, Run, utcnow
 from app.github.comment import RunSummary, render_reply, render_status_reply
 from app.github.gateway import GitHubError, NotFoundOnGitHub, RetryLater
-from app.github.intent import pull_facts
+from app.github.payloads import CommentEvent, comment_event
 from app.lifecycle.service import LifecycleError, pull_id, ttl_policy_of
 from app.lifecycle.states import Desired, Status
 from app.ttl.durations import format_duration
@@ -35,8 +35,8 @@ from app.ttl.policy import ExtendResult, humanize_until
 if TYPE_CHECKING:
     from app.db.session import Database
     from app.github.gateway import Gateway
-    from app.github.intent import IntentProcessor
     from app.github.notify import Notifier
+    from app.intent.processor import IntentProcessor
     from app.lifecycle.service import Lifecycle
     from app.web.app import Loops
 
@@ -45,11 +45,9 @@ __all__ = [
     "PERMISSION_LEVELS",
     "PUBLIC_COMMANDS",
     "CommandHandler",
-    "CommentEvent",
     "Decision",
     "Outcome",
     "authorize",
-    "comment_event",
     "level_at_least",
     "render_extend_refused",
 ]
@@ -131,74 +129,6 @@ def authorize(
             f"permission here is **{have}**."
         )
     return Decision(False, needed=needed, message=message)
-
-
-@dataclass(frozen=True)
-class CommentEvent:
-    """The parts of an ``issue_comment`` webhook a command needs."""
-
-    repository: str
-    number: int
-    comment_id: int
-    body: str
-    author: str
-    pr_author: str
-    pr_state: str
-    installation_id: int | None
-
-
-def _get(data: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
-def _is_bot(user: Any) -> bool:
-    login = str(_get(user, "login") or "")
-    return _get(user, "type") == "Bot" or login.lower().endswith("[bot]")
-
-
-def comment_event(payload: dict[str, Any]) -> CommentEvent | None:
-    """The comment to act on, or None: only newly created comments, by people, on PRs.
-
-    Edits are ignored (re-running a command because someone fixed a typo in it would surprise
-    everyone), and so are bots, including runbot itself.
-    """
-    if payload.get("action") != "created":
-        return None
-    issue = payload.get("issue")
-    if not isinstance(issue, dict) or not issue.get("pull_request"):
-        return None
-    comment = payload.get("comment")
-    if not isinstance(comment, dict) or _is_bot(comment.get("user")):
-        return None
-    if _is_bot(payload.get("sender")):
-        return None
-    repository = _get(payload, "repository", "full_name")
-    number, comment_id = issue.get("number"), comment.get("id")
-    author = _get(comment, "user", "login")
-    body = comment.get("body")
-    if not (
-        isinstance(repository, str)
-        and isinstance(number, int)
-        and isinstance(comment_id, int)
-        and isinstance(author, str)
-        and isinstance(body, str)
-    ):
-        return None
-    installation = _get(payload, "installation", "id")
-    return CommentEvent(
-        repository=repository,
-        number=number,
-        comment_id=comment_id,
-        body=body,
-        author=author,
-        pr_author=str(_get(issue, "user", "login") or ""),
-        pr_state="closed" if issue.get("state") == "closed" else "open",
-        installation_id=installation if isinstance(installation, int) else None,
-    )
 
 
 def _mention(login: str) -> str:
@@ -469,9 +399,7 @@ class CommandHandler:
             return pull
         for info in await self.gateway.list_open_pulls(event.installation_id, event.repository):
             if info.number == event.number:
-                self.intent.record_pull(
-                    event.repository, event.number, pull_facts(info), None, event.installation_id
-                )
+                self.intent.record_pull(event.repository, info, None, event.installation_id)
                 return self._pull(event)
         return None
 

@@ -155,6 +155,7 @@ class PullRequest(SQLModel, table=True):
     __table_args__ = (
         Index("ix_pullrequest_pending_sync", "sync_version", "synced_version"),
         Index("ix_pullrequest_head", "repository", "head_sha"),
+        Index("ix_pullrequest_hold_kind", "hold_kind"),
     )
 
     id: str = Field(primary_key=True, max_length=220)  # "owner/name#123"
@@ -172,7 +173,9 @@ class PullRequest(SQLModel, table=True):
     labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     approved_sha: str | None = Field(default=None, max_length=64)  # fork approval (/runbot deploy)
     enabled: bool = False  # the base branch has a valid .runbot.yml
-    hold_reason: str | None = Field(default=None, sa_column=Column(Text))  # why not deployed
+    #: Why the head is not deployed (`app.intent.decide.HoldKind`); code branches on this.
+    hold_kind: str | None = Field(default=None, max_length=40)
+    hold_reason: str | None = Field(default=None, sa_column=Column(Text))  # the same, for people
     config_error: str | None = Field(default=None, sa_column=Column(Text))
     pr_updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     comment_id: int | None = Field(default=None, sa_type=BigInteger)

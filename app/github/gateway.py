@@ -35,6 +35,8 @@ from githubkit.cache import MemCacheStrategy
 from githubkit.exception import GitHubException, RequestError, RequestFailed
 from githubkit.utils import Unset
 
+from app.github.payloads import PullFacts, pull_facts
+
 if TYPE_CHECKING:
     from githubkit.response import Response
 
@@ -51,7 +53,6 @@ __all__ = [
     "GitHubAppGateway",
     "GitHubError",
     "NotFoundOnGitHub",
-    "PullInfo",
     "RetryLater",
     "check_tree_limits",
     "fit_comment",
@@ -122,21 +123,6 @@ class NotFoundOnGitHub(GitHubError):
     """The repository, comment, file or installation does not exist (any more)."""
 
 
-@dataclass(frozen=True)
-class PullInfo:
-    """The fields of an open pull request that decide whether and what to deploy."""
-
-    number: int
-    head_sha: str
-    head_ref: str
-    base_ref: str
-    author: str
-    draft: bool
-    fork: bool
-    labels: tuple[str, ...]
-    state: str
-
-
 @runtime_checkable
 class Gateway(Protocol):
     """All GitHub I/O of the bot. ``installation_id=None`` means: look it up for ``repo``."""
@@ -184,11 +170,11 @@ class Gateway(Protocol):
 
     async def permission(self, installation_id: int | None, repo: str, username: str) -> str: ...
 
-    async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullInfo]: ...
+    async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullFacts]: ...
 
     async def get_pull(
         self, installation_id: int | None, repo: str, number: int
-    ) -> PullInfo | None: ...
+    ) -> PullFacts | None: ...
 
     async def installation_repos(self, installation_id: int) -> list[str]: ...
 
@@ -868,7 +854,7 @@ class GitHubAppGateway:
 
     async def get_pull(
         self, installation_id: int | None, repo: str, number: int
-    ) -> PullInfo | None:
+    ) -> PullFacts | None:
         """The PR as it is now: webhooks say *that* something changed, this says *what*."""
         owner, name = _split_repo(repo)
         try:
@@ -881,11 +867,11 @@ class GitHubAppGateway:
             )
         except NotFoundOnGitHub:
             return None
-        return _pull_info(_payload(response))
+        return pull_facts(_payload(response))
 
-    async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullInfo]:
+    async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullFacts]:
         owner, name = _split_repo(repo)
-        pulls: list[PullInfo] = []
+        pulls: list[PullFacts] = []
         pages = self._pages(
             installation_id,
             repo,
@@ -895,7 +881,8 @@ class GitHubAppGateway:
             ),
         )
         async for response in pages:
-            pulls.extend(_pull_info(item) for item in _payload(response))
+            found = (pull_facts(item) for item in _payload(response))
+            pulls.extend(facts for facts in found if facts is not None)
         return pulls
 
     async def installation_repos(self, installation_id: int) -> list[str]:
@@ -1019,20 +1006,3 @@ class GitHubAppGateway:
         self._installations.clear()
         self._tokens.clear()
         await self._transport.close_pool()
-
-
-def _pull_info(item: Any) -> PullInfo:
-    """A PR is a fork PR when its head lives in another repository (or one since deleted)."""
-    head_repo = _field(item, "head", "repo", "full_name")
-    base_repo = _field(item, "base", "repo", "full_name")
-    return PullInfo(
-        number=int(_field(item, "number")),
-        head_sha=str(_field(item, "head", "sha", default="")),
-        head_ref=str(_field(item, "head", "ref", default="")),
-        base_ref=str(_field(item, "base", "ref", default="")),
-        author=str(_field(item, "user", "login", default="")),
-        draft=bool(_field(item, "draft", default=False)),
-        fork=head_repo is None or str(head_repo).lower() != str(base_repo).lower(),
-        labels=tuple(str(_field(label, "name")) for label in _field(item, "labels") or []),
-        state=str(_field(item, "state", default="open")),
-    )

@@ -23,11 +23,11 @@ from app.github.gateway import (
     REACTIONS,
     GitHubError,
     NotFoundOnGitHub,
-    PullInfo,
     check_tree_limits,
     fit_comment,
     fit_status_description,
 )
+from app.github.payloads import PullFacts
 
 if TYPE_CHECKING:
     from app.db.session import Database
@@ -140,12 +140,12 @@ class OutboxGateway:
     async def permission(self, installation_id: int | None, repo: str, username: str) -> str:
         return "admin"  # the person running local mode owns everything
 
-    async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullInfo]:
+    async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullFacts]:
         return []
 
     async def get_pull(
         self, installation_id: int | None, repo: str, number: int
-    ) -> PullInfo | None:
+    ) -> PullFacts | None:
         return None  # local mode: the webhook payload is all there is
 
     async def installation_repos(self, installation_id: int) -> list[str]:

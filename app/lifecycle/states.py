@@ -1,4 +1,4 @@
-"""The silo and environment state machines, as pure data and functions.
+"""The silo and environment state machines (and why a PR has none), as pure data and functions.
 
 Desired state is what people asked for; status is what the last run observed. `plan_action`
 is the only place that decides what a worker does with a claimed target.
@@ -32,6 +32,22 @@ class Action(StrEnum):
     APPLY = "apply"
     DESTROY = "destroy"
     FORGET = "forget"  # desired absent, and nothing was ever applied: no engine run needed
+
+
+class HoldKind(StrEnum):
+    """Why a PR's head has no environment (`pullrequest.hold_kind`); set by the intent's
+    decision, read by the notifier and the commands. Its sentence is for people only."""
+
+    CLOSED = "closed"
+    CONFIG_ERROR = "config_error"
+    FORK_OFF = "fork_off"
+    FORK_AWAITING_APPROVAL = "fork_awaiting_approval"
+    DRAFT = "draft"
+    LABELS = "labels"
+    QUEUED = "queued"
+    WAITING_FOR_CI = "waiting_for_ci"
+    CI_FAILED = "ci_failed"
+    CANNOT_DEPLOY = "cannot_deploy"
 
 
 # Statuses where the engine may have created something that a destroy must clean up.

@@ -26,9 +26,9 @@ from app.db.models import Environment
 from app.engine.runner import EngineError
 from app.github.gateway import Gateway, GitHubAppGateway
 from app.github.intake import WebhookIntake
-from app.github.intent import IntentProcessor
 from app.github.notify import Notifier
 from app.github.outbox import OutboxGateway
+from app.intent.processor import IntentProcessor
 from app.lifecycle.reconcile import Reconciler, default_worker_id
 from app.lifecycle.states import Status
 from app.logging import configure_logging

@@ -1,0 +1,191 @@
+"""What a pull request wants, as a pure function of what runbot knows about it.
+
+`decide_pull` reads facts (the PR, its `.runbot.yml`, its live environment, the repository's
+count of environments, the head commit's checks) and returns a typed `Decision`. It does no
+I/O: the intent processor gathers the facts, calls it, and applies the result. Wording is for
+people only; code branches on the kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from app.github.config import RepoConfig
+from app.github.config_errors import ConfigError
+from app.lifecycle.states import HoldKind
+
+__all__ = [
+    "CONFIG_REMOVED",
+    "Create",
+    "Decision",
+    "Destroy",
+    "Hold",
+    "HoldKind",
+    "Keep",
+    "Live",
+    "NeedCI",
+    "PullState",
+    "Update",
+    "decide_pull",
+]
+
+#: Why an environment goes away when `.runbot.yml` disappears from the base branch.
+CONFIG_REMOVED = ".runbot.yml removed"
+
+
+@dataclass(frozen=True)
+class PullState:
+    """The stored facts of a PR that the decision reads."""
+
+    state: str
+    head_sha: str
+    head_ref: str = ""
+    draft: bool = False
+    fork: bool = False
+    labels: Sequence[str] = ()
+    approved_sha: str | None = None
+
+
+@dataclass(frozen=True)
+class Live:
+    """The PR's live environment: the commit it is asked to run, and whether it is mid-change."""
+
+    head_sha: str
+    head_ref: str
+    deployed_sha: str | None = None
+    busy: bool = False
+
+
+@dataclass(frozen=True)
+class Create:
+    """Create an environment at the PR's head."""
+
+
+@dataclass(frozen=True)
+class Update:
+    """Move the live environment to the PR's head; ``settle`` while it still applies a change
+    (a burst of pushes: the next apply waits for the pushes to go quiet)."""
+
+    settle: bool = False
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Nothing to change: up to date, or stopped on purpose at this very commit."""
+
+
+@dataclass(frozen=True)
+class Destroy:
+    """runbot is no longer configured for this PR: tear down what runs, show nothing."""
+
+    reason: str = CONFIG_REMOVED
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Do not deploy the head, because of ``kind``; ``teardown``: and destroy what runs."""
+
+    kind: HoldKind
+    message: str
+    teardown: bool = False
+
+
+@dataclass(frozen=True)
+class NeedCI:
+    """Every other rule lets the PR through and it waits for CI: look the checks up, decide
+    again. Keeping the lookup out of the common path saves a GitHub request per event."""
+
+
+Decision = Create | Update | Keep | Destroy | Hold
+
+
+def _ci_hold(pull: PullState, live: Live | None, ci: str) -> Hold | None:
+    if ci == "success":
+        return None
+    short = pull.head_sha[:7]
+    where = f"; staying at {live.deployed_sha[:7]}" if live and live.deployed_sha else ""
+    if ci == "failure":
+        return Hold(HoldKind.CI_FAILED, f"checks failed on {short}{where} (`wait_for_ci: true`)")
+    return Hold(
+        HoldKind.WAITING_FOR_CI, f"waiting for checks on {short}{where} (`wait_for_ci: true`)"
+    )
+
+
+def _policy_hold(
+    pull: PullState, config: RepoConfig, live: Live | None, in_use: int
+) -> Hold | None:
+    """The repository's rules for this PR, in the order people fix them."""
+    if pull.fork and config.forks == "off":
+        return Hold(
+            HoldKind.FORK_OFF,
+            "PRs from forks are not deployed here (`forks: off` in .runbot.yml)",
+            teardown=True,
+        )
+    if pull.fork and config.forks == "approve" and not pull.approved_sha and not live:
+        return Hold(
+            HoldKind.FORK_AWAITING_APPROVAL,
+            "PRs from forks wait for a maintainer with write access to comment `/runbot deploy`",
+        )
+    if pull.draft and not config.drafts:
+        return Hold(
+            HoldKind.DRAFT,
+            "draft PRs are not deployed (`drafts: false`); mark it ready for review",
+            teardown=True,
+        )
+    missing = [label for label in config.labels.require if label not in pull.labels]
+    if missing and not (pull.approved_sha and pull.approved_sha == pull.head_sha):
+        return Hold(
+            HoldKind.LABELS,
+            "waiting for the label(s) " + ", ".join(f"`{label}`" for label in missing),
+            teardown=True,
+        )
+    if live is None and in_use >= config.max_environments:
+        return Hold(
+            HoldKind.QUEUED,
+            f"queued: this repository is at its limit of {config.max_environments}"
+            " environments (`max_environments`); it starts when one is destroyed",
+        )
+    return None
+
+
+def decide_pull(
+    pull: PullState,
+    config: RepoConfig | ConfigError | None,
+    live: Live | None,
+    *,
+    in_use: int = 0,
+    stopped: bool = False,
+    resume: bool = False,
+    ci: str | None = None,
+) -> Decision | NeedCI:
+    """The PR's desired state.
+
+    ``in_use`` counts the repository's environments that hold a place under
+    ``max_environments``; ``stopped``: its newest environment was torn down on purpose (TTL,
+    `/runbot destroy`) at the commit still at the head, so it stays down until a new commit or
+    ``resume`` (`/runbot deploy` or `redeploy`). ``ci`` is the head commit's combined checks
+    state ("success", "failure" or pending), looked up only when the result is `NeedCI`.
+    """
+    if pull.state != "open":
+        return Hold(HoldKind.CLOSED, "closed", teardown=True)
+    if isinstance(config, ConfigError):
+        return Hold(HoldKind.CONFIG_ERROR, config.markdown())
+    if config is None:
+        return Destroy()
+    if live is None and not resume and stopped:
+        return Keep()
+    hold = _policy_hold(pull, config, live, in_use)
+    if hold is not None:
+        return hold
+    if config.wait_for_ci:
+        if ci is None:
+            return NeedCI()
+        hold = _ci_hold(pull, live, ci)
+        if hold is not None:
+            return hold
+    if live is None:
+        return Create()
+    if live.head_sha != pull.head_sha or live.head_ref != pull.head_ref:
+        return Update(settle=live.busy)
+    return Keep()
