@@ -24,7 +24,6 @@ other PRs (other installations) meanwhile, waking exactly when the first one is 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,52 +42,47 @@ from app.github.comment import (
     CONFIG_MARKER,
     MARKER,
     StatusView,
-    deployment_state,
     render_config_error,
     render_status_comment,
 )
 from app.github.gateway import Gateway, GitHubError, NotFoundOnGitHub, RetryLater
-from app.lifecycle.service import lifetime_limit
+from app.github.status import status_view
+from app.github.writes import (
+    IN_FLUX,
+    IN_FLUX_STATUSES,
+    PlannedWrite,
+    WriteKind,
+    digest,
+    next_deployment_write,
+    next_write,
+)
 from app.lifecycle.states import Status
 
 log = logging.getLogger("runbot.notify")
+
+_DEPLOYMENT_KINDS = frozenset({WriteKind.DEPLOYMENT, WriteKind.DEPLOYMENT_STATUS})
 
 BACKOFF = (2.0, 5.0, 15.0, 60.0, 300.0)
 #: How long a state in flux is held before it is shown, in write intervals (pacing). Without
 #: pacing (tests, local mode) nothing is held: a write then costs the next one nothing.
 SETTLE_INTERVALS = 3.0
-#: View states that usually last only as long as one engine run.
-IN_FLUX = frozenset({"queued", "creating", "updating", "destroying"})
-IN_FLUX_STATUSES = frozenset(
-    {Status.PENDING, Status.QUEUED, Status.CREATING, Status.UPDATING, Status.DESTROYING}
-)
 #: Outcomes of one sync pass.
 DONE, STALE, DEFERRED = "done", "stale", "deferred"
-STATUS_TO_VIEW = {
-    Status.PENDING: "queued",
-    Status.QUEUED: "queued",
-    Status.CREATING: "creating",
-    Status.READY: "ready",
-    Status.UPDATING: "updating",
-    Status.SLEEPING: "sleeping",
-    Status.FAILED: "failed",
-    Status.DESTROYING: "destroying",
-    Status.DESTROYED: "destroyed",
-}
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
 class _Write:
-    """The next GitHub write a PR is owed: `send` performs it and records its effect."""
+    """A planned write and the I/O that performs it; a comment showing an outcome keeps what
+    it showed, so the deployment can catch up with exactly that."""
 
-    kind: str  # "config", "comment" or "deployment"
+    planned: PlannedWrite
     send: Callable[[], Awaitable[None]]
-    env: Environment | None = None  # a comment showing an outcome: what it showed
+    env: Environment | None = None
     view: StatusView | None = None
+
+    @property
+    def kind(self) -> WriteKind:
+        return self.planned.kind
 
 
 @dataclass
@@ -326,53 +320,9 @@ class Notifier:
         return tuple(text.splitlines()[-30:])
 
     def view(self, pull: PullRequest, env: Environment | None) -> StatusView | None:
-        if not pull.enabled:
-            return None
-        stamp = max(pull.updated_at, env.updated_at) if env else pull.updated_at
-        if env is None or (
-            env.status == Status.DESTROYED and pull.hold_reason and pull.state == "open"
-        ):
-            if not pull.hold_reason or pull.hold_reason == "closed":
-                return None
-            state = (
-                "waiting_ci"
-                if "checks" in pull.hold_reason
-                else ("queued" if pull.hold_reason.startswith("queued:") else "not_deployed")
-            )
-            return StatusView(
-                repository=pull.repository,
-                pr_number=pull.number,
-                state=state,
-                now=stamp,
-                reason=pull.hold_reason,
-                head_sha=pull.head_sha,
-                app_slug=self.app_slug,
-            )
-        state = STATUS_TO_VIEW[Status(env.status)]
-        reason = env.reason
-        if pull.hold_reason and env.status in (Status.READY, Status.SLEEPING):
-            reason = pull.hold_reason  # e.g. checks failed: staying at the last good SHA
-        expires = env.expires_at if env.status != Status.DESTROYED else None
-        run_link = f"{self.public_url}/environments/{env.id}"
-        if env.last_run_id:
-            run_link += f"#run-{env.last_run_id}"
-        return StatusView(
-            repository=pull.repository,
-            pr_number=pull.number,
-            state=state,
-            now=stamp,
-            reason=reason,
-            environment_id=env.id,
-            silo=env.silo_name,
-            url=env.url if env.status == Status.READY else None,
-            deployed_sha=env.deployed_sha,
-            head_sha=env.head_sha,
-            expires_at=expires,
-            max_expires_at=lifetime_limit(env) if expires else None,
-            warning=bool(expires and env.warned_for and env.warned_for == expires),
-            log_url=run_link,
-            log_tail=self._log_tail(env) if env.status == Status.FAILED else (),
-            app_slug=self.app_slug,
+        log_tail = self._log_tail(env) if env is not None and env.status == Status.FAILED else ()
+        return status_view(
+            pull, env, public_url=self.public_url, app_slug=self.app_slug, log_tail=log_tail
         )
 
     # ----- syncing -----------------------------------------------------------------------------
@@ -401,9 +351,9 @@ class Notifier:
                 write = await self._next_write(pull)
                 if write is None:
                     return DONE
-                if write.kind == "hold":
+                if write.kind == WriteKind.SETTLE:
                     return DEFERRED
-                if write.kind == "deployment":
+                if write.kind in _DEPLOYMENT_KINDS:
                     self._passing[key] = _Pass(pull.sync_version)
                     if version is not None:
                         return STALE  # other PRs' comments go before this deployment write
@@ -418,7 +368,7 @@ class Notifier:
                 await write.send()
             finally:
                 self._stamp(pull)
-            if write.kind == "comment":
+            if write.kind == WriteKind.COMMENT:
                 self._passing[key] = _Pass(pull.sync_version, write.env, write.view)
                 if version is not None:
                     return STALE  # other PRs' comments go before this PR's deployment writes
@@ -434,7 +384,7 @@ class Notifier:
         goes first; but a deployment just created always gets its first status before that.
         """
         if current.env is not None and current.view is not None:
-            return self._deployment_write(pull, current.env, current.view)
+            return self._deployment(pull, current.env, current.view)
         env = self._environment_of(pull)
         view = self.view(pull, env)
         if env is None or view is None:
@@ -442,7 +392,7 @@ class Notifier:
         just_created = pull.deployment_id is not None and pull.deployment_state is None
         if pull.sync_version != current.version and not just_created:
             return None
-        return self._deployment_write(pull, env, view)
+        return self._deployment(pull, env, view)
 
     def _writer(self, pull: PullRequest) -> Any:
         return pull.installation_id if pull.installation_id is not None else pull.repository
@@ -459,57 +409,99 @@ class Notifier:
 
     async def _next_write(self, pull: PullRequest) -> _Write | None:
         """The most important write this PR is owed now, or None when it is up to date."""
-        if pull.config_error:
-            body = render_config_error(pull.config_error)
-            if pull.config_comment_digest != _digest(body):
-                return _Write("config", lambda: self._sync_config_error(pull, body))
         env = self._environment_of(pull)
         view = self.view(pull, env)
-        if view is None:
+        settle_left = self._settle_left(env, view)
+        planned = next_write(
+            pull,
+            env,
+            view,
+            config_body=render_config_error(pull.config_error) if pull.config_error else None,
+            status_body=render_status_comment(view) if view is not None else None,
+            settling=settle_left > 0,
+        )
+        if planned is None:
             return None
-        body = render_status_comment(view)
-        if not (pull.comment_digest == _digest(body) and pull.comment_id):
-            if self._settling(pull, env, view):
-                if pull.comment_id is None and pull.id not in self._no_comment:
-                    # Look for an existing comment now (a read: not paced), so that the write
-                    # that follows the hold is the only request on the critical path.
-                    found = await self.gateway.find_comment(
-                        pull.installation_id, pull.repository, pull.number, MARKER
-                    )
-                    if found is None:
-                        self._no_comment.add(pull.id)
-                    else:
-                        self._save(pull.id, comment_id=found)
-                return _Write("hold", _nothing)
-            outcome = view.state not in IN_FLUX and (
-                env is not None and env.generation == env.observed_generation
+        if planned.kind == WriteKind.SETTLE:
+            self._set_aside(pull.id, pull.sync_version, time.monotonic() + settle_left)
+        if (
+            planned.kind == WriteKind.SETTLE
+            and pull.comment_id is None
+            and pull.id not in self._no_comment
+        ):
+            # Look for an existing comment now (a read: not paced), so that the write that
+            # follows the hold is the only request on the critical path.
+            found = await self.gateway.find_comment(
+                pull.installation_id, pull.repository, pull.number, MARKER
             )
-            return _Write(
-                "comment",
-                lambda: self._sync_comment(pull, body),
-                env=env if outcome else None,
-                view=view if outcome else None,
-            )
-        if env is not None:
-            return self._deployment_write(pull, env, view)
-        return None
+            if found is None:
+                self._no_comment.add(pull.id)
+            else:
+                self._save(pull.id, comment_id=found)
+        outcome = planned.kind == WriteKind.COMMENT and planned.shows_outcome
+        return _Write(
+            planned,
+            self._sender(pull, planned),
+            env=env if outcome else None,
+            view=view if outcome else None,
+        )
 
-    def _settling(self, pull: PullRequest, env: Environment | None, view: StatusView) -> bool:
-        """A state in flux, too new to be worth a write: set the PR aside until it settles.
+    def _deployment(self, pull: PullRequest, env: Environment, view: StatusView) -> _Write | None:
+        planned = next_deployment_write(pull, env, view)
+        return None if planned is None else _Write(planned, self._sender(pull, planned))
+
+    def _sender(self, pull: PullRequest, planned: PlannedWrite) -> Callable[[], Awaitable[None]]:
+        """The I/O that performs a planned write and records that it landed."""
+        installation, repository = pull.installation_id, pull.repository
+        if planned.kind == WriteKind.CONFIG_ERROR:
+            return lambda: self._sync_config_error(pull, planned.body)
+        if planned.kind == WriteKind.COMMENT:
+            return lambda: self._sync_comment(pull, planned.body)
+        if planned.kind == WriteKind.DEPLOYMENT:
+
+            async def create() -> None:
+                created = await self.gateway.create_deployment(
+                    installation, repository, planned.sha, f"pr-{pull.number}", planned.description
+                )
+                self._save(
+                    pull.id,
+                    deployment_id=created,
+                    deployment_key=planned.key,
+                    deployment_state=None,
+                )
+
+            return create
+        if planned.kind == WriteKind.DEPLOYMENT_STATUS:
+            assert planned.deployment_id is not None
+            target = planned.deployment_id
+
+            async def status() -> None:
+                await self.gateway.create_deployment_status(
+                    installation,
+                    repository,
+                    target,
+                    planned.state,
+                    planned.url,
+                    planned.log_url,
+                    planned.description,
+                )
+                self._save(pull.id, deployment_state=planned.state)
+
+            return status
+        return _nothing
+
+    def _settle_left(self, env: Environment | None, view: StatusView | None) -> float:
+        """Seconds a state in flux is still too new to be worth a write (0: write now).
 
         In flux: a transitional state, or a desired change no worker has finished yet (a ready
         environment that was just told to update or go away would otherwise be re-rendered as
         "ready", spending the write slot its real outcome needs a moment later).
         """
-        if not self.settle or env is None:
-            return False
+        if not self.settle or env is None or view is None:
+            return 0.0
         if view.state not in IN_FLUX and env.generation == env.observed_generation:
-            return False
-        age = (utcnow() - env.updated_at).total_seconds()
-        if age >= self.settle:
-            return False
-        self._set_aside(pull.id, pull.sync_version, time.monotonic() + self.settle - age)
-        return True
+            return 0.0
+        return max(0.0, self.settle - (utcnow() - env.updated_at).total_seconds())
 
     def _save(self, key: str, **values: Any) -> None:
         with self.db.session() as session:
@@ -517,7 +509,7 @@ class Notifier:
             session.commit()
 
     async def _sync_config_error(self, pull: PullRequest, body: str) -> None:
-        digest = _digest(body)
+        sent = digest(body)
         existing = await self.gateway.find_comment(
             pull.installation_id, pull.repository, pull.number, CONFIG_MARKER
         )
@@ -527,11 +519,11 @@ class Notifier:
             await self.gateway.create_comment(
                 pull.installation_id, pull.repository, pull.number, body
             )
-        self._save(pull.id, config_comment_digest=digest)
+        self._save(pull.id, config_comment_digest=sent)
 
     async def _sync_comment(self, pull: PullRequest, body: str) -> None:
-        digest = _digest(body)
-        if pull.comment_digest == digest and pull.comment_id:
+        sent = digest(body)
+        if pull.comment_digest == sent and pull.comment_id:
             return
         comment_id = pull.comment_id
         if comment_id is None and pull.id not in self._no_comment:
@@ -550,61 +542,7 @@ class Notifier:
             comment_id = await self.gateway.create_comment(
                 pull.installation_id, pull.repository, pull.number, body
             )
-        self._save(pull.id, comment_id=comment_id, comment_digest=digest)
-
-    def _deployment_write(
-        self, pull: PullRequest, env: Environment, view: StatusView
-    ) -> _Write | None:
-        """The next step of the PR's deployment, each step recorded once it landed.
-
-        Steps: mark the superseded deployment inactive, create the new one, `in_progress` (a
-        deployment always shows that it started, even if the apply finished meanwhile), then
-        the state the view maps to.
-        """
-        state, description = deployment_state(view)
-        sha = env.deployed_sha if env.status == Status.DESTROYED else env.head_sha
-        if not sha or (env.status in (Status.PENDING, Status.QUEUED) and not pull.deployment_id):
-            return None
-        key = f"{env.id}@{sha}"
-        deployment_id = pull.deployment_id
-        installation, repository = pull.installation_id, pull.repository
-
-        def status(target: int, value: str, url: str | None, text: str) -> _Write:
-            async def send() -> None:
-                await self.gateway.create_deployment_status(
-                    installation, repository, target, value, url, view.log_url, text
-                )
-                self._save(pull.id, deployment_state=value)
-
-            return _Write("deployment", send)
-
-        if pull.deployment_key != key:
-            if env.status == Status.DESTROYED:
-                if deployment_id and pull.deployment_state != "inactive":
-                    return status(deployment_id, "inactive", None, description)
-                return None
-            if deployment_id and pull.deployment_state not in (None, "inactive"):
-                return status(deployment_id, "inactive", None, "superseded by a newer commit")
-
-            async def create() -> None:
-                created = await self.gateway.create_deployment(
-                    installation,
-                    repository,
-                    sha,
-                    f"pr-{pull.number}",
-                    f"runbot environment {env.id}",
-                )
-                self._save(
-                    pull.id, deployment_id=created, deployment_key=key, deployment_state=None
-                )
-
-            return _Write("deployment", create)
-        assert deployment_id is not None
-        if pull.deployment_state is None:
-            return status(deployment_id, "in_progress", None, "deploying")
-        if pull.deployment_state == state:
-            return None
-        return status(deployment_id, state, env.url if state == "success" else None, description)
+        self._save(pull.id, comment_id=comment_id, comment_digest=sent)
 
 
 async def _nothing() -> None:

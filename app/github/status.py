@@ -1,0 +1,79 @@
+"""What a PR's status comment shows, from its row and its newest environment (pure)."""
+
+from __future__ import annotations
+
+from app.db.models import Environment, PullRequest
+from app.github.comment import StatusView
+from app.lifecycle.service import lifetime_limit
+from app.lifecycle.states import HoldKind, Status
+
+__all__ = ["HOLD_TO_VIEW", "STATUS_TO_VIEW", "status_view"]
+
+#: The view state of a PR held back, by why; every other hold shows as "not_deployed".
+HOLD_TO_VIEW = {
+    HoldKind.WAITING_FOR_CI: "waiting_ci",
+    HoldKind.CI_FAILED: "waiting_ci",
+    HoldKind.QUEUED: "queued",
+}
+STATUS_TO_VIEW = {
+    Status.PENDING: "queued",
+    Status.QUEUED: "queued",
+    Status.CREATING: "creating",
+    Status.READY: "ready",
+    Status.UPDATING: "updating",
+    Status.SLEEPING: "sleeping",
+    Status.FAILED: "failed",
+    Status.DESTROYING: "destroying",
+    Status.DESTROYED: "destroyed",
+}
+
+
+def status_view(
+    pull: PullRequest,
+    env: Environment | None,
+    *,
+    public_url: str,
+    app_slug: str | None,
+    log_tail: tuple[str, ...] = (),
+) -> StatusView | None:
+    """None when there is nothing to show (no config, or a closed PR that never ran)."""
+    if not pull.enabled:
+        return None
+    stamp = max(pull.updated_at, env.updated_at) if env else pull.updated_at
+    if env is None or (env.status == Status.DESTROYED and pull.hold_kind and pull.state == "open"):
+        if not pull.hold_kind or pull.hold_kind == HoldKind.CLOSED:
+            return None
+        return StatusView(
+            repository=pull.repository,
+            pr_number=pull.number,
+            state=HOLD_TO_VIEW.get(HoldKind(pull.hold_kind), "not_deployed"),
+            now=stamp,
+            reason=pull.hold_reason,
+            head_sha=pull.head_sha,
+            app_slug=app_slug,
+        )
+    reason = env.reason
+    if pull.hold_kind and env.status in (Status.READY, Status.SLEEPING):
+        reason = pull.hold_reason  # e.g. checks failed: staying at the last good SHA
+    expires = env.expires_at if env.status != Status.DESTROYED else None
+    run_link = f"{public_url}/environments/{env.id}"
+    if env.last_run_id:
+        run_link += f"#run-{env.last_run_id}"
+    return StatusView(
+        repository=pull.repository,
+        pr_number=pull.number,
+        state=STATUS_TO_VIEW[Status(env.status)],
+        now=stamp,
+        reason=reason,
+        environment_id=env.id,
+        silo=env.silo_name,
+        url=env.url if env.status == Status.READY else None,
+        deployed_sha=env.deployed_sha,
+        head_sha=env.head_sha,
+        expires_at=expires,
+        max_expires_at=lifetime_limit(env) if expires else None,
+        warning=bool(expires and env.warned_for and env.warned_for == expires),
+        log_url=run_link,
+        log_tail=log_tail if env.status == Status.FAILED else (),
+        app_slug=app_slug,
+    )
