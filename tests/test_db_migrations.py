@@ -14,8 +14,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import insert, select
 from sqlmodel import SQLModel
 
-from app.db.models import Environment, Silo
+from app.db.models import Environment, PullRequest, Silo
 from app.db.session import Database
+from app.lifecycle.states import HoldKind
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -108,5 +109,69 @@ def test_warn_at_is_backfilled_from_each_rows_ttl(database_url: str) -> None:
             "pr-2-b": NOW - timedelta(hours=1),  # no TTL record: the default policy's hour
             "pr-3-c": None,
         }
+    finally:
+        db.dispose()
+
+
+def test_hold_kind_is_backfilled_from_the_old_hold_sentences(database_url: str) -> None:
+    """0006: the last time the wording decides anything; every sentence the 0005 code wrote."""
+    sentences = {
+        "closed": "closed",
+        "queued": "queued: this repository is at its limit of 10 environments (...)",
+        "ci_failed": "checks failed on abc1234; staying at def5678 (`wait_for_ci: true`)",
+        "waiting_for_ci": "waiting for checks on abc1234 (`wait_for_ci: true`)",
+        "fork_off": "PRs from forks are not deployed here (`forks: off` in .runbot.yml)",
+        "fork_awaiting_approval": "PRs from forks wait for a maintainer with write access to ...",
+        "draft": "draft PRs are not deployed (`drafts: false`); mark it ready for review",
+        "labels": "waiting for the label(s) `preview`",
+        "cannot_deploy": "cannot deploy: silo 'x' runs stack 'y'",
+    }
+    db = Database(database_url)
+    try:
+        _upgrade(db, "0005")
+        table = PullRequest.__table__  # type: ignore[attr-defined]
+        base = {
+            "repository": "o/r",
+            "head_sha": "",
+            "head_ref": "",
+            "base_ref": "",
+            "base_sha": "",
+            "author": "",
+            "state": "open",
+            "draft": False,
+            "fork": False,
+            "labels": [],
+            "enabled": True,
+            "sync_version": 1,
+            "synced_version": 0,
+            "sync_attempts": 0,
+            "created_at": NOW,
+            "updated_at": NOW,
+        }
+        rows = [
+            {**base, "id": f"o/r#{n}", "number": n, "hold_reason": text, "config_error": None}
+            for n, text in enumerate(sentences.values(), start=1)
+        ]
+        rows.append(
+            {**base, "id": "o/r#90", "number": 90, "hold_reason": None, "config_error": None}
+        )
+        rows.append(
+            {
+                **base,
+                "id": "o/r#91",
+                "number": 91,
+                "enabled": False,
+                "hold_reason": None,
+                "config_error": "**bad**",
+            }
+        )
+        with db.engine.begin() as connection:
+            connection.execute(insert(table), rows)
+        _upgrade(db, "head")
+        with db.engine.connect() as connection:
+            kinds = dict(connection.execute(select(table.c.id, table.c.hold_kind)).all())
+        expected = {f"o/r#{n}": kind for n, kind in enumerate(sentences, start=1)}
+        assert kinds == {**expected, "o/r#90": None, "o/r#91": "config_error"}
+        assert set(sentences) | {"config_error"} == {kind.value for kind in HoldKind}
     finally:
         db.dispose()
