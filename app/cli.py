@@ -355,7 +355,7 @@ def serve(
     """Run the App: webhooks, dashboard, API, workers and scheduler in one process."""
     import uvicorn
 
-    from app.web.app import create_app
+    from app.server import create_app
 
     try:
         settings = load_settings()
@@ -377,7 +377,7 @@ def serve(
 @cli.command("worker")
 def worker() -> None:
     """Run extra reconcile workers and the scheduler (PostgreSQL only), without the web."""
-    from app.web.app import Loops, acquire_sqlite_lock
+    from app.workers import Workers, acquire_sqlite_lock
 
     try:
         settings = load_settings()
@@ -394,15 +394,15 @@ def worker() -> None:
     async def main_loop() -> None:
         import signal
 
-        loops = Loops.build(rt)
-        loops.start()
+        workers = Workers.build(rt)
+        workers.start()
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopped.set)
-        typer.echo(f"runbot worker {loops.reconciler.worker_id} running")
+        typer.echo(f"runbot worker {workers.reconciler.worker_id} running")
         await stopped.wait()
-        await loops.shutdown()
+        await workers.shutdown()
 
     asyncio.run(main_loop())
 
@@ -422,7 +422,7 @@ def receive(
     import httpx
 
     from app.github.intake import sign_body
-    from app.web.app import webhook_secret
+    from app.server import webhook_secret
 
     body = payload.read()
     try:

@@ -23,8 +23,8 @@ from app.github.intake import sign_body
 from app.github.samples import pull_request_payload
 from app.lifecycle.states import Status
 from app.runtime import Runtime
+from app.server import create_app, webhook_secret
 from app.settings import Settings
-from app.web.app import create_app, webhook_secret
 
 REPO = "demo/hello"
 

@@ -12,8 +12,8 @@ from typing import Any
 import uvicorn
 
 from app.runtime import Runtime
+from app.server import create_app
 from app.settings import Settings
-from app.web.app import create_app
 from tests.conftest import make_settings
 from tests.fakegithub.server import FakeGitHub
 
@@ -72,8 +72,8 @@ class AppServer:
         return asyncio.run_coroutine_threadsafe(make(), self.loop).result(timeout)
 
     @property
-    def loops(self) -> Any:
-        return self.app.state.loops["loops"]
+    def workers(self) -> Any:
+        return self.app.state.workers[0]
 
     @property
     def url(self) -> str:

@@ -1,6 +1,6 @@
-"""An in-process runbot for command and tick tests: the real Loops, fake GitHub, no engine.
+"""An in-process runbot for command and tick tests: the real Workers, fake GitHub, no engine.
 
-`Loops.build` wires the same objects `runbot serve` uses (intent, command handler, notifier,
+`Workers.build` wires the same objects `runbot serve` uses (intent, command handler, notifier,
 GitHub gateway), but nothing runs in the background: a test delivers a payload with
 `handle()` and sees its whole effect when the call returns. Environments stay `pending`
 because no reconciler runs, which is all permission, grammar and TTL bookkeeping need.
@@ -20,7 +20,7 @@ from app.github.gateway import GitHubAppGateway
 from app.lifecycle.service import pull_id
 from app.runtime import build_runtime
 from app.schedule.ticks import Ticks
-from app.web.app import Loops
+from app.workers import Workers
 from tests.apphost import INSTALLATION, REPO, app_settings, seed_repo
 from tests.fakegithub.server import FakeGitHub
 
@@ -37,7 +37,7 @@ class CommandHost:
         self.rt = build_runtime(settings)
         # No pacing: these tests count requests, not seconds.
         self.gateway = GitHubAppGateway(settings, min_write_interval=0.0)
-        self.loops = Loops.build(self.rt, gateway=self.gateway)
+        self.workers = Workers.build(self.rt, gateway=self.gateway)
         self.ticks = Ticks(self.rt.db, self.rt.lifecycle, self.gateway)
         seed_repo(fake, config)
 
@@ -53,7 +53,7 @@ class CommandHost:
         self.fake.add_pull(REPO, number, sha, f"feature/{number}", author=author, fork=fork)
         payload = self.fake.pull_request_event("opened", REPO, number)
         payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
-        assert await self.loops.intent.handle("pull_request", payload)
+        assert await self.workers.intent.handle("pull_request", payload)
 
     def comment_payload(
         self, body: str, author: str, number: int = 1, **kwargs: Any
@@ -69,7 +69,7 @@ class CommandHost:
         return int(payload["comment"]["id"])
 
     async def deliver(self, payload: dict[str, Any]) -> None:
-        await self.loops.intent.handle("issue_comment", payload)
+        await self.workers.intent.handle("issue_comment", payload)
 
     # ----- what happened -----------------------------------------------------------------------
 

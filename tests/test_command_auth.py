@@ -9,17 +9,29 @@ from typing import Any
 
 import pytest
 
-from app.commands.grammar import COMMANDS
-from app.commands.handlers import (
-    PERMISSION_LEVELS,
-    authorize,
-    level_at_least,
-    render_extend_refused,
-)
+from app.access.roles import Role, role_from_permission
+from app.access.rules import Verdict, authorize
+from app.commands.registry import VOCABULARY, spec
+from app.commands.replies import refusal_text, render_extend_refused
 from app.github.comment import MARKER, RunSummary, StatusView, render_status_reply
 from app.github.payloads import comment_event
 from app.ttl.policy import TTLPolicy, extend
 from tests.fakegithub.webhooks import make_issue_comment_event
+
+COMMANDS = VOCABULARY.names
+
+
+def decide(
+    command: str, permission: str, *, required: Role = Role.WRITE, **facts: Any
+) -> tuple[Verdict, str]:
+    """The verdict for a comment command, and the sentence a refusal replies with."""
+    role = Role.named(permission) or Role.NONE
+    access = spec(command).access
+    verdict = authorize(access, role, required=required, **facts)
+    if verdict.allowed:
+        return verdict, ""
+    return verdict, refusal_text(command, verdict, role, author_may=access.author_may)
+
 
 # persona -> (permission, is_author, is_fork)
 PERSONAS: dict[str, tuple[str, bool, bool]] = {
@@ -52,59 +64,64 @@ EXPECTED: dict[str, set[str]] = {
 @pytest.mark.parametrize(("command", "persona"), list(itertools.product(COMMANDS, PERSONAS)))
 def test_matrix_on_open_pull_requests(command: str, persona: str) -> None:
     permission, is_author, is_fork = PERSONAS[persona]
-    decision = authorize(command, permission, is_author=is_author, pr_state="open", is_fork=is_fork)
+    decision, message = decide(
+        command, permission, is_author=is_author, pr_state="open", is_fork=is_fork
+    )
     assert decision.allowed is (persona in EXPECTED[command])
     if not decision.allowed:
-        assert decision.needed == "write"
-        assert "**write**" in decision.message
-        assert decision.message.endswith(".")
+        assert decision.needed == Role.WRITE
+        assert "**write**" in message
+        assert message.endswith(".")
 
 
 @pytest.mark.parametrize(("command", "persona"), list(itertools.product(COMMANDS, PERSONAS)))
 def test_closed_pull_requests_allow_only_status_and_help(command: str, persona: str) -> None:
     permission, is_author, is_fork = PERSONAS[persona]
-    decision = authorize(
+    decision, message = decide(
         command, permission, is_author=is_author, pr_state="closed", is_fork=is_fork
     )
     assert decision.allowed is (command in ("help", "status"))
     if not decision.allowed:
-        assert "closed" in decision.message
+        assert "closed" in message
 
 
 def test_refusals_name_the_permission_and_what_the_person_has() -> None:
-    decision = authorize("destroy", "read", is_author=False, pr_state="open", is_fork=False)
-    assert "**write**" in decision.message and "**read**" in decision.message
-    assert "author" in decision.message  # destroy is also open to the PR's author
-    decision = authorize("redeploy", "triage", is_author=True, pr_state="open", is_fork=False)
-    assert "author" not in decision.message and "**triage**" in decision.message
-    decision = authorize("deploy", "none", is_author=True, pr_state="open", is_fork=True)
-    assert "cannot approve" in decision.message
+    _, message = decide("destroy", "read", is_author=False, pr_state="open", is_fork=False)
+    assert "**write**" in message and "**read**" in message
+    assert "author" in message  # destroy is also open to the PR's author
+    _, message = decide("redeploy", "triage", is_author=True, pr_state="open", is_fork=False)
+    assert "author" not in message and "**triage**" in message
+    _, message = decide("deploy", "none", is_author=True, pr_state="open", is_fork=True)
+    assert "cannot approve" in message
 
 
-@pytest.mark.parametrize("required", ["admin", "maintain", "write", "triage", "read"])
-def test_configured_permission(required: str) -> None:
-    for permission in PERMISSION_LEVELS:
+@pytest.mark.parametrize("required", [role for role in Role if role > Role.NONE])
+def test_configured_permission(required: Role) -> None:
+    for role in Role:
         for command in ("redeploy", "sleep"):
-            decision = authorize(
+            decision, _ = decide(
                 command,
-                permission,
+                role.label,
                 is_author=False,
                 pr_state="open",
                 is_fork=False,
                 required=required,
             )
-            assert decision.allowed is level_at_least(permission, required)
+            assert decision.allowed is (role >= required)
         # Approving a deploy runs someone's code: never less than write.
-        deploy = authorize(
-            "deploy", permission, is_author=False, pr_state="open", is_fork=True, required=required
+        deploy, _ = decide(
+            "deploy", role.label, is_author=False, pr_state="open", is_fork=True, required=required
         )
-        floor = required if level_at_least(required, "write") else "write"
-        assert deploy.allowed is level_at_least(permission, floor)
+        floor = required if required >= Role.WRITE else Role.WRITE
+        assert deploy.allowed is (role >= floor)
 
 
 def test_unknown_roles_count_as_none() -> None:
-    assert not level_at_least("custom-role", "read")
-    assert level_at_least("admin", "write") and not level_at_least("triage", "write")
+    assert Role.named("custom-role") is None
+    assert role_from_permission("custom-role", None) == Role.NONE
+    assert role_from_permission("custom-role", "write") == Role.WRITE  # its base role
+    assert role_from_permission("maintain", "write") == Role.MAINTAIN  # role_name first
+    assert Role.ADMIN >= Role.WRITE and not Role.TRIAGE >= Role.WRITE
 
 
 # --- which comments are acted on -------------------------------------------------------------

@@ -9,17 +9,15 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from app.commands.grammar import (
-    ALIASES,
-    COMMANDS,
-    Command,
-    CommandError,
-    parse_comment,
-    usage,
-)
+from app.commands.grammar import Command, CommandError
+from app.commands.registry import VOCABULARY
 from app.ttl.durations import MAX_DURATION, format_duration
 
 SLUG = "runbot-dev"
+COMMANDS = VOCABULARY.names
+ALIASES = VOCABULARY.aliases
+parse_comment = VOCABULARY.parse
+usage = VOCABULARY.usage
 
 
 def _error(body: str, slug: str | None = SLUG) -> CommandError:

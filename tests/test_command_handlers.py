@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from app.commands.grammar import usage
+from app.access.roles import Role
+from app.commands.registry import VOCABULARY
 from app.lifecycle.states import Desired
 from tests.apphost import INSTALLATION, REPO
 from tests.commandhost import CommandHost
@@ -52,7 +53,7 @@ async def test_help_replies_with_usage(deployed: CommandHost) -> None:
     cid = await deployed.comment("/runbot help", "rita")
     assert deployed.reactions(cid) == ACK_OK
     [reply] = deployed.replies()
-    assert "extend <duration>" in reply and usage().splitlines()[0] in reply
+    assert "extend <duration>" in reply and VOCABULARY.usage().splitlines()[0] in reply
 
 
 async def test_status_reply_has_state_url_sha_expiry_and_last_run(deployed: CommandHost) -> None:
@@ -111,7 +112,7 @@ async def test_destroy_and_its_alias_stop(deployed: CommandHost) -> None:
     assert gone.desired == Desired.ABSENT and gone.trigger == "comment"
     assert gone.reason is not None and "alice" in gone.reason
     # A deliberate destroy stays: resync (or any re-reconcile) must not bring it back...
-    await deployed.loops.intent.reconcile_pull(deployed.pull().id)
+    await deployed.workers.intent.reconcile_pull(deployed.pull().id)
     assert deployed.live() is None
     # ...until redeploy asks for it.
     cid = await deployed.comment("/runbot redeploy", "wendy")
@@ -171,7 +172,7 @@ async def test_destroy_withdraws_a_fork_approval(host: CommandHost) -> None:
     host.fake.update_pull(REPO, 1, head_sha="f" * 40)  # the fork pushes again
     payload = host.fake.pull_request_event("synchronize", REPO, 1)
     payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
-    await host.loops.intent.handle("pull_request", payload)
+    await host.workers.intent.handle("pull_request", payload)
     assert host.live() is None
     assert "/runbot deploy" in (host.pull().hold_reason or "")
 
@@ -235,7 +236,7 @@ async def test_configured_permission_is_honoured(
     tmp_path: Path, fake_github: FakeGitHub, database_url: str
 ) -> None:
     host = CommandHost(tmp_path, fake_github, database_url)
-    host.loops.intent.command_handler.permission_needed = "admin"  # type: ignore[union-attr]
+    host.workers.commands.permission_needed = Role.ADMIN
     fake_github.set_permission(REPO, "wendy", "write")
     fake_github.set_permission(REPO, "ada", "admin")
     try:

@@ -14,11 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.commands.grammar import COMMANDS, PREFIX
+from app.commands.registry import VOCABULARY
 from app.github.comment import (
     CONFIG_MARKER,
     MARKER,
     MAX_COMMENT_CHARS,
+    PREFIX,
     TARGET_COMMENT_CHARS,
     StatusView,
     deployment_state,
@@ -65,6 +66,7 @@ def view(state: str = "ready", **changes: object) -> StatusView:
         max_expires_at=NOW + timedelta(days=6),
         log_url="https://runbot.example.com/runs/7",
         app_slug="runbot-dev",
+        commands_help=VOCABULARY.usage(),
     )
     return dataclasses.replace(base, **changes)
 
@@ -220,7 +222,7 @@ def test_closed_destroyed_does_not_offer_redeploy_hint() -> None:
 
 def test_footer_lists_commands_and_slug() -> None:
     text = render_status_comment(view("ready"))
-    for name in COMMANDS:
+    for name in VOCABULARY.names:
         assert f"`{PREFIX} {name}" in text
     assert "`@runbot-dev status`" in text
     assert "<details><summary>Commands</summary>" in text

@@ -17,7 +17,7 @@ from app.db.session import Database
 from app.github.intake import ACTIVITY, DeliveryRecorder
 from app.intent.deliveries import oldest_claimable
 from app.runtime import build_runtime
-from app.web.app import Loops
+from app.workers import Workers
 from tests.conftest import make_settings
 
 
@@ -198,7 +198,7 @@ async def test_a_delivery_recorded_on_an_idle_queue_is_claimed_by_key(tmp_path: 
     """The intake hands the id over: one conditional UPDATE, no listing of the queue. During a
     flood the hint is ignored and the oldest delivery still goes first."""
     rt = build_runtime(make_settings(tmp_path))
-    intent = Loops.build(rt).intent
+    intent = Workers.build(rt).intent
     recorder = DeliveryRecorder(rt.db)
     older, newer = row("older"), row("newer")
     older["received_at"] = utcnow() - timedelta(seconds=5)

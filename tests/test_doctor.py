@@ -23,7 +23,7 @@ from app.doctor.checks import run_checks
 from app.doctor.github import MIN_WEBHOOK_SECRET_LENGTH
 from app.doctor.report import Row, State, render
 from app.settings import Settings, load_settings
-from app.web.app import acquire_sqlite_lock
+from app.workers import acquire_sqlite_lock
 from tests.conftest import TEMPLATES
 from tests.fakegithub.server import FakeGitHub
 

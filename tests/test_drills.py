@@ -280,7 +280,7 @@ def test_fuzzed_deliveries_do_not_wedge_the_intent_loop(fuzz_server: AppServer) 
             return not session.exec(select(Delivery).where(Delivery.status == "pending")).all()
 
     wait_for(drained, timeout=60)
-    assert fuzz_server.loops.tasks and not any(t.done() for t in fuzz_server.loops.tasks[:3])
+    assert fuzz_server.workers.tasks and not any(t.done() for t in fuzz_server.workers.tasks[:3])
 
 
 # PRs in the two-replica drill: 20 in CI, 50 under `make drills`.

@@ -13,7 +13,7 @@ from app.engine.backends import backend_for
 from app.lifecycle.reconcile import Claim, Reconciler
 from app.lifecycle.states import Desired, Status
 from app.runtime import build_runtime
-from app.web.app import Loops, SingleProcessError, acquire_sqlite_lock
+from app.workers import SingleProcessError, Workers, acquire_sqlite_lock
 from tests.conftest import make_settings
 from tests.helpers import converge_sync, env_settled, fail_every_silo, fetch, silo_ready
 
@@ -158,15 +158,15 @@ async def test_a_change_wakes_the_notifier_only_after_the_reconciler_has_claimed
     """The reconciler and the notifier share one event loop, and a new run's engine start is
     the critical path: the notifier's pass (a claim, a render, usually a hold) goes after."""
     rt = build_runtime(make_settings(tmp_path))
-    loops = Loops.build(rt)
-    loops._intent_changed()
-    assert loops.reconciler.wakeup.is_set() and not loops.notifier.wakeup.is_set()
+    workers = Workers.build(rt)
+    workers._intent_changed()
+    assert workers.reconciler.wakeup.is_set() and not workers.notifier.wakeup.is_set()
 
     stop = asyncio.Event()
-    worker = asyncio.create_task(loops.reconciler.run(stop, poll_interval=30))
-    await asyncio.wait_for(loops.notifier.wakeup.wait(), 5)  # woken by the claiming pass
-    assert not loops.reconciler.wakeup.is_set()  # which had consumed its own wake-up first
+    worker = asyncio.create_task(workers.reconciler.run(stop, poll_interval=30))
+    await asyncio.wait_for(workers.notifier.wakeup.wait(), 5)  # woken by the claiming pass
+    assert not workers.reconciler.wakeup.is_set()  # which had consumed its own wake-up first
     stop.set()
     await worker
-    await loops.gateway.aclose()
+    await workers.gateway.aclose()
     rt.db.dispose()

@@ -250,11 +250,11 @@ def test_missed_webhook_is_fixed_by_resync(harness: Harness) -> None:
     )
     wait_for(harness.idle, timeout=30)
     assert harness.envs() == []  # no pull_request webhook ever arrived
-    harness.server.call(harness.server.loops.intent.resync)
+    harness.server.call(harness.server.workers.intent.resync)
     wait_for(lambda: [e.status for e in harness.envs()] == [Status.READY], timeout=60)
     # And a close that was missed too.
     harness.fake.update_pull(REPO, 1, state="closed")
-    harness.server.call(harness.server.loops.intent.resync)
+    harness.server.call(harness.server.workers.intent.resync)
     wait_for(lambda: [e.status for e in harness.envs()] == [Status.DESTROYED], timeout=60)
 
 

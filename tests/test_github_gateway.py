@@ -17,6 +17,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from app.access.roles import Role
 from app.db.models import OutboxMessage
 from app.db.session import Database
 from app.github.gateway import (
@@ -113,7 +114,7 @@ async def test_installation_token_obtained_once_and_reused(
     await gateway.create_comment(INSTALLATION, REPO, 1, "hello")
     await gateway.list_open_pulls(INSTALLATION, REPO)
     # installation_id=None: looked up once with the App JWT, then cached.
-    assert await gateway.permission(None, REPO, "octocat") == "read"
+    assert await gateway.permission(None, REPO, "octocat") == Role.READ
     assert await gateway.ci_state(None, REPO, HEAD) == "success"
     assert len(fake.requests_for("POST", TOKEN_POSTS)) == 1
     assert len(fake.requests_for("GET", f"/repos/{REPO}/installation")) == 1
@@ -300,7 +301,7 @@ async def test_permission_levels(fake: FakeGitHub, gateway: GitHubAppGateway) ->
         fake.set_permission(REPO, login, role)
     fake.set_permission(REPO, "nobody", "none")
     results = {
-        login: await gateway.permission(INSTALLATION, REPO, login)
+        login: (await gateway.permission(INSTALLATION, REPO, login)).label
         for login in ("ada", "mo", "bob", "tri", "nobody", "no-such-user")
     }
     assert results == {
@@ -675,7 +676,7 @@ async def test_outbox_reads(database: Database) -> None:
     }
     with pytest.raises(NotFoundOnGitHub):
         await configured.list_tree(None, REPO, "stacks/api", HEAD)
-    assert await configured.permission(None, REPO, "anyone") == "admin"
+    assert await configured.permission(None, REPO, "anyone") == Role.ADMIN
     assert await configured.ci_state(None, REPO, HEAD) == "success"
     assert await configured.list_open_pulls(None, REPO) == []
     with pytest.raises(GitHubError, match="local mode"):

@@ -38,7 +38,7 @@ async def test_a_stale_payload_base_is_corrected_by_the_pr_as_read(host: Command
     payload = host.fake.pull_request_event("opened", REPO, 1)
     payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
     payload["pull_request"]["base"]["ref"] = "main"  # what the delivery still says
-    assert await host.loops.intent.handle("pull_request", payload)
+    assert await host.workers.intent.handle("pull_request", payload)
     # main's read, started early, may or may not have gone out before it was called off.
     assert config_reads(host) in (1, 2)
     assert host.live() is None  # release's config (none) decided, not main's
@@ -50,5 +50,5 @@ async def test_a_closed_pr_reads_no_config(host: CommandHost) -> None:
     host.fake.update_pull(REPO, 1, state="closed")
     payload = host.fake.pull_request_event("closed", REPO, 1)
     payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
-    assert await host.loops.intent.handle("pull_request", payload)
+    assert await host.workers.intent.handle("pull_request", payload)
     assert config_reads(host) == 1

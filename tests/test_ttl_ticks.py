@@ -127,7 +127,7 @@ async def test_warns_once_then_the_status_comment_shows_it(host: CommandHost) ->
     assert "@alice" in warning and "/runbot extend" in warning and env.id in warning
     assert live_env(host).warned_for == env.expires_at
     # The notifier renders the warning into the status comment.
-    assert await host.loops.notifier.sync_one()
+    assert await host.workers.notifier.sync_one()
     [status] = [c["body"] for c in host.fake.comments(REPO, 1) if c["body"].startswith(MARKER)]
     assert "expires soon" in status
 
@@ -159,7 +159,7 @@ async def test_at_the_max_lifetime_the_warning_suggests_no_extend(host: CommandH
     assert await host.ticks.warn_expiring(now=capped.expires_at - timedelta(minutes=1)) == [env.id]
     warning = warnings(host)[-1]
     assert "maximum lifetime" in warning and "/runbot extend" not in warning
-    assert await host.loops.notifier.sync_one()
+    assert await host.workers.notifier.sync_one()
     [status] = [c["body"] for c in host.fake.comments(REPO, 1) if c["body"].startswith(MARKER)]
     (line,) = [line for line in status.splitlines() if line.startswith("> ⚠️")]
     assert "cannot be extended" in line
@@ -175,7 +175,7 @@ async def test_reaps_once_with_reason_expired(host: CommandHost) -> None:
     assert (reaped.desired, reaped.reason, reaped.trigger) == (Desired.ABSENT, "expired", "ttl")
     assert reaped.generation == env.generation + 1
     # An expired environment stays gone for the same commit, resync or not.
-    await host.loops.intent.reconcile_pull(host.pull().id)
+    await host.workers.intent.reconcile_pull(host.pull().id)
     assert host.live() is None
     # A warning is never posted for an environment that is already gone.
     assert await host.ticks.warn_expiring(now=env.expires_at - timedelta(minutes=5)) == []

@@ -18,7 +18,7 @@ import pytest
 from sqlmodel import select
 
 from app.db.models import Environment, Silo
-from app.web.app import create_app
+from app.server import create_app
 from tests.apphost import INSTALLATION, REPO, app_settings, free_port
 from tests.fakegithub.server import FakeGitHub
 from tests.webtools import WebServer, csrf_of, seed_env, seed_run, seed_silo, sign_in

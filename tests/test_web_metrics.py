@@ -13,10 +13,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.access.roles import Role
 from app.db.models import Environment, Run, utcnow
 from app.github.gateway import GitHubAppGateway
 from app.logging import configure_logging, log_context
-from app.web.app import create_app
+from app.server import create_app
 from app.web.metrics import Metrics
 from tests.apphost import INSTALLATION, REPO, app_settings, free_port
 from tests.conftest import make_settings
@@ -59,7 +60,7 @@ def server(tmp_path: Path, database_url: str) -> Iterator[WebServer]:
 
 
 def test_metrics_report_deliveries_state_and_queue(server: WebServer) -> None:
-    from app.web.app import webhook_secret
+    from app.server import webhook_secret
 
     secret = webhook_secret(server.app.state.runtime.settings)
     hook = f"{server.url}/webhooks/github"
@@ -147,14 +148,14 @@ def test_github_calls_are_counted(tmp_path: Path, fake_github: FakeGitHub) -> No
     with WebServer(app, free_port()) as web:
         before = value(httpx.get(f"{web.url}/metrics").text, "runbot_github_api_calls_total")
 
-        async def ask() -> str:
+        async def ask() -> Role:
             gateway = GitHubAppGateway(settings)
             try:
                 return await gateway.permission(INSTALLATION, REPO, "wanda")
             finally:
                 await gateway.aclose()
 
-        assert asyncio.run(ask()) == "write"
+        assert asyncio.run(ask()) == Role.WRITE
         after = value(httpx.get(f"{web.url}/metrics").text, "runbot_github_api_calls_total")
     assert after >= before + 1
 
@@ -211,14 +212,15 @@ async def test_each_processed_delivery_is_logged_with_its_id_and_outcome(
     stream = io.StringIO()
     handler = configure_logging("INFO", stream)  # what create_app did, onto a buffer
     try:
-        from app.web.app import Loops, webhook_secret
+        from app.server import webhook_secret
+        from app.workers import Workers
 
         secret = webhook_secret(app.state.runtime.settings)
         with WebServer(app, free_port()) as web:
             deliver(f"{web.url}/webhooks/github", "status", {"sha": "a" * 40}, secret, "d-77")
-        loops = Loops.build(app.state.runtime)
-        assert await loops.intent.process_one()
-        await loops.gateway.aclose()
+        workers = Workers.build(app.state.runtime)
+        assert await workers.intent.process_one()
+        await workers.gateway.aclose()
     finally:
         logging.getLogger().removeHandler(handler)
     records = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.db.models import Environment, utcnow
-from app.web.app import create_app
+from app.server import create_app
 from tests.apphost import free_port
 from tests.conftest import make_settings
 from tests.webtools import WebServer, seed_silo

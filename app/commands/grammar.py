@@ -11,62 +11,46 @@ from __future__ import annotations
 
 import difflib
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol
 
+from app.github.comment import PREFIX
 from app.ttl.durations import DurationError, parse_duration
 
 __all__ = [
-    "ALIASES",
-    "COMMANDS",
     "MAX_BODY_CHARS",
     "PREFIX",
     "Command",
     "CommandError",
-    "parse_comment",
-    "usage",
+    "Spelling",
+    "Vocabulary",
 ]
 
-PREFIX = "/runbot"
-COMMANDS: tuple[str, ...] = (
-    "help",
-    "status",
-    "extend",
-    "destroy",
-    "redeploy",
-    "deploy",
-    "sleep",
-    "wake",
-)
-#: Accepted spellings that map onto a canonical command name.
-ALIASES: dict[str, str] = {"stop": "destroy"}
 #: GitHub caps comment bodies at 65,536 characters; anything longer is not a real command.
 MAX_BODY_CHARS = 65_536
 
-_TAKES_DURATION = frozenset({"extend"})
 _SHOW_LIMIT = 40
 _SUGGEST_MAX_LEN = 32
 
-# One line per command: (syntax, explanation, example). Order is the order shown in help.
-_HELP: dict[str, tuple[str, str, str]] = {
-    "help": ("help", "show this list of commands", "help"),
-    "status": ("status", "show the environment's state, URL and when it expires", "status"),
-    "extend": (
-        "extend <duration>",
-        "push the expiry back by a duration like 90s, 30m, 4h, 2d, 1w or 1h30m "
-        "(never past the environment's maximum lifetime)",
-        "extend 4h",
-    ),
-    "destroy": ("destroy", "tear the environment down now (alias: `stop`)", "destroy"),
-    "redeploy": (
-        "redeploy",
-        "tear the environment down and deploy it again from scratch",
-        "redeploy",
-    ),
-    "deploy": ("deploy", "deploy the environment for this PR's latest commit", "deploy"),
-    "sleep": ("sleep", "put the environment to sleep to save resources until `wake`", "sleep"),
-    "wake": ("wake", "wake a sleeping environment", "wake"),
-}
+
+class Spelling(Protocol):
+    """How a command is written and explained (a `registry.CommandSpec` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def syntax(self) -> str: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def example(self) -> str: ...
+    @property
+    def takes_duration(self) -> bool: ...
+    @property
+    def aliases(self) -> tuple[str, ...]: ...
+
 
 # Common Latin look-alikes from Cyrillic and Greek, used only to *suggest* what the person
 # probably meant; such text is never accepted as a command.
@@ -123,22 +107,6 @@ def _code(text: str) -> str:
     return "`" + text.replace("`", "'") + "`"
 
 
-def _usage_line(name: str) -> str:
-    syntax, explanation, example = _HELP[name]
-    return f"- `{PREFIX} {syntax}` — {explanation}. Example: `{PREFIX} {example}`"
-
-
-def usage() -> str:
-    """Markdown help listing every command with a one-line explanation and an example."""
-    lines = [
-        "**runbot commands** — post a comment containing just one of these lines "
-        "(or start it with `@` and the app's name instead of `/runbot`):",
-        "",
-        *(_usage_line(name) for name in COMMANDS),
-    ]
-    return "\n".join(lines)
-
-
 def _prefixes(app_slug: str | None) -> frozenset[str]:
     prefixes = {PREFIX}
     if isinstance(app_slug, str):
@@ -153,7 +121,7 @@ def _describe(ch: str) -> str:
     return f"'{ch}' (U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed character')})"
 
 
-def _non_ascii_error(rest: str) -> CommandError:
+def _non_ascii_error(rest: str, vocabulary: Vocabulary) -> CommandError:
     """Look-alike letters (Cyrillic or fullwidth) must never execute, but deserve a hint."""
     found: list[str] = []
     for ch in rest:
@@ -165,7 +133,7 @@ def _non_ascii_error(rest: str) -> CommandError:
     suggestion = None
     if guess.isascii():
         words = guess.lower().split()
-        if words and (words[0] in COMMANDS or words[0] in ALIASES):
+        if words and vocabulary.knows(words[0]):
             suggestion = " ".join(words)
     message = (
         "Found non-ASCII characters in the command: "
@@ -173,23 +141,26 @@ def _non_ascii_error(rest: str) -> CommandError:
         + ". runbot commands must be typed in plain ASCII, so look-alike letters "
         "are not treated as a command."
     )
-    return CommandError(message=message, usage=usage(), suggestion=suggestion)
+    return CommandError(message=message, usage=vocabulary.usage(), suggestion=suggestion)
 
 
-def _parse_words(words: list[str], raw: str) -> Command | CommandError:
+def _parse_words(words: list[str], raw: str, vocabulary: Vocabulary) -> Command | CommandError:
     word = words[0].lower()
     args = words[1:]
-    name = ALIASES.get(word, word)
-    if name not in COMMANDS:
+    name = vocabulary.aliases.get(word, word)
+    if name not in vocabulary.names:
         suggestion = None
         if len(word) <= _SUGGEST_MAX_LEN:
-            close = difflib.get_close_matches(word, (*COMMANDS, *ALIASES), n=1, cutoff=0.6)
+            known = (*vocabulary.names, *vocabulary.aliases)
+            close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
             suggestion = close[0] if close else None
         return CommandError(
-            message=f"Unknown command {_code(words[0])}.", usage=usage(), suggestion=suggestion
+            message=f"Unknown command {_code(words[0])}.",
+            usage=vocabulary.usage(),
+            suggestion=suggestion,
         )
-    line = _usage_line(name)
-    if name not in _TAKES_DURATION:
+    line = vocabulary.usage_line(name)
+    if not vocabulary.spelling(name).takes_duration:
         if args:
             return CommandError(
                 message=f"`{name}` takes no arguments, but got {_code(' '.join(args))}.",
@@ -221,26 +192,67 @@ def _parse_words(words: list[str], raw: str) -> Command | CommandError:
     return Command(name=name, argument=duration, raw=raw)
 
 
-def parse_comment(body: str, app_slug: str | None = None) -> Command | CommandError | None:
-    """Read a PR comment: a Command, a CommandError to reply with, or None to ignore it.
+@dataclass(frozen=True)
+class Vocabulary:
+    """The commands runbot answers to, in the order help lists them; made from the registry."""
 
-    ``app_slug`` (e.g. ``runbot-dev``) additionally accepts ``@runbot-dev`` as the prefix.
-    """
-    if not isinstance(body, str) or len(body) > MAX_BODY_CHARS:
-        return None
-    line = body.strip()
-    if not line or len(line.splitlines()) != 1:
-        # Empty, or several lines: commands must stand alone, which also rules out fenced
-        # code blocks; a "> /runbot ..." quote fails the prefix check below.
-        return None
-    first = line.split(maxsplit=1)[0]
-    # isascii() first: str.lower() maps some non-ASCII letters onto ASCII (e.g. Kelvin sign).
-    if not first.isascii() or first.lower() not in _prefixes(app_slug):
-        return None
-    rest = line[len(first) :]
-    if not rest.isascii():
-        return _non_ascii_error(rest)
-    words = rest.split()
-    if not words:
-        return CommandError(message="No command given after the prefix.", usage=usage())
-    return _parse_words(words, line)
+    words: Sequence[Spelling]
+    _by_name: dict[str, Spelling] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {word.name: word for word in self.words})
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._by_name)
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Accepted spellings that map onto a canonical command name (`stop` → `destroy`)."""
+        return {alias: word.name for word in self.words for alias in word.aliases}
+
+    def spelling(self, name: str) -> Spelling:
+        return self._by_name[name]
+
+    def knows(self, word: str) -> bool:
+        return word in self._by_name or word in self.aliases
+
+    def usage_line(self, name: str) -> str:
+        word = self._by_name[name]
+        return (
+            f"- `{PREFIX} {word.syntax}` — {word.summary}. Example: `{PREFIX} {word.example}`"
+        )
+
+    def usage(self) -> str:
+        """Markdown help listing every command with a one-line explanation and an example."""
+        lines = [
+            "**runbot commands** — post a comment containing just one of these lines "
+            "(or start it with `@` and the app's name instead of `/runbot`):",
+            "",
+            *(self.usage_line(name) for name in self.names),
+        ]
+        return "\n".join(lines)
+
+    def parse(self, body: str, app_slug: str | None = None) -> Command | CommandError | None:
+        """Read a PR comment: a Command, a CommandError to reply with, or None to ignore it.
+
+        ``app_slug`` (e.g. ``runbot-dev``) additionally accepts ``@runbot-dev`` as the prefix.
+        """
+        if not isinstance(body, str) or len(body) > MAX_BODY_CHARS:
+            return None
+        line = body.strip()
+        if not line or len(line.splitlines()) != 1:
+            # Empty, or several lines: commands must stand alone, which also rules out fenced
+            # code blocks; a "> /runbot ..." quote fails the prefix check below.
+            return None
+        first = line.split(maxsplit=1)[0]
+        # isascii() first: str.lower() maps some non-ASCII letters onto ASCII (Kelvin sign).
+        if not first.isascii() or first.lower() not in _prefixes(app_slug):
+            return None
+        rest = line[len(first) :]
+        if not rest.isascii():
+            return _non_ascii_error(rest, self)
+        words = rest.split()
+        if not words:
+            return CommandError(message="No command given after the prefix.", usage=self.usage())
+        return _parse_words(words, line, self)

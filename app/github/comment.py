@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
-from app.commands.grammar import PREFIX, usage
 from app.github.config_errors import CONFIG_FILENAME
 from app.ttl.durations import format_duration
 from app.ttl.policy import SUGGESTED_EXTENSION, humanize_until, suggested_extension
@@ -23,6 +22,7 @@ __all__ = [
     "CONFIG_MARKER",
     "MARKER",
     "MAX_COMMENT_CHARS",
+    "PREFIX",
     "TARGET_COMMENT_CHARS",
     "RunSummary",
     "StatusView",
@@ -35,6 +35,8 @@ __all__ = [
     "render_status_reply",
 ]
 
+#: What starts a comment addressed to runbot (the grammar also accepts `@<app-slug>`).
+PREFIX = "/runbot"
 MARKER = "<!-- runbot:status -->"
 CONFIG_MARKER = "<!-- runbot:config-error -->"
 #: GitHub rejects comment bodies longer than this.
@@ -127,6 +129,8 @@ class StatusView:
     log_tail: tuple[str, ...] = ()
     app_slug: str | None = None
     commands_available: bool = True
+    #: The commands' help, shown folded under the comment (the commands room renders it).
+    commands_help: str = ""
 
 
 # --- escaping -----------------------------------------------------------------------------
@@ -367,7 +371,7 @@ def _notes(view: StatusView) -> list[str]:
 def _commands_footer(view: StatusView) -> list[str]:
     if not view.commands_available:
         return ["_runbot commands are not available on this pull request._"]
-    lines = ["<details><summary>Commands</summary>", "", usage()]
+    lines = ["<details><summary>Commands</summary>", "", view.commands_help]
     slug = _slug(view.app_slug)
     if slug is not None:
         lines += ["", f"`@{slug} status` works the same as `{PREFIX} status`, and so on."]

@@ -35,6 +35,7 @@ from githubkit.cache import MemCacheStrategy
 from githubkit.exception import GitHubException, RequestError, RequestFailed
 from githubkit.utils import Unset
 
+from app.access.roles import Role, role_from_permission
 from app.github.payloads import PullFacts, pull_facts
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ REACTIONS = frozenset({"+1", "-1", "laugh", "confused", "heart", "hooray", "rock
 DEPLOYMENT_STATES = frozenset(
     {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
 )
-PERMISSIONS = ("admin", "maintain", "write", "triage", "read", "none")
 
 WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 #: Methods safe to resend when we cannot know whether GitHub acted on the first try;
@@ -168,7 +168,7 @@ class Gateway(Protocol):
         description: str,
     ) -> None: ...
 
-    async def permission(self, installation_id: int | None, repo: str, username: str) -> str: ...
+    async def permission(self, installation_id: int | None, repo: str, username: str) -> Role: ...
 
     async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullFacts]: ...
 
@@ -830,8 +830,8 @@ class GitHubAppGateway:
 
     # ------------------------------------------------------------------ people, pulls, CI
 
-    async def permission(self, installation_id: int | None, repo: str, username: str) -> str:
-        """The user's role: ``role_name``, as the legacy ``permission`` lacks maintain/triage."""
+    async def permission(self, installation_id: int | None, repo: str, username: str) -> Role:
+        """The user's role on the repository (see `role_from_permission`)."""
         owner, name = _split_repo(repo)
         try:
             response = await self._call(
@@ -844,13 +844,9 @@ class GitHubAppGateway:
                 ),
             )
         except NotFoundOnGitHub:
-            return "none"  # no such user
+            return Role.NONE  # no such user
         data = _payload(response)
-        role = _field(data, "role_name")
-        if role in PERMISSIONS:
-            return str(role)
-        legacy = _field(data, "permission")  # custom roles: fall back to their base level
-        return str(legacy) if legacy in PERMISSIONS else "none"
+        return role_from_permission(_field(data, "role_name"), _field(data, "permission"))
 
     async def get_pull(
         self, installation_id: int | None, repo: str, number: int

@@ -103,12 +103,14 @@ class Notifier:
         public_url: str,
         app_slug: str | None,
         worker_id: str,
+        commands_help: str,
         lease_seconds: float = 60.0,
     ) -> None:
         self.db = db
         self.gateway = gateway
         self.public_url = public_url.rstrip("/")
         self.app_slug = app_slug
+        self.commands_help = commands_help
         self.worker_id = worker_id
         self.lease = timedelta(seconds=lease_seconds)
         self.wakeup = asyncio.Event()
@@ -322,7 +324,12 @@ class Notifier:
     def view(self, pull: PullRequest, env: Environment | None) -> StatusView | None:
         log_tail = self._log_tail(env) if env is not None and env.status == Status.FAILED else ()
         return status_view(
-            pull, env, public_url=self.public_url, app_slug=self.app_slug, log_tail=log_tail
+            pull,
+            env,
+            public_url=self.public_url,
+            app_slug=self.app_slug,
+            commands_help=self.commands_help,
+            log_tail=log_tail,
         )
 
     # ----- syncing -----------------------------------------------------------------------------

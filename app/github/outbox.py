@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
 
+from app.access.roles import Role
 from app.db.models import OutboxMessage
 from app.github.config_errors import CONFIG_FILENAME
 from app.github.gateway import (
@@ -137,8 +138,8 @@ class OutboxGateway:
             bodies[paths[update.path]] = str(update.body.get("body", ""))
         return next((cid for cid, body in bodies.items() if marker in body), None)
 
-    async def permission(self, installation_id: int | None, repo: str, username: str) -> str:
-        return "admin"  # the person running local mode owns everything
+    async def permission(self, installation_id: int | None, repo: str, username: str) -> Role:
+        return Role.ADMIN  # the person running local mode owns everything
 
     async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullFacts]:
         return []

@@ -34,6 +34,7 @@ def status_view(
     *,
     public_url: str,
     app_slug: str | None,
+    commands_help: str = "",
     log_tail: tuple[str, ...] = (),
 ) -> StatusView | None:
     """None when there is nothing to show (no config, or a closed PR that never ran)."""
@@ -51,6 +52,7 @@ def status_view(
             reason=pull.hold_reason,
             head_sha=pull.head_sha,
             app_slug=app_slug,
+            commands_help=commands_help,
         )
     reason = env.reason
     if pull.hold_kind and env.status in (Status.READY, Status.SLEEPING):
@@ -76,4 +78,5 @@ def status_view(
         log_url=run_link,
         log_tail=log_tail if env.status == Status.FAILED else (),
         app_slug=app_slug,
+        commands_help=commands_help,
     )

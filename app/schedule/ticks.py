@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -29,10 +29,12 @@ from app.lifecycle.states import Desired, Status
 from app.ttl.policy import is_expired, needs_warning
 
 if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
     from app.db.session import Database
     from app.github.gateway import Gateway
     from app.lifecycle.service import Lifecycle
-    from app.web.app import Loops
+
 
 __all__ = [
     "TICK_STATS",
@@ -340,40 +342,28 @@ class Ticks:
                     connection.commit()
 
 
-def register_ticks(loops: Loops) -> Ticks:
+def register_ticks(
+    scheduler: AsyncIOScheduler,
+    ticks: Ticks,
+    resync: Callable[[], Awaitable[None]],
+    interval: float,
+) -> None:
     """Add the ticks to the process's scheduler (`runbot serve` and `runbot worker` alike)."""
-    settings = loops.rt.settings
 
-    def wake() -> None:
-        loops.reconciler.wakeup.set()
-        loops.notifier.wakeup.set()
-        loops.intent.wakeup.set()
-
-    ticks = Ticks(
-        loops.rt.db,
-        loops.rt.lifecycle,
-        loops.gateway,
-        wake=wake,
-        lease_grace=timedelta(seconds=settings.lease_seconds),
-        delivery_lease=loops.intent.lease,
-        delivery_retention=timedelta(days=settings.delivery_retention_days),
-    )
-
-    async def resync() -> None:
+    async def resync_once() -> None:
         async with ticks.exclusive(RESYNC_LOCK) as mine:
             if mine:
-                await loops.resync()
+                await resync()
 
-    interval = settings.scheduler_interval
     jobs: list[tuple[str, Callable[[], object], float]] = [
         ("reap_expired", ticks.reap_expired, interval),
         ("warn_expiring", ticks.warn_expiring, interval),
         ("recover_leases", ticks.recover_leases, interval),
-        ("resync", resync, max(interval * 10, 60.0)),
+        ("resync", resync_once, max(interval * 10, 60.0)),
         ("prune_deliveries", ticks.prune_deliveries, 3600.0),
     ]
     for job_id, func_, seconds in jobs:
-        loops.scheduler.add_job(
+        scheduler.add_job(
             func_,
             "interval",
             seconds=seconds,
@@ -383,4 +373,3 @@ def register_ticks(loops: Loops) -> Ticks:
             misfire_grace_time=None,
             replace_existing=True,
         )
-    return ticks

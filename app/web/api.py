@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from app.commands.registry import COMMANDS
 from app.web.auth import Authenticator, AuthError, Principal
 from app.web.service import Service, ServiceError
 from app.web.views import (
@@ -31,13 +32,6 @@ from app.web.views import (
 
 T = TypeVar("T")
 
-ENV_ACTIONS: dict[str, str] = {
-    "extend": "Push the expiry back by `by` (e.g. 4h), never past the maximum lifetime.",
-    "destroy": "Tear the environment down now.",
-    "redeploy": "Destroy it and create a fresh one (new id) at the same commit.",
-    "sleep": "Suspend it: the stack applies with runbot_suspended=true.",
-    "wake": "Resume a suspended environment.",
-}
 SILO_ACTIONS: dict[str, str] = {
     "update": "Re-apply the silo (a git stack moves to its ref's newest commit). Operators only.",
     "destroy": "Destroy the silo; refused while environments live unless `force`. Operators only.",
@@ -160,7 +154,7 @@ def api_router(service: Service, auth: Authenticator) -> APIRouter:
         ) -> ActionOut:
             by = body.by if body else None
             return await _async(
-                lambda: service.act_on_environment(principal, env_id, action, "api", by)  # type: ignore[arg-type]
+                lambda: service.act_on_environment(principal, env_id, action, "api", by)
             )
 
         router.add_api_route(
@@ -174,8 +168,9 @@ def api_router(service: Service, auth: Authenticator) -> APIRouter:
             name=f"environment_{action}",
         )
 
-    for env_action, text in ENV_ACTIONS.items():
-        add_environment_action(env_action, text)
+    for command in COMMANDS:
+        if command.action is not None:
+            add_environment_action(command.name, command.action.summary)
 
     @router.get("/silos", response_model=PageOut[SiloOut], tags=["silos"])
     async def list_silos(

@@ -1,7 +1,7 @@
 """Who is asking, and what may they do: sessions, GitHub sign-in, the API token, CSRF.
 
 A person sees the environments of repositories they can read through the App's installations.
-What they may do there is decided by the comment commands' own rule (`commands.handlers.
+What they may do there is decided by the comment commands' own rule (`access.rules.
 authorize`, fed with the role GitHub reports): write by default (RUNBOT_COMMAND_PERMISSION), and
 a PR's author may extend, destroy, sleep and wake its environment. What GitHub says is cached
 per session for a few minutes, so a page view costs no GitHub call.
@@ -38,6 +38,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from app.access.roles import Role, role_from_listing
 from app.github.gateway import Gateway, GitHubError
 from app.settings import Settings
 
@@ -105,23 +106,9 @@ class Principal:
 @dataclass
 class Grant:
     readable: frozenset[str]
-    listed_roles: dict[str, str]  # from the user's own repository listing (local-mode fallback)
+    listed_roles: dict[str, Role]  # from the user's own repository listing (local mode)
     expires: float
-    roles: dict[str, tuple[float, str]] = field(default_factory=dict)
-
-
-def listed_role(permissions: dict[str, Any]) -> str:
-    """The role a repository listing's `permissions` flags amount to."""
-    for flag, role in (
-        ("admin", "admin"),
-        ("maintain", "maintain"),
-        ("push", "write"),
-        ("triage", "triage"),
-        ("pull", "read"),
-    ):
-        if permissions.get(flag):
-            return role
-    return "none"
+    roles: dict[str, tuple[float, Role]] = field(default_factory=dict)
 
 
 def stored_secret(settings: Settings) -> str:
@@ -250,14 +237,16 @@ class Authenticator:
     def _is_admin(self, login: str) -> bool:
         return login.lower() in self.settings.admin_logins
 
-    async def role(self, principal: Principal, repository: str, installation_id: int | None) -> str:
-        """The principal's GitHub role on the repository (`admin` for operators, else `none`..)."""
+    async def role(
+        self, principal: Principal, repository: str, installation_id: int | None
+    ) -> Role:
+        """The principal's GitHub role on the repository (admin for operators)."""
         if principal.operator:
-            return "admin"
+            return Role.ADMIN
         if principal.kind != "user" or principal.session is None:
-            return "none"
+            return Role.NONE
         if not principal.can_read(repository):
-            return "none"
+            return Role.NONE
         grant = await self._grant(principal.session)
         key = repository.lower()
         cached = grant.roles.get(key)
@@ -270,7 +259,7 @@ class Authenticator:
             except GitHubError as exc:
                 raise AuthError(503, f"could not check your permission on GitHub: {exc}") from exc
         else:
-            role = grant.listed_roles.get(key, "none")
+            role = grant.listed_roles.get(key, Role.NONE)
         grant.roles[key] = (time.monotonic() + GRANT_TTL, role)
         return role
 
@@ -280,7 +269,7 @@ class Authenticator:
             return grant
         token = self._decrypt(session.token)
         readable: set[str] = set()
-        roles: dict[str, str] = {}
+        roles: dict[str, Role] = {}
         installations = await self._github_pages(token, "/user/installations", "installations")
         for installation in installations:
             repos = await self._github_pages(
@@ -289,7 +278,7 @@ class Authenticator:
             for repo in repos:
                 name = str(repo.get("full_name", "")).lower()
                 readable.add(name)
-                roles[name] = listed_role(repo.get("permissions") or {})
+                roles[name] = role_from_listing(repo.get("permissions") or {})
         grant = Grant(frozenset(readable), roles, time.monotonic() + GRANT_TTL)
         if len(self._grants) > 10_000:  # forget abandoned sessions
             now = time.monotonic()

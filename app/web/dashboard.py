@@ -23,11 +23,12 @@ from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
+from app.commands.registry import ENV_ACTIONS
 from app.db.models import utcnow
 from app.lifecycle.states import BUSY
 from app.ttl.policy import humanize_until
 from app.web.auth import SESSION_COOKIE, Authenticator, AuthError, Principal, Session, stored_secret
-from app.web.service import ENV_ACTIONS, SILO_ACTIONS, Service, ServiceError
+from app.web.service import SILO_ACTIONS, Service, ServiceError
 from app.web.views import STATUS_FILTERS, LogOut, PageOut, RunOut, UsageOut
 
 TEMPLATES = Path(__file__).parent / "templates"

@@ -8,7 +8,7 @@ this package: `service` (the shared service layer), `views` (what it returns), `
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.github.gateway import Gateway, GitHubAppGateway
+from app.github.gateway import Gateway
 from app.runtime import Runtime
 from app.web.api import api_router
 from app.web.auth import Authenticator
@@ -36,28 +36,18 @@ class Web:
     metrics: Metrics
 
 
-def mount_web(app: FastAPI, rt: Runtime, holder: dict[str, Any]) -> Web:
+@dataclass(frozen=True)
+class WebHooks:
+    """What the web needs from the process around it (the server composes them)."""
+
+    gateway: Callable[[], Gateway | None]  # for permission checks; None in local mode
+    wake: Callable[[], None]  # something changed: the workers should look now
+    worker_id: Callable[[], str | None]  # this process's worker, if it runs one
+
+
+def mount_web(app: FastAPI, rt: Runtime, hooks: WebHooks) -> Web:
     """Add `/`, `/api`, `/docs`, `/metrics`, `/static` and sign-in routes to `app`."""
-    own: dict[str, Gateway] = {}
-
-    def gateway() -> Gateway | None:
-        """The workers' gateway; a web-only app (no loops) makes its own for permission checks."""
-        if "loops" in holder:
-            return holder["loops"].gateway  # type: ignore[no-any-return]
-        if rt.settings.local_mode:
-            return None
-        if "gateway" not in own:
-            own["gateway"] = GitHubAppGateway(rt.settings)
-        return own["gateway"]
-
-    def wake() -> None:
-        if "loops" in holder:
-            holder["loops"].reconciler.wakeup.set()
-            holder["loops"].notifier.wakeup.set()
-
-    def worker_id() -> str | None:
-        return holder["loops"].reconciler.worker_id if "loops" in holder else None
-
+    gateway, wake, worker_id = hooks.gateway, hooks.wake, hooks.worker_id
     auth = Authenticator(rt.settings, gateway)
     service = Service(rt, auth, wake)
     metrics = Metrics(rt.db, worker_id)
@@ -83,8 +73,6 @@ def mount_web(app: FastAPI, rt: Runtime, holder: dict[str, Any]) -> Web:
                 yield state
             finally:
                 await auth.aclose()
-                if "gateway" in own:
-                    await own["gateway"].aclose()
 
     app.router.lifespan_context = lifespan
     return Web(auth=auth, service=service, metrics=metrics)

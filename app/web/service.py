@@ -19,7 +19,10 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
-from app.commands.handlers import authorize
+from app.access.roles import Role
+from app.access.rules import Refusal, authorize
+from app.commands.actions import ActionRequest
+from app.commands.registry import ENV_ACTIONS, spec
 from app.db.models import Environment, OutboxMessage, PullRequest, Run, Silo, utcnow
 from app.engine.logs import read_log
 from app.lifecycle.reconcile import public_outputs
@@ -28,7 +31,6 @@ from app.lifecycle.service import NotFound as LifecycleNotFound
 from app.lifecycle.states import LIVE, Status
 from app.runtime import Runtime
 from app.ttl.durations import DurationError, parse_duration
-from app.ttl.policy import humanize_until
 from app.web.auth import Authenticator, AuthError, Principal
 from app.web.views import (
     DEFAULT_PER_PAGE,
@@ -48,8 +50,6 @@ from app.web.views import (
     run_out,
 )
 
-EnvAction = Literal["extend", "destroy", "redeploy", "sleep", "wake"]
-ENV_ACTIONS: tuple[str, ...] = ("extend", "sleep", "wake", "redeploy", "destroy")
 SiloAction = Literal["update", "destroy"]
 SILO_ACTIONS: tuple[str, ...] = get_args(SiloAction)
 
@@ -91,6 +91,7 @@ class Service:
         self.rt = rt
         self.db = rt.db
         self.settings = rt.settings
+        self.required_role = Role.named(rt.settings.command_permission) or Role.WRITE
         self.auth = auth
         self.wake = wake
 
@@ -436,29 +437,30 @@ class Service:
     async def _refusal(self, principal: Principal, env: Environment, action: str) -> str | None:
         """Why the principal may not do `action` to `env` (None: allowed).
 
-        The comment commands' rule, word for word: `authorize` from the commands room, fed with
-        the person's role on the repository, whether they authored the PR, and its state.
+        The comment commands' rule, word for word: the command's `Access` from the registry,
+        fed with the person's role on the repository, whether they authored the PR, and its
+        state.
         """
         if principal.operator:
             return None
         role = await self.auth.role(principal, env.repository, env.installation_id)
         pull = await run_in_threadpool(self._pull_of, env)
         login = (principal.login or "").lower()
-        decision = authorize(
-            action,
+        verdict = authorize(
+            spec(action).access,
             role,
             is_author=bool(login) and login == env.author.lower(),
             pr_state=pull.state if pull else "open",
             is_fork=pull.fork if pull else False,
-            required=self.settings.command_permission,
+            required=self.required_role,
         )
-        if decision.allowed:
+        if verdict.allowed:
             return None
-        if decision.needed is None:
+        if verdict.refusal == Refusal.CLOSED or verdict.needed is None:
             return f"{env.repository}#{env.pr_number} is closed; its environment takes no requests"
         return (
-            f"you need {decision.needed} access to {env.repository} to {action} its environment"
-            f" (yours: {role})"
+            f"you need {verdict.needed.label} access to {env.repository} to {action} its"
+            f" environment (yours: {role.label})"
         )
 
     async def allowed_actions(self, principal: Principal, env_id: str) -> frozenset[str]:
@@ -477,7 +479,7 @@ class Service:
         self,
         principal: Principal,
         env_id: str,
-        action: EnvAction,
+        action: str,
         via: str,
         by: str | None = None,
     ) -> ActionOut:
@@ -485,58 +487,31 @@ class Service:
         env = await run_in_threadpool(self._environment_row, principal, env_id)
         if action not in ENV_ACTIONS:
             raise Invalid(f"unknown action '{action}'")
+        command = spec(action)
+        assert command.action is not None
         refusal = await self._refusal(principal, env, action)
         if refusal is not None:
             raise Forbidden(refusal)
-        trigger = principal.trigger(via)
-        who = principal.login or ("the API" if principal.kind == "token" else "the dashboard")
-        lifecycle = self.rt.lifecycle
+        request = ActionRequest(
+            lifecycle=self.rt.lifecycle,
+            env_id=env_id,
+            trigger=principal.trigger(via),
+            who=principal.login or ("the API" if principal.kind == "token" else "the dashboard"),
+            by=_duration_arg(by) if command.takes_duration else None,
+        )
         try:
-            if action == "extend":
-                duration = _duration_arg(by)
-                result = await run_in_threadpool(
-                    lifecycle.extend, env_id, duration, trigger, utcnow()
-                )
-                updated = await run_in_threadpool(lifecycle.get_environment, env_id)
-                note = " (capped at the maximum lifetime)" if result.capped else ""
-                message = (
-                    f"expires {humanize_until(result.expires_at, utcnow())}"
-                    f" ({result.expires_at:%Y-%m-%d %H:%M} UTC){note}"
-                )
-                out = ActionOut(
-                    message=message,
-                    environment=self.environment_out(updated),
-                    expires_at=result.expires_at,
-                    capped=result.capped,
-                )
-            elif action == "destroy":
-                row = await run_in_threadpool(
-                    lifecycle.destroy_environment, env_id, f"destroyed by {who}", trigger
-                )
-                out = ActionOut(
-                    message=f"{env_id} is being destroyed", environment=self.environment_out(row)
-                )
-            elif action == "redeploy":
-                row = await run_in_threadpool(lifecycle.redeploy, env_id, trigger)
-                out = ActionOut(
-                    message=f"redeploying as {row.id}", environment=self.environment_out(row)
-                )
-            elif action in ("sleep", "wake"):
-                row = await run_in_threadpool(
-                    lifecycle.set_suspended, env_id, action == "sleep", trigger
-                )
-                verb = "going to sleep" if action == "sleep" else "waking up"
-                out = ActionOut(
-                    message=f"{env_id} is {verb}", environment=self.environment_out(row)
-                )
-            else:
-                raise Invalid(f"unknown action '{action}'")
+            result = await run_in_threadpool(command.action.run, request)
         except LifecycleNotFound as exc:
             raise NotVisible(str(exc)) from exc
         except LifecycleError as exc:
             raise Conflict(str(exc)) from exc
         self.wake()
-        return out
+        return ActionOut(
+            message=result.message,
+            environment=self.environment_out(result.environment),
+            expires_at=result.expires_at,
+            capped=result.capped,
+        )
 
     async def act_on_silo(
         self, principal: Principal, name: str, action: SiloAction, force: bool = False

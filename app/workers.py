@@ -1,7 +1,8 @@
-"""The runbot process: web (intake, health, API, dashboard) plus the background loops.
+"""The background machinery of one runbot process: the intent, reconcile and notify loops,
+the command handler and the scheduler's ticks, wired together once.
 
-`runbot serve` runs everything in one process; `runbot worker` runs the loops without the web.
-SQLite allows exactly one runbot process (enforced with a lock file); PostgreSQL allows many.
+`runbot serve` runs them beside the web (`app.server`); `runbot worker` runs them alone. SQLite
+allows exactly one runbot process (enforced with a lock file); PostgreSQL allows many.
 """
 
 from __future__ import annotations
@@ -10,32 +11,25 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-import os
-import secrets
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import IO, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
 
+from app.access.roles import Role
 from app.commands.handlers import CommandHandler
+from app.commands.registry import VOCABULARY
 from app.db.models import Environment
-from app.engine.runner import EngineError
 from app.github.gateway import Gateway, GitHubAppGateway
-from app.github.intake import WebhookIntake
 from app.github.notify import Notifier
 from app.github.outbox import OutboxGateway
 from app.intent.processor import IntentProcessor
 from app.lifecycle.reconcile import Reconciler, default_worker_id
 from app.lifecycle.states import Status
-from app.logging import configure_logging
-from app.runtime import Runtime, build_runtime
-from app.schedule.ticks import register_ticks
+from app.runtime import Runtime
+from app.schedule.ticks import Ticks, register_ticks
 from app.settings import Settings, SettingsError
-from app.web.routes import mount_web
 
 log = logging.getLogger("runbot")
 
@@ -62,22 +56,8 @@ def acquire_sqlite_lock(settings: Settings) -> IO[str] | None:
     return handle
 
 
-def webhook_secret(settings: Settings) -> str:
-    """The configured secret; in local mode a generated one kept in the data dir."""
-    if settings.github_webhook_secret:
-        return settings.github_webhook_secret
-    if not settings.local_mode:
-        raise SettingsError("RUNBOT_GITHUB_WEBHOOK_SECRET is required when App credentials are set")
-    path = settings.data_dir / "webhook-secret"
-    if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-    return path.read_text().strip()
-
-
-def make_gateway(settings: Settings, rt: Runtime) -> Gateway:
+def make_gateway(rt: Runtime) -> Gateway:
+    settings = rt.settings
     if settings.local_mode:
         config = settings.local_config.read_text() if settings.local_config else None
         return OutboxGateway(rt.db, config)
@@ -85,24 +65,26 @@ def make_gateway(settings: Settings, rt: Runtime) -> Gateway:
 
 
 @dataclass
-class Loops:
-    """The background machinery of one runbot process."""
+class Workers:
+    """The loops of one process, and what they share."""
 
     rt: Runtime
     gateway: Gateway
     reconciler: Reconciler
     intent: IntentProcessor
     notifier: Notifier
+    commands: CommandHandler
+    ticks: Ticks
     scheduler: AsyncIOScheduler
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _notify_after_pass: bool = False
 
     @classmethod
-    def build(cls, rt: Runtime, gateway: Gateway | None = None) -> Loops:
+    def build(cls, rt: Runtime, gateway: Gateway | None = None) -> Workers:
         settings = rt.settings
         worker_id = default_worker_id()
-        gateway = gateway or make_gateway(settings, rt)
+        gateway = gateway or make_gateway(rt)
         intent = IntentProcessor(
             rt.db,
             rt.lifecycle,
@@ -117,21 +99,49 @@ class Loops:
             public_url=settings.public_url,
             app_slug=settings.github_app_slug,
             worker_id=worker_id,
+            commands_help=VOCABULARY.usage(),
             lease_seconds=settings.lease_seconds,
         )
-        loops = cls(
+        commands = CommandHandler(
+            rt.db,
+            rt.lifecycle,
+            gateway,
+            intent,
+            notifier,
+            app_slug=settings.github_app_slug,
+            permission_needed=Role.named(settings.command_permission) or Role.WRITE,
+        )
+        reconciler = rt.reconciler(worker_id=worker_id)
+
+        def wake_all() -> None:
+            reconciler.wakeup.set()
+            notifier.wakeup.set()
+            intent.wakeup.set()
+
+        ticks = Ticks(
+            rt.db,
+            rt.lifecycle,
+            gateway,
+            wake=wake_all,
+            lease_grace=timedelta(seconds=settings.lease_seconds),
+            delivery_lease=intent.lease,
+            delivery_retention=timedelta(days=settings.delivery_retention_days),
+        )
+        workers = cls(
             rt=rt,
             gateway=gateway,
-            reconciler=rt.reconciler(worker_id=worker_id),
+            reconciler=reconciler,
             intent=intent,
             notifier=notifier,
+            commands=commands,
+            ticks=ticks,
             scheduler=AsyncIOScheduler(timezone="UTC"),
         )
-        loops.reconciler.listeners.append(loops._environment_changed)
-        loops.reconciler.after_pass = loops._reconciler_passed
-        intent.on_change = loops._intent_changed
-        intent.command_handler = CommandHandler.for_loops(loops)
-        return loops
+        reconciler.listeners.append(workers._environment_changed)
+        reconciler.after_pass = workers._reconciler_passed
+        intent.on_change = workers._intent_changed
+        intent.command_handler = commands
+        return workers
 
     def _intent_changed(self) -> None:
         """A PR's desired state changed: the reconciler claims first, the notifier after.
@@ -161,6 +171,11 @@ class Loops:
             )
             self.tasks.append(task)
 
+    def wake(self) -> None:
+        """Something changed outside the loops (the dashboard, the API): look now."""
+        self.reconciler.wakeup.set()
+        self.notifier.wakeup.set()
+
     async def resync(self) -> None:
         try:
             await self.intent.resync()
@@ -176,7 +191,10 @@ class Loops:
             asyncio.create_task(self.intent.run(self.stop, poll_interval=poll), name="intent"),
             asyncio.create_task(self.notifier.run(self.stop, poll_interval=poll), name="notify"),
         ]
-        register_ticks(self)  # TTL reaper, expiry warnings, resync, stale-lease recovery
+        # TTL reaper, expiry warnings, resync, stale-lease recovery
+        register_ticks(
+            self.scheduler, self.ticks, self.resync, self.rt.settings.scheduler_interval
+        )
         self.scheduler.start()
         if not self.gateway.local:
             self.tasks.append(asyncio.create_task(self.resync()))  # heal what happened while down
@@ -200,78 +218,3 @@ class Loops:
             )
         with contextlib.suppress(Exception):
             await self.gateway.aclose()
-
-
-class RunbotApp(FastAPI):
-    """FastAPI, with webhook deliveries handed to the intake before FastAPI's own stack."""
-
-    intake: WebhookIntake | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        intake = self.intake
-        if intake is not None and intake.matches(scope):
-            await intake(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
-
-
-def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
-    configure_logging(settings.log_level)
-    lock = acquire_sqlite_lock(settings) if background else None
-    rt = build_runtime(settings)
-    secret = webhook_secret(settings)
-    holder: dict[str, Loops] = {}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if background:
-            loops = Loops.build(rt)
-            holder["loops"] = loops
-            loops.start()
-        try:
-            yield
-        finally:
-            if "loops" in holder:
-                await holder["loops"].shutdown()
-            rt.db.dispose()
-            if lock is not None:
-                lock.close()
-
-    app = RunbotApp(title="runbot", version="0.1.0", lifespan=lifespan)
-    app.state.runtime = rt
-    app.state.loops = holder
-
-    def wake(delivery_id: str) -> None:
-        if "loops" in holder:
-            holder["loops"].intent.hint(delivery_id)
-
-    def count_delivery(event: str, result: str) -> None:
-        web.metrics.count_delivery(event, result)
-
-    # Deliveries are the hot path: the server hands them to the intake directly (RunbotApp);
-    # the route is also the first FastAPI matches, for the OpenAPI description and the docs.
-    app.intake = WebhookIntake(rt.db, lambda: secret, wake, count=count_delivery)
-    app.include_router(app.intake.router())
-    web = mount_web(app, rt, holder)
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    async def readyz() -> JSONResponse:
-        checks: dict[str, str] = {}
-        try:
-            pending = rt.db.pending_migrations()
-            checks["database"] = "ok" if not pending else f"migrations pending: {pending}"
-        except Exception as exc:
-            checks["database"] = f"unreachable: {type(exc).__name__}"
-        try:
-            rt.runner.argv_prefix()
-            checks["engine"] = "ok"
-        except EngineError as exc:
-            checks["engine"] = str(exc)
-        ready = all(value == "ok" for value in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
-
-    return app

@@ -1,0 +1,80 @@
+"""The comment-command ledger: each `/runbot` comment is acted on once, whatever retries.
+
+A delivery can be retried (GitHub outage, worker killed); the `CommentCommand` row keyed by the
+comment id keeps a retry from extending twice or replying twice. Its status moves received →
+executing → executed (outcome and reply decided, state changed) → done (reply posted,
+reaction set).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, update
+from sqlalchemy.exc import IntegrityError
+
+from app.db.models import CommentCommand, utcnow
+from app.db.session import Database
+from app.github.payloads import CommentEvent
+
+#: A command stuck "executing" this long belongs to a worker that died; another may take it.
+EXECUTING_TIMEOUT = timedelta(minutes=2)
+
+
+class Ledger:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def begin(self, event: CommentEvent, command: str) -> CommentCommand:
+        """The comment's row, recorded now unless another attempt recorded it first."""
+        with self.db.session() as session:
+            row = session.get(CommentCommand, event.comment_id)
+            if row is not None:
+                return row
+            row = CommentCommand(
+                comment_id=event.comment_id,
+                repository=event.repository,
+                pr_number=event.number,
+                author=event.author[:100],
+                command=command,
+            )
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:  # the same comment, recorded by another worker just now
+                session.rollback()
+                existing = session.get(CommentCommand, event.comment_id)
+                assert existing is not None
+                return existing
+            return row
+
+    def claim(self, comment_id: int) -> bool:
+        """Take the right to execute it: exactly one worker wins."""
+        now = utcnow()
+        with self.db.session() as session:
+            result = session.execute(
+                update(CommentCommand)
+                .where(CommentCommand.comment_id == comment_id)
+                .where(
+                    or_(
+                        CommentCommand.status == "received",
+                        (CommentCommand.status == "executing")
+                        & (CommentCommand.updated_at < now - EXECUTING_TIMEOUT),
+                    )
+                )
+                .values(status="executing", updated_at=now)
+            )
+            session.commit()
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def set(self, comment_id: int, **values: Any) -> CommentCommand:
+        with self.db.session() as session:
+            row = session.get(CommentCommand, comment_id)
+            assert row is not None
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            session.add(row)
+            session.commit()
+            return row

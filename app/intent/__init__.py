@@ -1,0 +1,1 @@
+"""From webhooks to desired state: PR facts, the pure decision, and applying it."""
