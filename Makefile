@@ -17,10 +17,12 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) -m bench
