@@ -19,12 +19,10 @@ from sqlmodel import select
 
 from app.db.models import OutboxMessage
 from app.db.session import Database
+from app.github.appgateway import GATEWAY_STATS, OUTAGE_BACKOFF, GitHubAppGateway
 from app.github.gateway import (
-    GATEWAY_STATS,
     MAX_TREE_FILES,
-    OUTAGE_BACKOFF,
     Gateway,
-    GitHubAppGateway,
     GitHubError,
     NotFoundOnGitHub,
     PullInfo,

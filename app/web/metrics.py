@@ -28,7 +28,7 @@ from sqlmodel import col, select
 
 from app.db.models import Delivery, Environment, PullRequest, Run, Silo, utcnow
 from app.db.session import Database
-from app.github.gateway import GATEWAY_STATS
+from app.github.appgateway import GATEWAY_STATS
 from app.github.intake import HANDLED_EVENTS
 from app.lifecycle.states import Status
 
