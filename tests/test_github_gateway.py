@@ -19,7 +19,7 @@ from sqlmodel import select
 
 from app.db.models import OutboxMessage
 from app.db.session import Database
-from app.github.appgateway import GATEWAY_STATS, OUTAGE_BACKOFF, GitHubAppGateway
+from app.github.appgateway import GitHubAppGateway
 from app.github.gateway import (
     MAX_TREE_FILES,
     Gateway,
@@ -29,6 +29,7 @@ from app.github.gateway import (
     RetryLater,
 )
 from app.github.outbox import OutboxGateway
+from app.github.transport import GATEWAY_STATS, OUTAGE_BACKOFF
 from app.settings import Settings, load_settings
 from tests.fakegithub.server import FakeGitHub
 
