@@ -24,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 from app.commands.handlers import CommandHandler
 from app.db.models import Environment
 from app.engine.runner import EngineError
-from app.github.gateway import Gateway, GitHubAppGateway
+from app.github.appgateway import GitHubAppGateway
+from app.github.gateway import Gateway
 from app.github.intake import WebhookIntake
 from app.github.intent import IntentProcessor
 from app.github.notify import Notifier

@@ -18,7 +18,8 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.github.gateway import Gateway, GitHubAppGateway
+from app.github.appgateway import GitHubAppGateway
+from app.github.gateway import Gateway
 from app.runtime import Runtime
 from app.web.api import api_router
 from app.web.auth import Authenticator
