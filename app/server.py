@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from app.engine.runner import EngineError
-from app.github.gateway import Gateway, GitHubAppGateway
+from app.github.appgateway import GitHubAppGateway
+from app.github.gateway import Gateway
 from app.github.intake import WebhookIntake
 from app.logging import configure_logging
 from app.runtime import build_runtime

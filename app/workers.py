@@ -21,7 +21,8 @@ from app.access.roles import Role
 from app.commands.handlers import CommandHandler
 from app.commands.registry import VOCABULARY
 from app.db.models import Environment
-from app.github.gateway import Gateway, GitHubAppGateway
+from app.github.appgateway import GitHubAppGateway
+from app.github.gateway import Gateway
 from app.github.notify import Notifier
 from app.github.outbox import OutboxGateway
 from app.intent.processor import IntentProcessor

@@ -1,4 +1,4 @@
-"""Run the benchmarks, print the table and write bench/results.json."""
+"""Run the benchmarks, print the table, write bench/results.json and render the docs from it."""
 
 from __future__ import annotations
 
@@ -13,19 +13,9 @@ import time
 import traceback
 from pathlib import Path
 
+from bench import BENCHMARKS, report
 from bench.harness import Context
 from bench.stats import Row, table
-
-BENCHMARKS = {
-    "webhook": "bench.webhook",  # 1. webhook acknowledgement
-    "lifecycle": "bench.lifecycle",  # 2. bot overhead per lifecycle step
-    "layering": "bench.layering",  # 3. instance in an existing silo vs silo + instance
-    "concurrency": "bench.concurrency",  # 4. 50 PRs at once, capped runs
-    "coalescing": "bench.coalescing",  # 5. 100 pushes within 5 s
-    "scale": "bench.scale",  # 6. 10,000 environments: ticks, API and dashboard lists
-    "footprint": "bench.footprint",  # 7. idle RSS and the leak check
-}
-RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument(
+        "--output", type=Path, default=report.RESULTS, help="where to write the JSON"
+    )
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(BENCHMARKS)
     unknown = [name for name in chosen if name not in BENCHMARKS]
@@ -47,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     timings: dict[str, float] = {}
     errors: dict[str, str] = {}
+    notes: dict[str, list[str]] = {}
     mode = "quick" if args.quick else "full"
     ctx.log(f"runbot benchmarks ({mode}): {', '.join(chosen)}; scratch {root}")
     try:
         for name in chosen:
-            started = time.monotonic()
+            started, noted = time.monotonic(), len(ctx.notes)
             ctx.log(f"== {name}")
             try:
                 module = importlib.import_module(BENCHMARKS[name])
@@ -61,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 rows.append(Row(name, "ERROR", str(exc)[:60], passed=False))
             timings[name] = time.monotonic() - started
+            notes[name] = ctx.notes[noted:]
             ctx.log(f"== {name} done in {timings[name]:.0f}s")
     finally:
         if not args.keep:
@@ -69,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     for note in ctx.notes:
         print(f"- {note}")
-    report = {
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results = {
         "mode": mode,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "when": when,
         "machine": {
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -80,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         "durations_s": timings,
         "errors": errors,
         "notes": ctx.notes,
+        # Which run each benchmark's rows come from: a partial run keeps the others' entries.
+        "runs": {
+            name: {
+                "mode": mode,
+                "when": when,
+                "duration_s": timings[name],
+                "error": errors.get(name),
+                "notes": notes[name],
+            }
+            for name in chosen
+        },
         "rows": [row.as_json() for row in rows],
     }
     if args.only and args.output.exists():
@@ -87,11 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             previous = json.loads(args.output.read_text())
             kept = [r for r in previous.get("rows", []) if r.get("bench") not in chosen]
-            report["rows"] = kept + report["rows"]
+            results["rows"] = kept + results["rows"]
+            runs = {k: v for k, v in previous.get("runs", {}).items() if k not in chosen}
+            results["runs"] = runs | results["runs"]
         except (ValueError, OSError):
             pass
-    args.output.write_text(json.dumps(report, indent=2, default=str))
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nwrote {args.output}")
+    if args.output.resolve() == report.RESULTS:
+        for path in report.write():
+            print(f"wrote {path}")
+    else:
+        print(f"docs not rendered: they follow {report.RESULTS}, not {args.output}")
     return 1 if errors else 0
 
 

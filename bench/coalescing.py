@@ -1,6 +1,8 @@
-"""5. Coalescing: 100 `synchronize` deliveries for one PR, spread evenly over 5 s, each with a
-new head commit. Counts the engine applies they caused (target ≤ 2) and checks that the commit
-finally deployed and served is the last one pushed.
+"""Coalescing: 100 `synchronize` deliveries for one PR, each with a new head commit, over 5 s.
+
+The deliveries are spread evenly over the 5 s. The benchmark counts the engine applies they
+caused (target: at most 2) and checks that the commit finally deployed and served is the last
+one pushed.
 """
 
 from __future__ import annotations

@@ -1,20 +1,21 @@
-"""4. Concurrency: 50 PRs opened at once with RUNBOT_MAX_CONCURRENT_RUNS=4.
+"""Concurrency: 50 PRs opened at once with `RUNBOT_MAX_CONCURRENT_RUNS=4`.
 
 Makespan = first `opened` webhook sent → every environment ready (observed state). Ideal =
 ceil(50 / 4) x the single-apply time, where the single-apply time is the median engine run
 (init + apply + outputs, from runbot's run table) of a PR deployed alone on the same server just
-before. Two stacks:
+before. `--quick` opens 8 PRs. Two stacks:
 
 - `local` as shipped: its applies are CPU-bound (Python and the engine starting, provisioners),
   so on a 2-core machine four at once cannot each run at their solo speed; reported with the
   CPU they used, for context;
-- `bench-io`: the same plus one instance resource that sleeps IO_SECONDS, standing for the time
-  a real instance waits on its cloud API; CPU is then a minor share and the ratio measures
-  runbot's scheduling (claims, wake-ups, the global cap). This is the row with the target.
+- `bench-io`: the same plus one instance resource that sleeps 5 s (`IO_SECONDS`), standing for
+  the time a real instance waits on its cloud API; CPU is then a minor share and the ratio
+  measures runbot's scheduling (claims, wake-ups, the global cap). This is the row with the
+  target: at most 1.2x.
 
 Also: peak RSS of `runbot serve` (and of it plus its engine children), and that nothing was lost
-(every PR has exactly one successful apply, every delivery was processed, every status comment
-eventually shows its URL).
+(every PR has exactly one successful apply, every URL answers, every delivery was processed,
+every status comment eventually shows its URL).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""7. Footprint of a real `runbot serve` (App mode, talking to the fake GitHub).
+"""Footprint of a real `runbot serve` (App mode, talking to the fake GitHub).
 
-- Idle RSS: after start-up and a few quiet seconds (target ≤ 200 MB).
+- Idle RSS: after start-up and a few quiet seconds (target: at most 200 MB).
 - Leak check: 1,000 create/destroy lifecycles driven by webhooks (opened → environment ready,
   closed → destroyed), four at a time. RSS is read at quiet points (no delivery, run or GitHub
-  write owed) after the first 100 lifecycles and after all of them; the second must be within
-  10% of the first. The PRs are spread over several installations, as an organisation-wide
-  install would be, so GitHub's write pacing (per installation) lets the notifier keep up.
+  write owed) after the first 100 lifecycles and after all of them (10 and 40 with `--quick`);
+  the second must be within 10% of the first. The PRs are spread over 8 installations, as an
+  organisation-wide install would be, so GitHub's write pacing (per installation) lets the
+  notifier keep up.
 """
 
 from __future__ import annotations

@@ -1,18 +1,20 @@
-"""3. Layering benefit: a PR's environment in an existing silo, against silo + instance from
-scratch (the silo created on the PR's first use), both timed webhook → URL in the status comment
-answering, through a real `runbot serve`.
+"""Layering: a PR's environment in an existing silo, against silo + instance from scratch.
 
-Two stacks, both copies of infra-templates/local (only the silo's default port moved to a free
+Both are timed from the webhook until the URL in the status comment answers, through a real
+`runbot serve`; from scratch, the silo is created on the PR's first use. 5 trials (2 with
+`--quick`).
+
+Two stacks, both copies of `infra-templates/local` (only the silo's default port moved to a free
 range, since a silo created on first use gets no operator vars):
 
 - `bench-local`: the local stack as shipped;
-- `bench-slow`: the same, plus one silo resource that sleeps SLOW_SILO_SECONDS, standing in for
-  the cloud resources a real silo creates. The figure is AWS's own: the shipped aws silo creates
-  a Route 53 record, and the provider waits for it to reach INSYNC; "Changes generally propagate
-  to all Route 53 name servers within 60 seconds" (Amazon Route 53 Developer Guide, "Editing
-  records"). It is a floor for that silo (it also creates an ALB, an ECS cluster...), and small
-  next to a silo holding a Kubernetes cluster: EKS control plane creation "currently averages
-  15 minutes" (aws/containers-roadmap#1227).
+- `bench-slow`: the same, plus one silo resource that sleeps 60 s (`SLOW_SILO_SECONDS`), standing
+  in for the cloud resources a real silo creates; not run with `--quick`. The figure is AWS's
+  own: the shipped aws silo creates a Route 53 record, and the provider waits for it to reach
+  INSYNC; "Changes generally propagate to all Route 53 name servers within 60 seconds" (Amazon
+  Route 53 Developer Guide, "Editing records"). It is a floor for that silo (it also creates an
+  ALB, an ECS cluster...), and small next to a silo holding a Kubernetes cluster: EKS control
+  plane creation "currently averages 15 minutes" (aws/containers-roadmap#1227).
 
 The instance template is identical in both stacks, so the in-existing-silo time measured with
 `bench-local` is the numerator of both ratios.

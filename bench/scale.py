@@ -1,17 +1,22 @@
-"""6. Scale: 10,000 environments in the database, on SQLite and on PostgreSQL.
+"""Scale: 10,000 environments in the database, on SQLite and on PostgreSQL.
 
-- Scheduler tick: the three jobs that run every RUNBOT_SCHEDULER_INTERVAL (TTL reaper, expiry
+- Scheduler tick: the three jobs that run every `RUNBOT_SCHEDULER_INTERVAL` (TTL reaper, expiry
   warnings, lease recovery), timed on the real `Ticks` object, as a share of the default 30 s
-  interval (target ≤ 1%). Resync (every 10 ticks, at least 60 s) is GitHub-bound: it lists open
-  PRs through the API, so its cost is GitHub's latency, not the database's; it is not timed.
+  interval (target: at most 1%). Resync (every 10 ticks, at least 60 s) is GitHub-bound: it
+  lists open PRs through the API, so its cost is GitHub's latency, not the database's; it is not
+  timed.
 - The REST API list page (`GET /api/environments?page=N`, bearer token) and the dashboard list
-  page (`GET /?page=N`) of a real `runbot serve`, against the raw indexed query that page needs
-  (`... ORDER BY created_at DESC, id DESC LIMIT 50 OFFSET ...` through the bare DB driver).
+  page (`GET /?page=N`) of a real `runbot serve`, first and last page of 50, against the raw
+  indexed query that page needs (`... ORDER BY created_at DESC, id DESC LIMIT 50 OFFSET ...`
+  through the bare DB driver).
 
-All 10,000 environments are live (ready, expiring over the next week, none inside its warning
-window yet). Before the indexed `warn_at` column this was the ticks' worst case: the warning
-tick loaded every live environment to test its window in Python (425 ms, 1.42% of the
-interval); now the index hands it only the rows whose warning is due.
+PostgreSQL is a scratch database, created and dropped by the run, on the server named by
+`RUNBOT_TEST_POSTGRES_URL`. `--quick` seeds 2,000 environments.
+
+All environments are live (ready, expiring over the next week, none inside its warning window
+yet). Before the indexed `warn_at` column this was the ticks' worst case: the warning tick
+loaded every live environment to test its window in Python (425 ms, 1.42% of the interval); now
+the index hands it only the rows whose warning is due.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from typing import Any
 from sqlmodel import select
 
 from app.db.models import CommentCommand, Environment, PullRequest
+from app.github.appgateway import GitHubAppGateway
 from app.github.comment import MARKER
-from app.github.gateway import GitHubAppGateway
 from app.lifecycle.service import pull_id
 from app.runtime import build_runtime
 from app.schedule.ticks import Ticks

@@ -2,12 +2,13 @@
 
 - Every `runbot ...` line in a fenced shell block of README.md, docs/*.md and deploy/README.md is
   parsed by the real typer/click command tree (subcommands, options, arguments, value types).
+  CHANGELOG.md has no shell blocks; its inline spans are checked like the others.
 - Inline `runbot ...` code spans must name real subcommands and options.
 - The docs' shell blocks hold nothing but `runbot` commands (README may also `make`), so no
   command sneaks in that no test runs.
 - The quick commands (`doctor`, `list`, `--help`) are run for real on a temporary setup, and the
-  "Writing a stack" walkthrough is run end to end with the embedded engine on the very stack the
-  page shows.
+  "Writing a stack" and "Without GitHub: the CLI" walkthroughs are run end to end with the
+  embedded engine (the first on the very stack its page shows).
 - The permission and event tables match what `runbot setup` puts in the manifest.
 """
 
@@ -31,11 +32,17 @@ from app.setup import AUTOMATIC_EVENTS, EVENTS, PERMISSIONS
 from app.stacks.catalog import load_stack
 from tests.conftest import ROOT, TEMPLATES, port_range_free
 
-DOCS = [ROOT / "README.md", ROOT / "deploy" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "CHANGELOG.md",
+    ROOT / "deploy" / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 SHELL_LANGUAGES = {"sh", "bash", "shell", "console", "shell-session"}
 _FENCE = re.compile(r"^\s*```\s*([\w-]*)\s*$")
 _INLINE = re.compile(r"`(runbot [^`]+)`")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_HEADING = re.compile(r"(#+) ")
 
 
 @dataclass(frozen=True)
@@ -296,16 +303,35 @@ def test_writing_stacks_walkthrough_runs(
     assert env_id.startswith("pr-1-")
 
 
+def section_commands(page: str, heading: str) -> list[DocCommand]:
+    """The documented commands of `page` (a path under ROOT) between `heading` and the next."""
+    lines = (ROOT / page).read_text().splitlines()
+    first = lines.index(heading) + 1
+    level = len(heading) - len(heading.lstrip("#"))
+    last = next(
+        (
+            number
+            for number, line in enumerate(lines[first:], start=first + 1)
+            if (match := _HEADING.match(line)) and len(match.group(1)) <= level
+        ),
+        len(lines) + 1,
+    )
+    return [
+        command
+        for command in COMMANDS
+        if command.where.rpartition(":")[0] == page
+        and first < int(command.where.rpartition(":")[2]) < last
+    ]
+
+
 @pytest.mark.engine
-def test_readme_cli_walkthrough_runs(local_setup: Path) -> None:
-    """README's "Operating without GitHub" block, plus operating.md's log commands, for real."""
+def test_cli_walkthrough_runs(local_setup: Path) -> None:
+    """operating.md's "Without GitHub: the CLI" block, plus its log commands, for real."""
     if not port_range_free(LOCAL_PORT_BASE, 1):
         pytest.skip(f"port {LOCAL_PORT_BASE} (the local stack's default port_base) is in use")
-    readme = [
-        c for c in COMMANDS if c.where.startswith("README.md") and c.argv[0] in ("silo", "env")
-    ]
-    logs = [c for c in COMMANDS if c.where.startswith("docs/operating.md") and c.argv[0] == "env"]
-    assert [c.argv[:2] for c in readme] == [
+    cli_block = section_commands("docs/operating.md", "## Without GitHub: the CLI")
+    logs = section_commands("docs/operating.md", "## Logs")
+    assert [c.argv[:2] for c in cli_block] == [
         ("silo", "create"),
         ("env", "create"),
         ("env", "list"),
@@ -315,7 +341,7 @@ def test_readme_cli_walkthrough_runs(local_setup: Path) -> None:
         ("silo", "destroy"),
     ]
     assert logs and all(c.argv[:2] == ("env", "logs") for c in logs)
-    env_id = run_walkthrough([*readme[:5], *logs, *readme[5:]], "pr-42-k3x9q")
+    env_id = run_walkthrough([*cli_block[:5], *logs, *cli_block[5:]], "pr-42-k3x9q")
     assert env_id.startswith("pr-42-")
 
 

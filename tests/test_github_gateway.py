@@ -20,18 +20,17 @@ from sqlmodel import select
 from app.access.roles import Role
 from app.db.models import OutboxMessage
 from app.db.session import Database
+from app.github.appgateway import GitHubAppGateway
 from app.github.gateway import (
-    GATEWAY_STATS,
     MAX_TREE_FILES,
-    OUTAGE_BACKOFF,
     Gateway,
-    GitHubAppGateway,
     GitHubError,
     NotFoundOnGitHub,
     RetryLater,
 )
 from app.github.outbox import OutboxGateway
 from app.github.payloads import PullFacts
+from app.github.transport import GATEWAY_STATS, OUTAGE_BACKOFF
 from app.settings import Settings, load_settings
 from tests.fakegithub.server import FakeGitHub
 

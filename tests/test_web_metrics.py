@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.access.roles import Role
 from app.db.models import Environment, Run, utcnow
-from app.github.gateway import GitHubAppGateway
+from app.github.appgateway import GitHubAppGateway
 from app.logging import configure_logging, log_context
 from app.server import create_app
 from app.web.metrics import Metrics

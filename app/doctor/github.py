@@ -103,7 +103,7 @@ def _private_key_problem(settings: Settings) -> str | None:
 
 
 async def _get_app(settings: Settings) -> dict[str, Any]:
-    from app.github.gateway import GitHubAppGateway
+    from app.github.appgateway import GitHubAppGateway
 
     gateway = GitHubAppGateway(settings)
     try:

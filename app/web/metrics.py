@@ -28,8 +28,8 @@ from sqlmodel import col, select
 
 from app.db.models import Delivery, Environment, PullRequest, Run, Silo, utcnow
 from app.db.session import Database
-from app.github.gateway import GATEWAY_STATS
 from app.github.intake import HANDLED_EVENTS
+from app.github.transport import GATEWAY_STATS
 from app.lifecycle.states import Status
 
 KNOWN_EVENTS = HANDLED_EVENTS | {"push", "check_run", "deployment", "deployment_status"}
