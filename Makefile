@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install demo test lint bench drills clean
+.PHONY: install demo test lint typecheck bench drills clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -19,8 +19,12 @@ test: install
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-lint: install
+lint: install typecheck
 	$(VENV)/bin/ruff check app tests bench
+
+# mypy over app/, configured in pyproject.toml ([tool.mypy]).
+typecheck: install
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) -m bench
