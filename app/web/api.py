@@ -8,7 +8,7 @@ callers get 401. Lists are paginated (`page`, `per_page` up to 200) and newest f
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Literal, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -19,6 +19,7 @@ from app.web.views import (
     DEFAULT_PER_PAGE,
     MAX_PER_PAGE,
     ActionOut,
+    EnvAction,
     EnvironmentOut,
     LogOut,
     OutboxOut,
@@ -26,20 +27,22 @@ from app.web.views import (
     RunOut,
     Service,
     ServiceError,
+    SiloAction,
     SiloOut,
     UsageOut,
 )
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
-ENV_ACTIONS: dict[str, str] = {
+ENV_ACTIONS: dict[EnvAction, str] = {
     "extend": "Push the expiry back by `by` (e.g. 4h), never past the maximum lifetime.",
     "destroy": "Tear the environment down now.",
     "redeploy": "Destroy it and create a fresh one (new id) at the same commit.",
     "sleep": "Suspend it: the stack applies with runbot_suspended=true.",
     "wake": "Resume a suspended environment.",
 }
-SILO_ACTIONS: dict[str, str] = {
+SILO_ACTIONS: dict[SiloAction, str] = {
     "update": "Re-apply the silo (a git stack moves to its ref's newest commit). Operators only.",
     "destroy": "Destroy the silo; refused while environments live unless `force`. Operators only.",
 }
@@ -67,7 +70,7 @@ def _fail(exc: ServiceError | AuthError) -> HTTPException:
     return HTTPException(exc.status, exc.message)
 
 
-async def _sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def _sync(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
     except ServiceError as exc:
@@ -153,7 +156,7 @@ def api_router(service: Service, auth: Authenticator) -> APIRouter:
         """Engine runs of the environment, newest first."""
         return await _sync(service.runs_of, principal, "environment", env_id, page, per_page)
 
-    def add_environment_action(action: str, summary: str) -> None:
+    def add_environment_action(action: EnvAction, summary: str) -> None:
         async def act(
             env_id: str,
             body: EnvironmentActionIn | None = None,
@@ -161,7 +164,7 @@ def api_router(service: Service, auth: Authenticator) -> APIRouter:
         ) -> ActionOut:
             by = body.by if body else None
             return await _async(
-                lambda: service.act_on_environment(principal, env_id, action, "api", by)  # type: ignore[arg-type]
+                lambda: service.act_on_environment(principal, env_id, action, "api", by)
             )
 
         router.add_api_route(
@@ -200,14 +203,14 @@ def api_router(service: Service, auth: Authenticator) -> APIRouter:
     ) -> PageOut[RunOut]:
         return await _sync(service.runs_of, principal, "silo", name, page, per_page)
 
-    def add_silo_action(action: str, summary: str) -> None:
+    def add_silo_action(action: SiloAction, summary: str) -> None:
         async def act(
             name: str,
             body: SiloActionIn | None = None,
             principal: Principal = Depends(csrf_checked),
         ) -> ActionOut:
             force = body.force if body else False
-            return await _async(lambda: service.act_on_silo(principal, name, action, force))  # type: ignore[arg-type]
+            return await _async(lambda: service.act_on_silo(principal, name, action, force))
 
         router.add_api_route(
             f"/silos/{{name}}/{action}",

@@ -9,10 +9,10 @@ fresh. Actions are HTML form POSTs carrying the session's CSRF token, answered w
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
@@ -31,11 +31,13 @@ from app.web.views import (
     ENV_ACTIONS,
     SILO_ACTIONS,
     STATUS_FILTERS,
+    EnvAction,
     LogOut,
     PageOut,
     RunOut,
     Service,
     ServiceError,
+    SiloAction,
     UsageOut,
 )
 
@@ -179,6 +181,10 @@ def make_templates() -> Environment:
 
 
 # ----- routes --------------------------------------------------------------------------------
+
+
+#: A page body: given the signed-in principal, their session, and whether that session is new.
+Page = Callable[[Principal, Session, bool], Awaitable[Response]]
 
 
 class Redirect(Exception):
@@ -325,7 +331,7 @@ class Dashboard:
         router = APIRouter(include_in_schema=False)
         service = self.service
 
-        async def guarded(request: Request, page: Any) -> Response:
+        async def guarded(request: Request, page: Page) -> Response:
             try:
                 principal, session, new = await self.who(request)
                 return await page(principal, session, new)
@@ -432,7 +438,7 @@ class Dashboard:
                     result = await service.act_on_environment(
                         principal,
                         env_id,
-                        action,  # type: ignore[arg-type]
+                        cast(EnvAction, action),  # action_form refused any not in ENV_ACTIONS
                         "dashboard",
                         by,
                     )
@@ -495,7 +501,7 @@ class Dashboard:
                     result = await service.act_on_silo(
                         principal,
                         name,
-                        action,  # type: ignore[arg-type]
+                        cast(SiloAction, action),  # action_form refused any not in SILO_ACTIONS
                         form.get("force") == "on",
                     )
                 except ServiceError as exc:
