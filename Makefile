@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install demo test lint bench drills clean
+.PHONY: install demo test lint typecheck bench drills clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,9 +20,14 @@ test: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
+# ruff first: it takes a second, mypy (configured in pyproject.toml) about a minute.
 lint: install
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+typecheck: install
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) -m bench

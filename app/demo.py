@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import httpx
 import uvicorn
@@ -38,7 +38,7 @@ class DemoError(Exception):
 
 
 async def _post(
-    client: httpx.AsyncClient, base: str, secret: str, event: str, payload: dict
+    client: httpx.AsyncClient, base: str, secret: str, event: str, payload: Mapping[str, object]
 ) -> None:
     body = json.dumps(payload).encode()
     response = await client.post(
@@ -88,7 +88,8 @@ def _show_outbox(rt: Runtime, since: int) -> int:
         rows = list(session.exec(select(OutboxMessage).where(col(OutboxMessage.id) > since)))
     for row in rows:
         print(f"    outbox: {row.method} {row.path}")
-    return rows[-1].id if rows else since
+    last = rows[-1].id if rows else None  # a stored row always has its id
+    return since if last is None else last
 
 
 async def run_demo(settings: Settings, port: int = 8000, keep: bool = True) -> int:

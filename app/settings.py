@@ -10,7 +10,7 @@ import re
 import shutil
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -143,10 +143,13 @@ class Settings(BaseSettings):
 _SECRET_WORDS = re.compile(r"secret|key|token|password", re.IGNORECASE)
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build settings, turning pydantic's report into one plain sentence per bad setting."""
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning pydantic's report into one plain sentence per bad setting.
+
+    The overrides are raw values for pydantic to validate (hence `Any`, as in its own `__init__`),
+    plus its source options such as `_env_file`."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -16,12 +16,16 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
     event,
+    inspect,
     text,
 )
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.orm import Mapper
 from sqlmodel import Field, SQLModel
 
 from app.ttl.policy import policy_from_record, warning_due_at
@@ -33,20 +37,29 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a table model, for Core statements: SQLModel sets `__table__` on each
+    table class but does not declare it, so type checkers cannot see it."""
+    table = inspect(model).local_table
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a table")
+    return table
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Stores naive UTC, returns aware UTC: SQLite drops tzinfo, so normalise on both engines."""
 
     impl = DateTime
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         return value.astimezone(UTC).replace(tzinfo=None)
 
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
 
 
@@ -140,7 +153,7 @@ def warning_time(expires_at: datetime | None, ttl: dict[str, Any] | None) -> dat
 
 @event.listens_for(Environment, "before_insert")
 @event.listens_for(Environment, "before_update")
-def _keep_warn_at(_mapper: Any, _connection: Any, env: Environment) -> None:
+def _keep_warn_at(_mapper: Mapper[Environment], _connection: Connection, env: Environment) -> None:
     """Every ORM write of an environment keeps ``warn_at`` in step with its expiry."""
     env.warn_at = warning_time(env.expires_at, env.ttl)
 

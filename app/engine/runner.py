@@ -415,7 +415,7 @@ class EngineRunner:
                 on_line(redact(raw.decode(errors="replace").rstrip("\n")))
 
         pump_task = asyncio.create_task(pump())
-        waiters = {pump_task}
+        waiters: set[asyncio.Task[object]] = {pump_task}
         cancel_task = asyncio.create_task(cancel.wait()) if cancel else None
         if cancel_task:
             waiters.add(cancel_task)

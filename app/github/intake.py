@@ -21,9 +21,10 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
 from starlette.types import Receive, Scope, Send
 
-from app.db.models import Delivery, utcnow
+from app.db.models import Delivery, table_of, utcnow
 from app.db.session import Database
 
 log = logging.getLogger("runbot.intake")
@@ -123,23 +124,24 @@ class SqliteInlineInsert:
 
     CHECKPOINT_BYTES = 4 * 2**20  # about SQLite's default, 1,000 pages of 4 kB
 
-    def __init__(self, db: Database, statement: Any) -> None:
+    def __init__(self, db: Database, statement: Insert) -> None:
         self.db = db
         dialect = db.engine.dialect
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
-        table = Delivery.__table__  # type: ignore[attr-defined]
+        table = table_of(Delivery)
         self._columns = [
             (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
             for name in compiled.positiontup or []
         ]
-        self._connection: Any = None
+        self._connection: sqlite3.Connection | None = None
         self._unchecked = 0  # payload bytes committed since the last checkpoint began
         self._checkpoint: asyncio.Future[None] | None = None
 
-    def _connect(self) -> Any:
+    def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
-            connection = self.db.own_connection()  # the engine's pragmas (WAL, synchronous)
+            # The engine's pragmas (WAL, synchronous); a SQLite engine's driver connection.
+            connection: sqlite3.Connection = self.db.own_connection()
             connection.isolation_level = None  # transactions are begun and ended here
             connection.execute("PRAGMA busy_timeout=0")
             connection.execute("PRAGMA wal_autocheckpoint=0")
@@ -197,7 +199,7 @@ class DeliveryRecorder:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        table = Delivery.__table__  # type: ignore[attr-defined]
+        table = table_of(Delivery)
         dialect = postgresql if db.is_postgres else sqlite
         upsert = dialect.insert(table).on_conflict_do_nothing(index_elements=["id"])
         self._statement = upsert.returning(table.c.id)

@@ -51,11 +51,12 @@ class StackError(Exception):
     """
 
 
-def validate_name(kind: str, name: str) -> str:
+def validate_name(kind: str, name: object) -> str:
     """Return `name` unchanged if it is safe to use as a directory and resource name.
 
     Names end up in filesystem paths and Terraform workspace/resource names, so
-    anything that could traverse a path or collide by case is refused up front.
+    anything that could traverse a path or collide by case is refused up front. It may come
+    straight from YAML, so a non-string is refused too.
     """
     if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
         raise StackError(

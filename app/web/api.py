@@ -8,7 +8,7 @@ callers get 401. Lists are paginated (`page`, `per_page` up to 200) and newest f
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Literal, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.commands.registry import COMMANDS
 from app.web.auth import Authenticator, AuthError, Principal
-from app.web.service import Service, ServiceError
+from app.web.service import Service, ServiceError, SiloAction
 from app.web.views import (
     DEFAULT_PER_PAGE,
     MAX_PER_PAGE,
@@ -31,8 +31,9 @@ from app.web.views import (
 )
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
-SILO_ACTIONS: dict[str, str] = {
+SILO_ACTIONS: dict[SiloAction, str] = {
     "update": "Re-apply the silo (a git stack moves to its ref's newest commit). Operators only.",
     "destroy": "Destroy the silo; refused while environments live unless `force`. Operators only.",
 }
@@ -60,7 +61,7 @@ def _fail(exc: ServiceError | AuthError) -> HTTPException:
     return HTTPException(exc.status, exc.message)
 
 
-async def _sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def _sync(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
     except ServiceError as exc:
@@ -194,14 +195,14 @@ def api_router(service: Service, auth: Authenticator) -> APIRouter:
     ) -> PageOut[RunOut]:
         return await _sync(service.runs_of, principal, "silo", name, page, per_page)
 
-    def add_silo_action(action: str, summary: str) -> None:
+    def add_silo_action(action: SiloAction, summary: str) -> None:
         async def act(
             name: str,
             body: SiloActionIn | None = None,
             principal: Principal = Depends(csrf_checked),
         ) -> ActionOut:
             force = body.force if body else False
-            return await _async(lambda: service.act_on_silo(principal, name, action, force))  # type: ignore[arg-type]
+            return await _async(lambda: service.act_on_silo(principal, name, action, force))
 
         router.add_api_route(
             f"/silos/{{name}}/{action}",

@@ -9,10 +9,10 @@ fresh. Actions are HTML form POSTs carrying the session's CSRF token, answered w
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
@@ -28,7 +28,7 @@ from app.db.models import utcnow
 from app.lifecycle.states import BUSY
 from app.ttl.policy import humanize_until
 from app.web.auth import SESSION_COOKIE, Authenticator, AuthError, Principal, Session, stored_secret
-from app.web.service import SILO_ACTIONS, Service, ServiceError
+from app.web.service import SILO_ACTIONS, Service, ServiceError, SiloAction
 from app.web.views import STATUS_FILTERS, LogOut, PageOut, RunOut, UsageOut
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -171,6 +171,10 @@ def make_templates() -> Environment:
 
 
 # ----- routes --------------------------------------------------------------------------------
+
+
+#: A page body: given the signed-in principal, their session, and whether that session is new.
+Page = Callable[[Principal, Session, bool], Awaitable[Response]]
 
 
 class Redirect(Exception):
@@ -317,7 +321,7 @@ class Dashboard:
         router = APIRouter(include_in_schema=False)
         service = self.service
 
-        async def guarded(request: Request, page: Any) -> Response:
+        async def guarded(request: Request, page: Page) -> Response:
             try:
                 principal, session, new = await self.who(request)
                 return await page(principal, session, new)
@@ -424,7 +428,7 @@ class Dashboard:
                     result = await service.act_on_environment(
                         principal,
                         env_id,
-                        action,  # type: ignore[arg-type]
+                        action,
                         "dashboard",
                         by,
                     )
@@ -487,7 +491,7 @@ class Dashboard:
                     result = await service.act_on_silo(
                         principal,
                         name,
-                        action,  # type: ignore[arg-type]
+                        cast(SiloAction, action),  # action_form refused any not in SILO_ACTIONS
                         form.get("force") == "on",
                     )
                 except ServiceError as exc:

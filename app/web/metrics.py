@@ -18,13 +18,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from app.db.models import Delivery, Environment, PullRequest, Run, Silo, utcnow
 from app.db.session import Database
@@ -71,7 +70,7 @@ class RunObserver:
             self.durations.labels(run.operation, stack).observe(seconds)
 
 
-def _stacks_of(session: Any, runs: list[Run]) -> dict[tuple[str, str], str]:
+def _stacks_of(session: Session, runs: list[Run]) -> dict[tuple[str, str], str]:
     envs = {r.target_id for r in runs if r.target_kind == "environment"}
     silos = {r.target_id for r in runs if r.target_kind == "silo"}
     found: dict[tuple[str, str], str] = {}
@@ -125,10 +124,10 @@ class StateCollector(Collector):
             for status in Status:
                 if status is not Status.DESTROYED:
                     envs.add_metric([status.value], counts.get(status.value, 0))
-            for status, count in session.exec(
+            for silo_status, count in session.exec(
                 select(Silo.status, func.count()).group_by(Silo.status)
             ).all():
-                silos.add_metric([status], count)
+                silos.add_metric([silo_status], count)
             waiting = 0
             oldest: datetime | None = None
             for model in (Silo, Environment):
@@ -138,9 +137,8 @@ class StateCollector(Collector):
                     .where(col(model.lease_owner).is_(None))
                 ).one()
                 waiting += n
-                if first is not None:
-                    first = _aware(first)
-                    oldest = first if oldest is None else min(oldest, first)
+                if (since := _aware(first)) is not None:
+                    oldest = since if oldest is None else min(oldest, since)
             depth.add_metric(["reconcile"], waiting)
             age.add_metric(["reconcile"], _age(oldest, now))
             n, first = session.exec(
@@ -160,7 +158,7 @@ class StateCollector(Collector):
         yield from (envs, silos, depth, age)
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def _aware(value: datetime | str | None) -> datetime | None:
     """Aggregates (min) bypass the column type, so SQLite hands back naive UTC or a string."""
     if value is None:
         return None

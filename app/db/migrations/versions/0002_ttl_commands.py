@@ -8,7 +8,7 @@ Create Date: 2026-11-21 02:30:42.203272
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 import app.db.models
