@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import update
+from sqlmodel import col
 
 from app.commands.grammar import PREFIX, Command, Vocabulary
 from app.commands.replies import Outcome, failed, render_extend_refused
@@ -68,9 +69,9 @@ class CommandContext:
         without its required labels); `/runbot destroy` withdraws it."""
         key = pull_id(self.event.repository, self.event.number)
         with self.db.session() as session:
-            session.execute(
+            session.exec(
                 update(PullRequest)
-                .where(PullRequest.id == key)
+                .where(col(PullRequest.id) == key)
                 .values(approved_sha=sha, updated_at=utcnow())
             )
             session.commit()

@@ -233,7 +233,7 @@ class Vocabulary:
         ]
         return "\n".join(lines)
 
-    def parse(self, body: str, app_slug: str | None = None) -> Command | CommandError | None:
+    def parse(self, body: object, app_slug: str | None = None) -> Command | CommandError | None:
         """Read a PR comment: a Command, a CommandError to reply with, or None to ignore it.
 
         ``app_slug`` (e.g. ``runbot-dev``) additionally accepts ``@runbot-dev`` as the prefix.

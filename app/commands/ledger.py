@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from app.db.models import CommentCommand, utcnow
 from app.db.session import Database
@@ -53,20 +54,20 @@ class Ledger:
         """Take the right to execute it: exactly one worker wins."""
         now = utcnow()
         with self.db.session() as session:
-            result = session.execute(
+            result = session.exec(
                 update(CommentCommand)
-                .where(CommentCommand.comment_id == comment_id)
+                .where(col(CommentCommand.comment_id) == comment_id)
                 .where(
                     or_(
-                        CommentCommand.status == "received",
-                        (CommentCommand.status == "executing")
-                        & (CommentCommand.updated_at < now - EXECUTING_TIMEOUT),
+                        col(CommentCommand.status) == "received",
+                        (col(CommentCommand.status) == "executing")
+                        & (col(CommentCommand.updated_at) < now - EXECUTING_TIMEOUT),
                     )
                 )
                 .values(status="executing", updated_at=now)
             )
             session.commit()
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            return bool(result.rowcount == 1)
 
     def set(self, comment_id: int, **values: Any) -> CommentCommand:
         with self.db.session() as session:

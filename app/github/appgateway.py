@@ -9,22 +9,25 @@ from typing import TYPE_CHECKING, Any, Unpack
 from urllib.parse import quote
 
 from githubkit import GitHub
+from githubkit.utils import UNSET
 
 from app.access.roles import Role, role_from_permission
 from app.github.gateway import (
-    DEPLOYMENT_STATES,
     REACTIONS,
     GitHubError,
     NotFoundOnGitHub,
     check_tree_limits,
     fit_comment,
     fit_status_description,
+    is_deployment_state,
+    is_reaction,
 )
 from app.github.payloads import PullFacts, at, pull_facts
 from app.github.transport import (
     MAX_PAGES,
     PER_PAGE,
     GitHubTransport,
+    Send,
     TransportOptions,
     _payload,
     github_message,
@@ -224,7 +227,7 @@ class GitHubAppGateway:
     async def add_reaction(
         self, installation_id: int | None, repo: str, comment_id: int, content: str
     ) -> None:
-        if content not in REACTIONS:
+        if not is_reaction(content):
             raise ValueError(f"unknown reaction {content!r}; GitHub accepts {sorted(REACTIONS)}")
         owner, name = split_repo(repo)
         await self._transport.call(
@@ -284,14 +287,9 @@ class GitHubAppGateway:
         description: str,
     ) -> None:
         """Report progress; ``auto_inactive=False`` because runbot marks old ones itself."""
-        if state not in DEPLOYMENT_STATES:
+        if not is_deployment_state(state):
             raise ValueError(f"unknown deployment state {state!r}")
         owner, name = split_repo(repo)
-        extra: dict[str, str] = {}
-        if environment_url is not None:
-            extra["environment_url"] = environment_url
-        if log_url is not None:
-            extra["log_url"] = log_url
         short = fit_status_description(description)
         await self._transport.call(
             installation_id,
@@ -302,10 +300,12 @@ class GitHubAppGateway:
                 owner,
                 name,
                 deployment_id,
-                state=state,  # type: ignore[arg-type]  # checked against DEPLOYMENT_STATES
+                state=state,
                 description=short,
                 auto_inactive=False,
-                **extra,
+                # Left out, not null, when there is none (as GitHub's own clients do).
+                environment_url=UNSET if environment_url is None else environment_url,
+                log_url=UNSET if log_url is None else log_url,
             ),
         )
 
@@ -368,9 +368,7 @@ class GitHubAppGateway:
             response = await self._transport.attempt(
                 f"list the repositories of installation {installation_id}",
                 "GET",
-                lambda gh, page=page: gh.rest.apps.async_list_repos_accessible_to_installation(
-                    per_page=PER_PAGE, page=page
-                ),
+                _repos_page(page),
                 installation_id,
             )
             data = _payload(response)
@@ -452,3 +450,11 @@ class GitHubAppGateway:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+def _repos_page(page: int) -> Send:
+    """One page of the installation's repositories (bound here: a lambda in a loop would see
+    the last page number)."""
+    return lambda gh: gh.rest.apps.async_list_repos_accessible_to_installation(
+        per_page=PER_PAGE, page=page
+    )

@@ -18,7 +18,7 @@ Failure contract for callers (the notifier and the webhook workers):
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeGuard, get_args, runtime_checkable
 
 from app.access.roles import Role
 from app.github.payloads import PullFacts
@@ -29,13 +29,17 @@ __all__ = [
     "MAX_TREE_BYTES",
     "MAX_TREE_FILES",
     "REACTIONS",
+    "DeploymentState",
     "Gateway",
     "GitHubError",
     "NotFoundOnGitHub",
+    "Reaction",
     "RetryLater",
     "check_tree_limits",
     "fit_comment",
     "fit_status_description",
+    "is_deployment_state",
+    "is_reaction",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,10 +53,20 @@ MAX_COMMENT_CHARS = 65_536
 #: GitHub rejects deployment status descriptions longer than 140 characters.
 MAX_STATUS_DESCRIPTION = 140
 
-REACTIONS = frozenset({"+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"})
-DEPLOYMENT_STATES = frozenset(
-    {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
-)
+Reaction = Literal["+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"]
+DeploymentState = Literal[
+    "error", "failure", "inactive", "in_progress", "queued", "pending", "success"
+]
+REACTIONS: frozenset[str] = frozenset(get_args(Reaction))
+DEPLOYMENT_STATES: frozenset[str] = frozenset(get_args(DeploymentState))
+
+
+def is_reaction(value: str) -> TypeGuard[Reaction]:
+    return value in REACTIONS
+
+
+def is_deployment_state(value: str) -> TypeGuard[DeploymentState]:
+    return value in DEPLOYMENT_STATES
 
 
 class GitHubError(Exception):

@@ -189,9 +189,9 @@ class Notifier:
 
             candidates = sorted(found, key=rank)
             for key, version in candidates:
-                result = session.execute(
+                result = session.exec(
                     update(PullRequest)
-                    .where(PullRequest.id == key)
+                    .where(col(PullRequest.id) == key)
                     .where(
                         or_(
                             col(PullRequest.sync_lease_expires_at).is_(None),
@@ -201,7 +201,7 @@ class Notifier:
                     .values(sync_lease_owner=self.worker_id, sync_lease_expires_at=now + self.lease)
                 )
                 session.commit()
-                if result.rowcount == 1:  # type: ignore[attr-defined]
+                if result.rowcount == 1:
                     return key, version
         return None
 
@@ -235,9 +235,12 @@ class Notifier:
     def _renew(self, key: str) -> None:
         """Extend this worker's lease on a PR's sync while the sync is still going."""
         with self.db.session() as session:
-            session.execute(
+            session.exec(
                 update(PullRequest)
-                .where(PullRequest.id == key, PullRequest.sync_lease_owner == self.worker_id)
+                .where(
+                    col(PullRequest.id) == key,
+                    col(PullRequest.sync_lease_owner) == self.worker_id,
+                )
                 .values(sync_lease_expires_at=utcnow() + self.lease)
             )
             session.commit()
@@ -512,7 +515,7 @@ class Notifier:
 
     def _save(self, key: str, **values: Any) -> None:
         with self.db.session() as session:
-            session.execute(update(PullRequest).where(PullRequest.id == key).values(**values))
+            session.exec(update(PullRequest).where(col(PullRequest.id) == key).values(**values))
             session.commit()
 
     async def _sync_config_error(self, pull: PullRequest, body: str) -> None:

@@ -192,6 +192,12 @@ class _Installation:
 
 
 Send = Callable[[GitHub[Any]], Awaitable["Response[Any]"]]
+SendPage = Callable[[GitHub[Any], int], Awaitable["Response[Any]"]]
+
+
+def _on_page(fetch: SendPage, page: int) -> Send:
+    """``fetch`` bound to one page number (a lambda in a loop would see the last one)."""
+    return lambda gh: fetch(gh, page)
 
 
 # ---------------------------------------------------------------------------- the transport
@@ -460,17 +466,11 @@ class GitHubTransport:
         installation_id: int | None,
         repo: str,
         what: str,
-        fetch: Callable[[GitHub[Any], int], Awaitable[Response[Any]]],
+        fetch: SendPage,
     ) -> AsyncIterator[Response[Any]]:
         """Follow ``Link: rel="next"`` pages, each a separately rate-limit-handled read."""
         for page in range(1, MAX_PAGES + 1):
-            response = await self.call(
-                installation_id,
-                repo,
-                what,
-                "GET",
-                lambda gh, page=page: fetch(gh, page),
-            )
+            response = await self.call(installation_id, repo, what, "GET", _on_page(fetch, page))
             yield response
             if not has_next_page(response):
                 return

@@ -64,13 +64,13 @@ class DeliveryQueue:
             while self._candidates:
                 delivery_id = self._candidates.popleft()
                 with self.db.session() as session:
-                    result = session.execute(
+                    result = session.exec(
                         update(Delivery)
-                        .where(Delivery.id == delivery_id, *claimable)
+                        .where(col(Delivery.id) == delivery_id, *claimable)
                         .values(processed_at=now, attempts=Delivery.attempts + 1)
                     )
                     session.commit()
-                    if result.rowcount == 1:  # type: ignore[attr-defined]
+                    if result.rowcount == 1:
                         return session.get(Delivery, delivery_id)
             with self.db.session() as session:
                 found = session.exec(oldest_claimable(now, self.lease, CLAIM_BATCH)).all()

@@ -480,9 +480,9 @@ class IntentProcessor:
             )
             if until <= now:
                 return
-            session.execute(
+            session.exec(
                 update(Environment)
-                .where(Environment.id == env_id, Environment.generation == env.generation)
+                .where(col(Environment.id) == env_id, col(Environment.generation) == env.generation)
                 .values(next_attempt_at=until)
             )
             session.commit()

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from app.db.models import Environment, PullRequest, Silo, utcnow
 from app.db.session import Database
@@ -58,9 +58,9 @@ def lifetime_limit(env: Environment) -> datetime | None:
 
 def mark_pull_dirty(session: Any, repository: str, pr_number: int) -> None:
     """The PR's status comment and deployment must be re-rendered: bump its sync version."""
-    session.execute(
+    session.exec(
         update(PullRequest)
-        .where(PullRequest.id == pull_id(repository, pr_number))
+        .where(col(PullRequest.id) == pull_id(repository, pr_number))
         .values(sync_version=PullRequest.sync_version + 1)
     )
 
@@ -178,7 +178,7 @@ class Lifecycle:
         with self.db.session() as session:
             return list(session.exec(select(Silo).order_by(Silo.name)))
 
-    def _live_silo(self, session: Any, name: str) -> Silo:
+    def _live_silo(self, session: Session, name: str) -> Silo:
         silo = session.get(Silo, name)
         if silo is None or silo.status == Status.DESTROYED:
             raise NotFound(f"no live silo named '{name}'; `runbot silo list` shows the silos")
@@ -275,7 +275,7 @@ class Lifecycle:
                 return existing
             return env
 
-    def _load_env(self, session: Any, env_id: str) -> Environment:
+    def _load_env(self, session: Session, env_id: str) -> Environment:
         env = session.get(Environment, env_id)
         if env is None:
             raise NotFound(f"no environment '{env_id}'; `runbot env list` shows them")
@@ -371,11 +371,11 @@ class Lifecycle:
         in the meantime moves ``expires_at`` so the row no longer matches at all.
         """
         with self.db.session() as session:
-            result = session.execute(
+            result = session.exec(
                 update(Environment)
-                .where(Environment.id == env_id)
-                .where(Environment.desired != Desired.ABSENT)
-                .where(Environment.status != Status.DESTROYED)
+                .where(col(Environment.id) == env_id)
+                .where(col(Environment.desired) != Desired.ABSENT)
+                .where(col(Environment.status) != Status.DESTROYED)
                 .where(col(Environment.expires_at) <= now)
                 .values(
                     desired=Desired.ABSENT,
@@ -387,7 +387,7 @@ class Lifecycle:
                     sync_version=Environment.sync_version + 1,
                 )
             )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            if result.rowcount != 1:
                 return False
             env = session.get(Environment, env_id)
             assert env is not None
@@ -399,19 +399,19 @@ class Lifecycle:
         """Record that the expiry ``expires_at`` has been warned about; True for the one caller
         that did it (the conditional UPDATE makes each expiry warn once across replicas)."""
         with self.db.session() as session:
-            result = session.execute(
+            result = session.exec(
                 update(Environment)
-                .where(Environment.id == env_id)
-                .where(Environment.expires_at == expires_at)
+                .where(col(Environment.id) == env_id)
+                .where(col(Environment.expires_at) == expires_at)
                 .where(col(Environment.warned_for).is_distinct_from(expires_at))
-                .where(Environment.desired != Desired.ABSENT)
+                .where(col(Environment.desired) != Desired.ABSENT)
                 .values(
                     warned_for=expires_at,
                     updated_at=now,
                     sync_version=Environment.sync_version + 1,
                 )
             )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            if result.rowcount != 1:
                 return False
             env = session.get(Environment, env_id)
             assert env is not None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, func, text, update
+from sqlalchemy import ColumnElement, delete, func, text, update
 from sqlmodel import col, select
 
 from app.db.models import Delivery, Environment, PullRequest, Silo, utcnow
@@ -128,7 +128,7 @@ class Ticks:
 
     # ----- TTL ---------------------------------------------------------------------------------
 
-    def _live(self, *conditions: object) -> list[Environment]:
+    def _live(self, *conditions: ColumnElement[bool]) -> list[Environment]:
         with self.db.session() as session:
             query = (
                 select(Environment)
@@ -137,7 +137,7 @@ class Ticks:
                 .where(col(Environment.expires_at).is_not(None))
             )
             for condition in conditions:
-                query = query.where(condition)  # type: ignore[arg-type]
+                query = query.where(condition)
             return list(session.exec(query))
 
     async def reap_expired(self, now: datetime | None = None) -> list[str]:
@@ -181,7 +181,7 @@ class Ticks:
         owed = self._live(
             col(Environment.warn_at) <= now,
             col(Environment.expires_at) > now,
-            Environment.warned_for == Environment.expires_at,
+            col(Environment.warned_for) == Environment.expires_at,
         )
         posted: list[str] = []
         for env in owed:
@@ -220,14 +220,14 @@ class Ticks:
     def _swap_digest(self, key: str, old: str | None, new: str | None) -> bool:
         """Compare-and-set on ``warned_digest``: the one writer that saw ``old`` wins."""
         with self.db.session() as session:
-            result = session.execute(
+            result = session.exec(
                 update(PullRequest)
-                .where(PullRequest.id == key)
+                .where(col(PullRequest.id) == key)
                 .where(col(PullRequest.warned_digest).is_not_distinct_from(old))
                 .values(warned_digest=new)
             )
             session.commit()
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            return bool(result.rowcount == 1)
 
     # ----- leases ------------------------------------------------------------------------------
 
@@ -250,28 +250,28 @@ class Ticks:
                     .where(col(model.lease_owner).is_not(None))
                     .where(col(model.lease_expires_at) < now)
                 ).one()
-                result = session.execute(
+                result = session.exec(
                     update(model)
                     .where(col(model.lease_expires_at) < dead)
                     .values(lease_owner=None, lease_expires_at=None)
                 )
-                released += result.rowcount  # type: ignore[attr-defined]
+                released += result.rowcount
             counts["pull_syncs"] = session.exec(
                 select(func.count())
                 .select_from(PullRequest)
                 .where(col(PullRequest.sync_lease_expires_at) < now)
             ).one()
-            result = session.execute(
+            result = session.exec(
                 update(PullRequest)
                 .where(col(PullRequest.sync_lease_expires_at) < dead)
                 .values(sync_lease_owner=None, sync_lease_expires_at=None)
             )
-            released += result.rowcount  # type: ignore[attr-defined]
+            released += result.rowcount
             # A pending delivery's processed_at is its claim; past the lease it is claimable.
             counts["deliveries"] = session.exec(
                 select(func.count())
                 .select_from(Delivery)
-                .where(Delivery.status == "pending")
+                .where(col(Delivery.status) == "pending")
                 .where(col(Delivery.processed_at) < now - self.delivery_lease)
             ).one()
             session.commit()
@@ -312,7 +312,7 @@ class Ticks:
                     .limit(PRUNE_BATCH)
                 ).all()
                 if batch:
-                    session.execute(delete(Delivery).where(col(Delivery.id).in_(batch)))
+                    session.exec(delete(Delivery).where(col(Delivery.id).in_(batch)))
                     session.commit()
             deleted += len(batch)
             if len(batch) < PRUNE_BATCH:

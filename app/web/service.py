@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 from sqlalchemy import func
+from sqlalchemy import select as sql_select
 from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
@@ -346,14 +347,15 @@ class Service:
         hours: dict[str, list[float]] = {}
         counts: dict[str, int] = {}
         query = self._visible(
-            select(
-                Environment.repository,
-                Environment.created_at,
-                Environment.destroyed_at,
-                Environment.status,
-                Environment.updated_at,
+            # SQLAlchemy's own select: sqlmodel's is typed for at most four columns.
+            sql_select(
+                col(Environment.repository),
+                col(Environment.created_at),
+                col(Environment.destroyed_at),
+                col(Environment.status),
+                col(Environment.updated_at),
             ).where(
-                Environment.created_at < now,
+                col(Environment.created_at) < now,
                 (col(Environment.destroyed_at).is_(None))
                 | (col(Environment.destroyed_at) >= start),
             ),
@@ -367,7 +369,7 @@ class Service:
         )
         silos = 0
         with self.db.session() as session:
-            rows = session.exec(query).all() if query is not None else []
+            rows = session.execute(query).all() if query is not None else []
             if count_query is not None:
                 counts = {status: n for status, n in session.exec(count_query).all()}
             if principal.member:

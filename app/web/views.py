@@ -25,12 +25,13 @@ class PageOut(BaseModel, Generic[T]):
     per_page: int
     total: int
 
+    # mypy rejects any decorator above @property; pydantic documents this very stacking.
     @computed_field  # type: ignore[prop-decorator]
     @property
     def pages(self) -> int:
         return max(1, math.ceil(self.total / self.per_page))
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # as above
     @property
     def has_next(self) -> bool:
         return self.page < self.pages
