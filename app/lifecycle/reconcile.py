@@ -29,6 +29,7 @@ from app.db.models import Environment, Run, Silo, utcnow
 from app.db.session import Database
 from app.engine.logs import RunLogWriter
 from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob, EngineRunner
+from app.lifecycle.outputs import plain_values, public_values, secret_values, sensitive_values
 from app.lifecycle.service import mark_pull_dirty
 from app.lifecycle.states import (
     LIVE,
@@ -560,7 +561,7 @@ class Reconciler:
             operation=operation,
             variables=inputs,
             declared_backend=stack.silo.backend,
-            redact=_sensitive_values(silo.outputs),
+            redact=sensitive_values(silo.outputs),
         )
         outputs, error, _tail = await self._execute(claim, run, label, job)
         if error is not None:
@@ -568,9 +569,9 @@ class Reconciler:
             return
         if operation == "apply":
             assert outputs is not None
-            changed = _public_values(outputs) != _public_values(silo.outputs) or _secret_values(
+            changed = public_values(outputs) != public_values(silo.outputs) or secret_values(
                 outputs
-            ) != _secret_values(silo.outputs)
+            ) != secret_values(silo.outputs)
 
             def done(row: Silo) -> None:
                 row.status, row.outputs, row.observed_generation = (
@@ -723,7 +724,7 @@ class Reconciler:
                 "runbot_suspended": env.desired == Desired.SUSPENDED,
                 "runbot_workspace_dir": str(workspace),
             }
-            inputs = instance_inputs(stack.instance, runbot, env.vars, _plain_values(silo.outputs))
+            inputs = instance_inputs(stack.instance, runbot, env.vars, plain_values(silo.outputs))
         except StackError as exc:
             self._fail(claim, str(exc), None)
             return
@@ -747,7 +748,7 @@ class Reconciler:
             operation=operation,
             variables=inputs,
             declared_backend=stack.instance.backend,
-            redact=[*_sensitive_values(silo.outputs), *_sensitive_values(env.outputs)],
+            redact=[*sensitive_values(silo.outputs), *sensitive_values(env.outputs)],
         )
         outputs, error, _tail = await self._execute(claim, run, label, job)
         if error is not None:
@@ -797,48 +798,6 @@ class Reconciler:
     @staticmethod
     def _queued_or_same(env: Environment) -> str:
         return Status.QUEUED if env.status in (Status.PENDING, Status.QUEUED) else env.status
-
-
-def _plain_values(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {name: item.get("value") for name, item in outputs.items()}
-
-
-def _public_values(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {name: item.get("value") for name, item in outputs.items() if not item.get("sensitive")}
-
-
-def _secret_values(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {name: item.get("value") for name, item in outputs.items() if item.get("sensitive")}
-
-
-def _sensitive_values(outputs: dict[str, Any]) -> list[str]:
-    """Every string inside sensitive outputs, so logs can be scrubbed of them."""
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            found.append(value)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif value is not None and not isinstance(value, bool):
-            found.append(str(value))
-
-    for item in outputs.values():
-        if item.get("sensitive"):
-            walk(item.get("value"))
-    return found
-
-
-def public_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Outputs as shown anywhere (CLI, API, dashboard, comments): sensitive values masked."""
-    return {
-        name: ("(sensitive)" if item.get("sensitive") else item.get("value"))
-        for name, item in outputs.items()
-    }
 
 
 async def cancel_quietly(task: asyncio.Task[Any]) -> None:

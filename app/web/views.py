@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from app.commands.handlers import authorize
 from app.db.models import Environment, OutboxMessage, PullRequest, Run, Silo, utcnow
 from app.engine.logs import read_log
-from app.lifecycle.reconcile import public_outputs
+from app.lifecycle.outputs import public_outputs
 from app.lifecycle.service import LifecycleError, pull_id
 from app.lifecycle.service import NotFound as LifecycleNotFound
 from app.lifecycle.states import LIVE, Status
