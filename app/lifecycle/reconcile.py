@@ -16,7 +16,6 @@ import shutil
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,10 @@ from sqlmodel import col, select
 
 from app.db.models import Environment, Run, Silo, utcnow
 from app.db.session import Database
-from app.engine.logs import RunLogWriter
-from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob, EngineRunner
+from app.engine.runner import EngineJob, EngineRunner
+from app.lifecycle.lease import Claim, LeaseLost, Mutate
 from app.lifecycle.outputs import plain_values, public_values, secret_values, sensitive_values
+from app.lifecycle.runs import LineEcho, PhaseEcho, Runs
 from app.lifecycle.service import mark_pull_dirty
 from app.lifecycle.states import (
     LIVE,
@@ -49,22 +49,9 @@ from app.stacks.mapping import instance_inputs, silo_inputs
 log = logging.getLogger("runbot.reconcile")
 
 Target = Silo | Environment
-LineEcho = Callable[[str, str], None]  # (target label, line)
-PhaseEcho = Callable[[str, str], None]  # (target label, phase)
 Listener = Callable[[str, str, str], None]  # (kind, id, status): after every visible change
 
 RETRY_DELAYS = (10.0, 60.0, 300.0)  # automatic retries of failed destroys: nothing may leak
-
-
-@dataclass
-class Claim:
-    kind: str  # "silo" | "environment"
-    id: str
-    generation: int
-
-
-class LeaseLost(Exception):
-    pass
 
 
 def _key_column(model: type[Target]) -> Any:
@@ -116,6 +103,7 @@ class Reconciler:
         self.wakeup = asyncio.Event()
         # Called after each claiming pass, once the runs it started have reached their engine.
         self.after_pass: Callable[[], None] = lambda: None
+        self.runs = Runs(db, runner, self, echo_line, echo_phase)
 
     # ----- claiming --------------------------------------------------------------------------
 
@@ -204,7 +192,8 @@ class Reconciler:
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseLost(f"{claim.kind} {claim.id}: lease taken over by another worker")
 
-    async def _heartbeat(self, claim: Claim, cancel: asyncio.Event) -> None:
+    async def heartbeat(self, claim: Claim, cancel: asyncio.Event) -> None:
+        """Renew the lease while the engine runs; set `cancel` once it is lost."""
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
             try:
@@ -243,7 +232,7 @@ class Reconciler:
             # Never let one target kill the worker, nor spin on it: record the failure visibly.
             log.exception("converging %s %s failed unexpectedly", claim.kind, claim.id)
             with contextlib.suppress(Exception):
-                self._fail(
+                self.fail(
                     claim,
                     f"runbot internal error ({type(exc).__name__}: {exc}); see the server log",
                     None,
@@ -313,10 +302,10 @@ class Reconciler:
             except Exception:
                 log.exception("listener failed for %s %s", kind, target_id)
 
-    def _save(
+    def save(
         self,
         claim: Claim,
-        mutate: Callable[[Any], None],
+        mutate: Mutate,
         release: bool = False,
         start_run: Run | None = None,
     ) -> Any:
@@ -350,7 +339,7 @@ class Reconciler:
         self._notify(claim.kind, claim.id, row.status)
         return row
 
-    def _release_later(self, claim: Claim, delay: float, status: str, reason: str) -> None:
+    def release_later(self, claim: Claim, delay: float, status: str, reason: str) -> None:
         def mutate(row: Any) -> None:
             if row.generation != claim.generation:
                 # The desired state moved since the claim (the TTL reaper, a command): its
@@ -360,7 +349,7 @@ class Reconciler:
             row.status, row.reason = status, reason
             row.next_attempt_at = utcnow() + timedelta(seconds=delay)
 
-        self._save(claim, mutate, release=True)
+        self.save(claim, mutate, release=True)
 
     def _load_stack(self, name: str, source: dict[str, Any]) -> tuple[Stack, str]:
         """The stack's code, pinned to the recorded commit for git stacks."""
@@ -398,100 +387,6 @@ class Reconciler:
             return load_stack(name, Path(source["url"]), source_record), source_record.commit
         raise StackError(f"unknown stack source kind '{kind}'")
 
-    def _new_run(
-        self, claim: Claim, operation: str, trigger: str, head_sha: str | None, commit: str
-    ) -> Run:
-        """A run record, saved by `_save(..., start_run=)` with the status it begins under."""
-        return Run(
-            target_kind=claim.kind,
-            target_id=claim.id,
-            operation=operation,
-            trigger=trigger,
-            generation=claim.generation,
-            head_sha=head_sha,
-            stack_commit=commit or None,
-            worker=self.worker_id,
-            phase="init",
-        )
-
-    def _finish_run(
-        self,
-        run: Run,
-        writer: RunLogWriter,
-        status: str,
-        error: str | None = None,
-        exit_code: int | None = None,
-    ) -> None:
-        """The run's outcome and the last of its log, in one transaction."""
-        with self.db.session() as session:
-            chunk = writer.take_chunk()
-            if chunk is not None:
-                session.add(chunk)
-            row = session.get(Run, run.id)
-            assert row is not None
-            row.status, row.error, row.exit_code = status, error, exit_code
-            row.finished_at = utcnow()
-            session.add(row)
-            session.commit()
-
-    def _set_phase(self, run: Run, label: str) -> Callable[[str], None]:
-        def on_phase(phase: str) -> None:
-            with self.db.session() as session:
-                row = session.get(Run, run.id)
-                if row is not None:
-                    row.phase = phase
-                    session.add(row)
-                    session.commit()
-            if self.echo_phase:
-                self.echo_phase(label, phase)
-
-        return on_phase
-
-    async def _execute(
-        self, claim: Claim, run: Run, label: str, job: EngineJob
-    ) -> tuple[dict[str, Any] | None, str | None, list[str]]:
-        """Run the engine under a heartbeat. Returns (outputs, error sentence, log tail)."""
-        with log_context(run_id=run.id):
-            log.info("%s %s: %s started", claim.kind, claim.id, job.operation)
-            outcome = await self._execute_logged(claim, run, label, job)
-            if outcome[1] is None:
-                log.info("%s %s: %s succeeded", claim.kind, claim.id, job.operation)
-            else:
-                log.warning("%s %s: %s failed: %s", claim.kind, claim.id, job.operation, outcome[1])
-            return outcome
-
-    async def _execute_logged(
-        self, claim: Claim, run: Run, label: str, job: EngineJob
-    ) -> tuple[dict[str, Any] | None, str | None, list[str]]:
-        echo = (lambda line: self.echo_line(label, line)) if self.echo_line else None
-        writer = RunLogWriter(self.db, run.id or 0, echo=echo)
-        cancel = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(claim, cancel))
-        try:
-            result = await self.runner.execute(
-                job, writer.line, self._set_phase(run, label), cancel
-            )
-        except EngineCancelled as exc:
-            self._finish_run(run, writer, "cancelled", str(exc), exc.exit_code)
-            if cancel.is_set():
-                raise LeaseLost(f"{claim.kind} {claim.id}") from exc
-            return None, f"the engine {exc}", writer.tail
-        except EngineFailed as exc:
-            self._finish_run(run, writer, "failed", str(exc), exc.exit_code)
-            return None, f"the engine's {exc}", writer.tail
-        except (EngineError, StackError, OSError) as exc:
-            writer.line(f"runbot: {exc}")
-            self._finish_run(run, writer, "failed", str(exc))
-            return None, str(exc), writer.tail
-        except asyncio.CancelledError:
-            writer.line("runbot: worker shutting down; another worker will continue this run")
-            self._finish_run(run, writer, "cancelled", "worker shut down")
-            raise
-        finally:
-            heartbeat.cancel()
-        self._finish_run(run, writer, "succeeded", exit_code=0)
-        return result.outputs, None, writer.tail
-
     # ----- silos -----------------------------------------------------------------------------
 
     def _silo_workspace(self, name: str) -> Path:
@@ -512,7 +407,7 @@ class Reconciler:
         action = plan_action(silo.desired, silo.status)
         label = f"silo {silo.name}"
         if action is Action.NONE:
-            self._save(
+            self.save(
                 claim,
                 lambda row: setattr(row, "observed_generation", claim.generation),
                 release=True,
@@ -523,10 +418,10 @@ class Reconciler:
             def forget(row: Silo) -> None:
                 row.status, row.observed_generation = Status.DESTROYED, claim.generation
 
-            self._save(claim, forget, release=True)
+            self.save(claim, forget, release=True)
             return
         if action is Action.DESTROY and live:
-            self._release_later(
+            self.release_later(
                 claim,
                 2.0,
                 silo.status if silo.status != Status.PENDING else Status.PENDING,
@@ -543,7 +438,7 @@ class Reconciler:
                 silo.vars,
             )
         except StackError as exc:
-            self._fail(claim, str(exc), None)
+            self.fail(claim, str(exc), None)
             return
         operation = "apply" if action is Action.APPLY else "destroy"
         busy = status_during_apply(silo.status) if action is Action.APPLY else Status.DESTROYING
@@ -553,8 +448,8 @@ class Reconciler:
             if commit:
                 row.stack_source = {**row.stack_source, "commit": commit}
 
-        run = self._new_run(claim, operation, "cli", None, commit)
-        self._save(claim, begin, start_run=run)
+        run = self.runs.new(claim, operation, "cli", None, commit)
+        self.save(claim, begin, start_run=run)
         job = EngineJob(
             target=f"silo-{silo.name}",
             template_dir=stack.silo.path,
@@ -563,9 +458,9 @@ class Reconciler:
             declared_backend=stack.silo.backend,
             redact=sensitive_values(silo.outputs),
         )
-        outputs, error, _tail = await self._execute(claim, run, label, job)
+        outputs, error, _tail = await self.runs.execute(claim, run, label, job)
         if error is not None:
-            self._fail(claim, error, run.id, retry=operation == "destroy")
+            self.fail(claim, error, run.id, retry=operation == "destroy")
             return
         if operation == "apply":
             assert outputs is not None
@@ -587,7 +482,7 @@ class Reconciler:
                 )
                 row.reason, row.next_attempt_at = None, None
 
-            self._save(claim, done, release=True)
+            self.save(claim, done, release=True)
             if changed and silo.outputs:
                 self._refresh_instances(silo.name)
             self._kick_queued(silo.name)
@@ -599,7 +494,7 @@ class Reconciler:
                 row.status, row.outputs, row.capacity = Status.DESTROYED, {}, None
                 row.observed_generation, row.reason = claim.generation, None
 
-            self._save(claim, gone, release=True)
+            self.save(claim, gone, release=True)
 
     def _refresh_instances(self, silo_name: str) -> None:
         """Silo outputs feed instance inputs: re-apply live instances when they change."""
@@ -627,7 +522,7 @@ class Reconciler:
             session.commit()
         self.wakeup.set()
 
-    def _fail(self, claim: Claim, error: str, run_id: int | None, retry: bool = False) -> None:
+    def fail(self, claim: Claim, error: str, run_id: int | None, retry: bool = False) -> None:
         def mutate(row: Any) -> None:
             row.status, row.reason = Status.FAILED, error
             row.attempts += 1
@@ -639,7 +534,7 @@ class Reconciler:
             else:
                 row.observed_generation = claim.generation
 
-        self._save(claim, mutate, release=True)
+        self.save(claim, mutate, release=True)
 
     # ----- environments ----------------------------------------------------------------------
 
@@ -676,7 +571,7 @@ class Reconciler:
         action = plan_action(env.desired, env.status)
         label = env.id
         if action is Action.NONE:
-            self._save(
+            self.save(
                 claim,
                 lambda row: setattr(row, "observed_generation", claim.generation),
                 release=True,
@@ -688,7 +583,7 @@ class Reconciler:
                 row.status, row.slot, row.url = Status.DESTROYED, None, None
                 row.destroyed_at, row.observed_generation = utcnow(), claim.generation
 
-            self._save(claim, forget, release=True)
+            self.save(claim, forget, release=True)
             self._kick_queued(silo.name)
             return
         if action is Action.APPLY:
@@ -696,11 +591,11 @@ class Reconciler:
                 why = f"silo '{silo.name}' is {silo.status}"
                 if silo.status == Status.FAILED:
                     why += f": {silo.reason} (fix it, then `runbot silo update {silo.name}`)"
-                self._release_later(claim, 2.0, self._queued_or_same(env), f"waiting: {why}")
+                self.release_later(claim, 2.0, self._queued_or_same(env), f"waiting: {why}")
                 return
             if env.slot is None and self._allocate_slot(env, silo) is None:
                 capacity = silo.capacity or self.default_capacity
-                self._release_later(
+                self.release_later(
                     claim,
                     5.0,
                     self._queued_or_same(env),
@@ -726,7 +621,7 @@ class Reconciler:
             }
             inputs = instance_inputs(stack.instance, runbot, env.vars, plain_values(silo.outputs))
         except StackError as exc:
-            self._fail(claim, str(exc), None)
+            self.fail(claim, str(exc), None)
             return
         operation = "apply" if action is Action.APPLY else "destroy"
         busy = status_during_apply(env.status) if operation == "apply" else Status.DESTROYING
@@ -739,8 +634,8 @@ class Reconciler:
             if commit:
                 row.stack_source = {**row.stack_source, "commit": commit}
 
-        run = self._new_run(claim, operation, env.trigger, head_sha, commit)
-        self._save(claim, begin, start_run=run)
+        run = self.runs.new(claim, operation, env.trigger, head_sha, commit)
+        self.save(claim, begin, start_run=run)
         workspace.mkdir(parents=True, exist_ok=True)
         job = EngineJob(
             target=f"env-{env.id}",
@@ -750,9 +645,9 @@ class Reconciler:
             declared_backend=stack.instance.backend,
             redact=[*sensitive_values(silo.outputs), *sensitive_values(env.outputs)],
         )
-        outputs, error, _tail = await self._execute(claim, run, label, job)
+        outputs, error, _tail = await self.runs.execute(claim, run, label, job)
         if error is not None:
-            self._fail(claim, error, run.id, retry=operation == "destroy")
+            self.fail(claim, error, run.id, retry=operation == "destroy")
             return
         if operation == "apply":
             assert outputs is not None
@@ -779,7 +674,7 @@ class Reconciler:
                 ):
                     row.next_attempt_at = None
 
-            self._save(claim, done, release=True)
+            self.save(claim, done, release=True)
         else:
             self.runner.forget(f"env-{env.id}")
             shutil.rmtree(workspace, ignore_errors=True)
@@ -792,7 +687,7 @@ class Reconciler:
                     0,
                 )
 
-            self._save(claim, gone, release=True)
+            self.save(claim, gone, release=True)
             self._kick_queued(silo.name)
 
     @staticmethod
