@@ -19,7 +19,7 @@ from app.db.models import Environment, Silo
 from app.db.session import DatabaseError
 from app.engine.logs import read_log
 from app.engine.runner import EngineError
-from app.lifecycle.reconcile import public_outputs
+from app.lifecycle.outputs import public_outputs
 from app.lifecycle.service import LifecycleError
 from app.lifecycle.states import Status
 from app.runtime import Runtime, build_runtime

@@ -10,7 +10,8 @@ import pytest
 
 from app.db.models import Environment, Silo, utcnow
 from app.engine.backends import backend_for
-from app.lifecycle.reconcile import Claim, Reconciler
+from app.lifecycle.lease import Claim
+from app.lifecycle.reconcile import Reconciler
 from app.lifecycle.states import Desired, Status
 from app.runtime import build_runtime
 from app.workers import SingleProcessError, Workers, acquire_sqlite_lock
@@ -90,10 +91,10 @@ async def test_a_reap_between_claim_and_converge_keeps_its_reason(tmp_path: Path
     rt = build_runtime(make_settings(tmp_path))
 
     class ReapedMeanwhile(Reconciler):
-        def _release_later(self, claim: Claim, delay: float, status: str, reason: str) -> None:
+        def release_later(self, claim: Claim, delay: float, status: str, reason: str) -> None:
             # The other replica, between this worker's read and its save.
             assert rt.lifecycle.reap_if_expired(claim.id, utcnow() + timedelta(days=365))
-            super()._release_later(claim, delay, status, reason)
+            super().release_later(claim, delay, status, reason)
 
     try:
         rt.lifecycle.create_silo("broken", "local", {})

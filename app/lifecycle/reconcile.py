@@ -1,9 +1,10 @@
-"""Reconcile workers: claim a target whose desired state moved, and converge it with the engine.
+"""The claim loop: lease targets whose desired state moved, keep the leases alive, converge each.
 
 A claim is a lease on the row (FOR UPDATE SKIP LOCKED on PostgreSQL), renewed by a heartbeat
 while the engine runs. A worker that dies stops renewing; when the lease expires another worker
 claims the row and re-runs the same desired generation, which the engine makes idempotent.
 Workers always read the newest desired state at claim time, so bursts of changes coalesce.
+Converging a claimed target is `converge.py`'s; every write to its row goes through `save`.
 """
 
 from __future__ import annotations
@@ -12,58 +13,33 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, or_, update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from app.db.models import Environment, Run, Silo, utcnow
 from app.db.session import Database
-from app.engine.logs import RunLogWriter
-from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob, EngineRunner
+from app.engine.runner import EngineRunner
+from app.lifecycle.converge import Converger
+from app.lifecycle.lease import Claim, LeaseLost, Mutate
+from app.lifecycle.runs import LineEcho, PhaseEcho
 from app.lifecycle.service import mark_pull_dirty
-from app.lifecycle.states import (
-    LIVE,
-    Action,
-    Desired,
-    Status,
-    check_transition,
-    plan_action,
-    status_after_apply,
-    status_during_apply,
-)
+from app.lifecycle.states import Status, check_transition
 from app.logging import log_context
-from app.stacks.catalog import Catalog, Stack, StackError, StackSource, load_stack
-from app.stacks.git import fetch_git_stack
-from app.stacks.mapping import instance_inputs, silo_inputs
+from app.stacks.catalog import Catalog
 
 log = logging.getLogger("runbot.reconcile")
 
 Target = Silo | Environment
-LineEcho = Callable[[str, str], None]  # (target label, line)
-PhaseEcho = Callable[[str, str], None]  # (target label, phase)
 Listener = Callable[[str, str, str], None]  # (kind, id, status): after every visible change
 
 RETRY_DELAYS = (10.0, 60.0, 300.0)  # automatic retries of failed destroys: nothing may leak
-
-
-@dataclass
-class Claim:
-    kind: str  # "silo" | "environment"
-    id: str
-    generation: int
-
-
-class LeaseLost(Exception):
-    pass
 
 
 def _key_column(model: type[Target]) -> Any:
@@ -81,6 +57,8 @@ def default_worker_id() -> str:
 
 
 class Reconciler:
+    """A worker: claims targets, holds their leases, and is their rows' only writer meanwhile."""
+
     def __init__(
         self,
         db: Database,
@@ -98,23 +76,28 @@ class Reconciler:
         listeners: list[Listener] | None = None,
     ) -> None:
         self.db = db
-        self.catalog = catalog
-        self.runner = runner
-        self.data_dir = data_dir.absolute()
         self.max_concurrent_runs = max_concurrent_runs
         # Runs this process takes at once; the global cap still bounds all processes together.
         self.worker_concurrency = min(
             worker_concurrency or max_concurrent_runs, max_concurrent_runs
         )
         self.lease = timedelta(seconds=lease_seconds)
-        self.default_capacity = default_capacity
         self.worker_id = worker_id or default_worker_id()
-        self.echo_line = echo_line
-        self.echo_phase = echo_phase
         self.listeners = listeners or []
         self.wakeup = asyncio.Event()
         # Called after each claiming pass, once the runs it started have reached their engine.
         self.after_pass: Callable[[], None] = lambda: None
+        self.converger = Converger(
+            db,
+            catalog,
+            runner,
+            data_dir.absolute(),
+            self,
+            default_capacity=default_capacity,
+            more_work=self.wakeup.set,
+            echo_line=echo_line,
+            echo_phase=echo_phase,
+        )
 
     # ----- claiming --------------------------------------------------------------------------
 
@@ -203,7 +186,8 @@ class Reconciler:
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseLost(f"{claim.kind} {claim.id}: lease taken over by another worker")
 
-    async def _heartbeat(self, claim: Claim, cancel: asyncio.Event) -> None:
+    async def heartbeat(self, claim: Claim, cancel: asyncio.Event) -> None:
+        """Renew the lease while the engine runs; set `cancel` once it is lost."""
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
             try:
@@ -232,17 +216,14 @@ class Reconciler:
 
     async def _converge_logged(self, claim: Claim) -> None:
         try:
-            if claim.kind == "silo":
-                await self.converge_silo(claim)
-            else:
-                await self.converge_environment(claim)
+            await self.converger.converge(claim)
         except LeaseLost:
             log.warning("%s %s: lease lost; another worker continues", claim.kind, claim.id)
         except Exception as exc:
             # Never let one target kill the worker, nor spin on it: record the failure visibly.
             log.exception("converging %s %s failed unexpectedly", claim.kind, claim.id)
             with contextlib.suppress(Exception):
-                self._fail(
+                self.fail(
                     claim,
                     f"runbot internal error ({type(exc).__name__}: {exc}); see the server log",
                     None,
@@ -303,7 +284,7 @@ class Reconciler:
             stop.set()
             await worker
 
-    # ----- helpers ---------------------------------------------------------------------------
+    # ----- writes to the claimed row ----------------------------------------------------------
 
     def _notify(self, kind: str, target_id: str, status: str) -> None:
         for listener in self.listeners:
@@ -312,10 +293,10 @@ class Reconciler:
             except Exception:
                 log.exception("listener failed for %s %s", kind, target_id)
 
-    def _save(
+    def save(
         self,
         claim: Claim,
-        mutate: Callable[[Any], None],
+        mutate: Mutate,
         release: bool = False,
         start_run: Run | None = None,
     ) -> Any:
@@ -349,7 +330,7 @@ class Reconciler:
         self._notify(claim.kind, claim.id, row.status)
         return row
 
-    def _release_later(self, claim: Claim, delay: float, status: str, reason: str) -> None:
+    def release_later(self, claim: Claim, delay: float, status: str, reason: str) -> None:
         def mutate(row: Any) -> None:
             if row.generation != claim.generation:
                 # The desired state moved since the claim (the TTL reaper, a command): its
@@ -359,274 +340,9 @@ class Reconciler:
             row.status, row.reason = status, reason
             row.next_attempt_at = utcnow() + timedelta(seconds=delay)
 
-        self._save(claim, mutate, release=True)
+        self.save(claim, mutate, release=True)
 
-    def _load_stack(self, name: str, source: dict[str, Any]) -> tuple[Stack, str]:
-        """The stack's code, pinned to the recorded commit for git stacks."""
-        kind = source.get("kind", "catalog")
-        if kind == "catalog":
-            return self.catalog.get(name), ""  # parsed once per template change
-        if kind == "git":
-            path, commit = fetch_git_stack(
-                source["url"],
-                source.get("ref", ""),
-                source.get("path", ""),
-                self.data_dir / "stacks-cache",
-                env=None,
-                commit=source.get("commit") or None,
-            )
-            return load_stack(
-                name,
-                path,
-                StackSource(
-                    kind="git",
-                    url=source["url"],
-                    ref=source.get("ref", ""),
-                    path=source.get("path", ""),
-                    commit=commit,
-                ),
-            ), commit
-        if kind == "repo":
-            # A stack stored in the PR's repository, fetched at the base branch into `url`.
-            source_record = StackSource(
-                kind="repo",
-                url=source["url"],
-                path=source.get("path", ""),
-                commit=source.get("commit", ""),
-            )
-            return load_stack(name, Path(source["url"]), source_record), source_record.commit
-        raise StackError(f"unknown stack source kind '{kind}'")
-
-    def _new_run(
-        self, claim: Claim, operation: str, trigger: str, head_sha: str | None, commit: str
-    ) -> Run:
-        """A run record, saved by `_save(..., start_run=)` with the status it begins under."""
-        return Run(
-            target_kind=claim.kind,
-            target_id=claim.id,
-            operation=operation,
-            trigger=trigger,
-            generation=claim.generation,
-            head_sha=head_sha,
-            stack_commit=commit or None,
-            worker=self.worker_id,
-            phase="init",
-        )
-
-    def _finish_run(
-        self,
-        run: Run,
-        writer: RunLogWriter,
-        status: str,
-        error: str | None = None,
-        exit_code: int | None = None,
-    ) -> None:
-        """The run's outcome and the last of its log, in one transaction."""
-        with self.db.session() as session:
-            chunk = writer.take_chunk()
-            if chunk is not None:
-                session.add(chunk)
-            row = session.get(Run, run.id)
-            assert row is not None
-            row.status, row.error, row.exit_code = status, error, exit_code
-            row.finished_at = utcnow()
-            session.add(row)
-            session.commit()
-
-    def _set_phase(self, run: Run, label: str) -> Callable[[str], None]:
-        def on_phase(phase: str) -> None:
-            with self.db.session() as session:
-                row = session.get(Run, run.id)
-                if row is not None:
-                    row.phase = phase
-                    session.add(row)
-                    session.commit()
-            if self.echo_phase:
-                self.echo_phase(label, phase)
-
-        return on_phase
-
-    async def _execute(
-        self, claim: Claim, run: Run, label: str, job: EngineJob
-    ) -> tuple[dict[str, Any] | None, str | None, list[str]]:
-        """Run the engine under a heartbeat. Returns (outputs, error sentence, log tail)."""
-        with log_context(run_id=run.id):
-            log.info("%s %s: %s started", claim.kind, claim.id, job.operation)
-            outcome = await self._execute_logged(claim, run, label, job)
-            if outcome[1] is None:
-                log.info("%s %s: %s succeeded", claim.kind, claim.id, job.operation)
-            else:
-                log.warning("%s %s: %s failed: %s", claim.kind, claim.id, job.operation, outcome[1])
-            return outcome
-
-    async def _execute_logged(
-        self, claim: Claim, run: Run, label: str, job: EngineJob
-    ) -> tuple[dict[str, Any] | None, str | None, list[str]]:
-        echo = (lambda line: self.echo_line(label, line)) if self.echo_line else None
-        writer = RunLogWriter(self.db, run.id or 0, echo=echo)
-        cancel = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(claim, cancel))
-        try:
-            result = await self.runner.execute(
-                job, writer.line, self._set_phase(run, label), cancel
-            )
-        except EngineCancelled as exc:
-            self._finish_run(run, writer, "cancelled", str(exc), exc.exit_code)
-            if cancel.is_set():
-                raise LeaseLost(f"{claim.kind} {claim.id}") from exc
-            return None, f"the engine {exc}", writer.tail
-        except EngineFailed as exc:
-            self._finish_run(run, writer, "failed", str(exc), exc.exit_code)
-            return None, f"the engine's {exc}", writer.tail
-        except (EngineError, StackError, OSError) as exc:
-            writer.line(f"runbot: {exc}")
-            self._finish_run(run, writer, "failed", str(exc))
-            return None, str(exc), writer.tail
-        except asyncio.CancelledError:
-            writer.line("runbot: worker shutting down; another worker will continue this run")
-            self._finish_run(run, writer, "cancelled", "worker shut down")
-            raise
-        finally:
-            heartbeat.cancel()
-        self._finish_run(run, writer, "succeeded", exit_code=0)
-        return result.outputs, None, writer.tail
-
-    # ----- silos -----------------------------------------------------------------------------
-
-    def _silo_workspace(self, name: str) -> Path:
-        return self.data_dir / "workspace" / f"silo-{name}"
-
-    async def converge_silo(self, claim: Claim) -> None:
-        with self.db.session() as session:
-            silo = session.get(Silo, claim.id)
-            assert silo is not None
-            live = session.exec(
-                select(func.count())
-                .select_from(Environment)
-                .where(
-                    Environment.silo_name == silo.name,
-                    col(Environment.status).in_([s.value for s in LIVE]),
-                )
-            ).one()
-        action = plan_action(silo.desired, silo.status)
-        label = f"silo {silo.name}"
-        if action is Action.NONE:
-            self._save(
-                claim,
-                lambda row: setattr(row, "observed_generation", claim.generation),
-                release=True,
-            )
-            return
-        if action is Action.FORGET:
-
-            def forget(row: Silo) -> None:
-                row.status, row.observed_generation = Status.DESTROYED, claim.generation
-
-            self._save(claim, forget, release=True)
-            return
-        if action is Action.DESTROY and live:
-            self._release_later(
-                claim,
-                2.0,
-                silo.status if silo.status != Status.PENDING else Status.PENDING,
-                f"waiting for {live} environment(s) to be destroyed first",
-            )
-            return
-        try:
-            stack, commit = self._load_stack(silo.stack, silo.stack_source)
-            workspace = self._silo_workspace(silo.name)
-            workspace.mkdir(parents=True, exist_ok=True)
-            inputs = silo_inputs(
-                stack.silo,
-                {"runbot_silo_name": silo.name, "runbot_workspace_dir": str(workspace)},
-                silo.vars,
-            )
-        except StackError as exc:
-            self._fail(claim, str(exc), None)
-            return
-        operation = "apply" if action is Action.APPLY else "destroy"
-        busy = status_during_apply(silo.status) if action is Action.APPLY else Status.DESTROYING
-
-        def begin(row: Silo) -> None:
-            row.status, row.reason = busy, None
-            if commit:
-                row.stack_source = {**row.stack_source, "commit": commit}
-
-        run = self._new_run(claim, operation, "cli", None, commit)
-        self._save(claim, begin, start_run=run)
-        job = EngineJob(
-            target=f"silo-{silo.name}",
-            template_dir=stack.silo.path,
-            operation=operation,
-            variables=inputs,
-            declared_backend=stack.silo.backend,
-            redact=_sensitive_values(silo.outputs),
-        )
-        outputs, error, _tail = await self._execute(claim, run, label, job)
-        if error is not None:
-            self._fail(claim, error, run.id, retry=operation == "destroy")
-            return
-        if operation == "apply":
-            assert outputs is not None
-            changed = _public_values(outputs) != _public_values(silo.outputs) or _secret_values(
-                outputs
-            ) != _secret_values(silo.outputs)
-
-            def done(row: Silo) -> None:
-                row.status, row.outputs, row.observed_generation = (
-                    Status.READY,
-                    outputs,
-                    claim.generation,
-                )
-                capacity = outputs.get("runbot_capacity", {}).get("value")
-                row.capacity = (
-                    int(capacity)
-                    if isinstance(capacity, int | float | str) and str(capacity).isdigit()
-                    else self.default_capacity
-                )
-                row.reason, row.next_attempt_at = None, None
-
-            self._save(claim, done, release=True)
-            if changed and silo.outputs:
-                self._refresh_instances(silo.name)
-            self._kick_queued(silo.name)
-        else:
-            self.runner.forget(f"silo-{silo.name}")
-            shutil.rmtree(self._silo_workspace(silo.name), ignore_errors=True)
-
-            def gone(row: Silo) -> None:
-                row.status, row.outputs, row.capacity = Status.DESTROYED, {}, None
-                row.observed_generation, row.reason = claim.generation, None
-
-            self._save(claim, gone, release=True)
-
-    def _refresh_instances(self, silo_name: str) -> None:
-        """Silo outputs feed instance inputs: re-apply live instances when they change."""
-        with self.db.session() as session:
-            for env in session.exec(
-                select(Environment).where(
-                    Environment.silo_name == silo_name,
-                    col(Environment.status).in_([Status.READY.value, Status.SLEEPING.value]),
-                    Environment.desired != Desired.ABSENT,
-                )
-            ):
-                env.generation += 1
-                env.trigger = "silo-update"
-                session.add(env)
-            session.commit()
-        self.wakeup.set()
-
-    def _kick_queued(self, silo_name: str) -> None:
-        with self.db.session() as session:
-            session.execute(
-                update(Environment)
-                .where(Environment.silo_name == silo_name, Environment.status == Status.QUEUED)
-                .values(next_attempt_at=None)
-            )
-            session.commit()
-        self.wakeup.set()
-
-    def _fail(self, claim: Claim, error: str, run_id: int | None, retry: bool = False) -> None:
+    def fail(self, claim: Claim, error: str, run_id: int | None, retry: bool = False) -> None:
         def mutate(row: Any) -> None:
             row.status, row.reason = Status.FAILED, error
             row.attempts += 1
@@ -638,207 +354,7 @@ class Reconciler:
             else:
                 row.observed_generation = claim.generation
 
-        self._save(claim, mutate, release=True)
-
-    # ----- environments ----------------------------------------------------------------------
-
-    def _allocate_slot(self, env: Environment, silo: Silo) -> int | None:
-        capacity = silo.capacity or self.default_capacity
-        with self.db.session() as session:
-            used = set(
-                session.exec(
-                    select(Environment.slot).where(
-                        Environment.silo_name == silo.name, col(Environment.slot).is_not(None)
-                    )
-                )
-            )
-            free = next((slot for slot in range(capacity) if slot not in used), None)
-            if free is None:
-                return None
-            row = session.get(Environment, env.id)
-            assert row is not None
-            row.slot = free
-            session.add(row)
-            try:
-                session.commit()
-            except IntegrityError:  # another worker took it in the meantime
-                session.rollback()
-                return None
-            return free
-
-    async def converge_environment(self, claim: Claim) -> None:
-        with self.db.session() as session:
-            env = session.get(Environment, claim.id)
-            assert env is not None
-            silo = session.get(Silo, env.silo_name)
-            assert silo is not None
-        action = plan_action(env.desired, env.status)
-        label = env.id
-        if action is Action.NONE:
-            self._save(
-                claim,
-                lambda row: setattr(row, "observed_generation", claim.generation),
-                release=True,
-            )
-            return
-        if action is Action.FORGET:
-
-            def forget(row: Environment) -> None:
-                row.status, row.slot, row.url = Status.DESTROYED, None, None
-                row.destroyed_at, row.observed_generation = utcnow(), claim.generation
-
-            self._save(claim, forget, release=True)
-            self._kick_queued(silo.name)
-            return
-        if action is Action.APPLY:
-            if silo.status != Status.READY or silo.desired == Desired.ABSENT:
-                why = f"silo '{silo.name}' is {silo.status}"
-                if silo.status == Status.FAILED:
-                    why += f": {silo.reason} (fix it, then `runbot silo update {silo.name}`)"
-                self._release_later(claim, 2.0, self._queued_or_same(env), f"waiting: {why}")
-                return
-            if env.slot is None and self._allocate_slot(env, silo) is None:
-                capacity = silo.capacity or self.default_capacity
-                self._release_later(
-                    claim,
-                    5.0,
-                    self._queued_or_same(env),
-                    f"silo '{silo.name}' is full ({capacity}/{capacity} slots in use);"
-                    " it starts when a slot frees",
-                )
-                return
-            with self.db.session() as session:
-                env = session.get(Environment, claim.id)
-                assert env is not None
-        try:
-            stack, commit = self._load_stack(env.stack, env.stack_source)
-            workspace = self.data_dir / "workspace" / f"env-{env.id}"
-            runbot = {
-                "runbot_instance_id": env.id,
-                "runbot_slot": env.slot if env.slot is not None else 0,
-                "runbot_pr_number": env.pr_number,
-                "runbot_head_sha": env.head_sha,
-                "runbot_head_ref": env.head_ref,
-                "runbot_repository": env.repository,
-                "runbot_suspended": env.desired == Desired.SUSPENDED,
-                "runbot_workspace_dir": str(workspace),
-            }
-            inputs = instance_inputs(stack.instance, runbot, env.vars, _plain_values(silo.outputs))
-        except StackError as exc:
-            self._fail(claim, str(exc), None)
-            return
-        operation = "apply" if action is Action.APPLY else "destroy"
-        busy = status_during_apply(env.status) if operation == "apply" else Status.DESTROYING
-        head_sha, desired = env.head_sha, env.desired
-
-        def begin(row: Environment) -> None:
-            row.status = busy
-            if busy is not Status.DESTROYING:
-                row.reason = None
-            if commit:
-                row.stack_source = {**row.stack_source, "commit": commit}
-
-        run = self._new_run(claim, operation, env.trigger, head_sha, commit)
-        self._save(claim, begin, start_run=run)
-        workspace.mkdir(parents=True, exist_ok=True)
-        job = EngineJob(
-            target=f"env-{env.id}",
-            template_dir=stack.instance.path,
-            operation=operation,
-            variables=inputs,
-            declared_backend=stack.instance.backend,
-            redact=[*_sensitive_values(silo.outputs), *_sensitive_values(env.outputs)],
-        )
-        outputs, error, _tail = await self._execute(claim, run, label, job)
-        if error is not None:
-            self._fail(claim, error, run.id, retry=operation == "destroy")
-            return
-        if operation == "apply":
-            assert outputs is not None
-            url = outputs.get("url", {}).get("value")
-
-            def done(row: Environment) -> None:
-                row.status = status_after_apply(desired)
-                row.outputs, row.deployed_sha, row.observed_generation = (
-                    outputs,
-                    head_sha,
-                    claim.generation,
-                )
-                row.url = (
-                    str(url) if url is not None and not outputs["url"].get("sensitive") else None
-                )
-                row.attempts = 0
-                # A newer change that arrived during this run may carry a "wait until the
-                # pushes stop" time (intent's burst coalescing); keep it. Anything else in
-                # next_attempt_at was a retry delay, now spent.
-                if (
-                    row.generation == claim.generation
-                    or row.next_attempt_at is None
-                    or row.next_attempt_at <= utcnow()
-                ):
-                    row.next_attempt_at = None
-
-            self._save(claim, done, release=True)
-        else:
-            self.runner.forget(f"env-{env.id}")
-            shutil.rmtree(workspace, ignore_errors=True)
-
-            def gone(row: Environment) -> None:
-                row.status, row.slot, row.url, row.outputs = Status.DESTROYED, None, None, {}
-                row.destroyed_at, row.observed_generation, row.attempts = (
-                    utcnow(),
-                    claim.generation,
-                    0,
-                )
-
-            self._save(claim, gone, release=True)
-            self._kick_queued(silo.name)
-
-    @staticmethod
-    def _queued_or_same(env: Environment) -> str:
-        return Status.QUEUED if env.status in (Status.PENDING, Status.QUEUED) else env.status
-
-
-def _plain_values(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {name: item.get("value") for name, item in outputs.items()}
-
-
-def _public_values(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {name: item.get("value") for name, item in outputs.items() if not item.get("sensitive")}
-
-
-def _secret_values(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {name: item.get("value") for name, item in outputs.items() if item.get("sensitive")}
-
-
-def _sensitive_values(outputs: dict[str, Any]) -> list[str]:
-    """Every string inside sensitive outputs, so logs can be scrubbed of them."""
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            found.append(value)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif value is not None and not isinstance(value, bool):
-            found.append(str(value))
-
-    for item in outputs.values():
-        if item.get("sensitive"):
-            walk(item.get("value"))
-    return found
-
-
-def public_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Outputs as shown anywhere (CLI, API, dashboard, comments): sensitive values masked."""
-    return {
-        name: ("(sensitive)" if item.get("sensitive") else item.get("value"))
-        for name, item in outputs.items()
-    }
+        self.save(claim, mutate, release=True)
 
 
 async def cancel_quietly(task: asyncio.Task[Any]) -> None:

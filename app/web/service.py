@@ -26,7 +26,7 @@ from app.commands.actions import ActionRequest
 from app.commands.registry import ENV_ACTIONS, spec
 from app.db.models import Environment, OutboxMessage, PullRequest, Run, Silo, utcnow
 from app.engine.logs import read_log
-from app.lifecycle.reconcile import public_outputs
+from app.lifecycle.outputs import public_outputs
 from app.lifecycle.service import LifecycleError, pull_id
 from app.lifecycle.service import NotFound as LifecycleNotFound
 from app.lifecycle.states import LIVE, Status

@@ -1,0 +1,200 @@
+"""The one converge path that serves silos and environments alike.
+
+`Converger.converge` reads the claimed target, plans, lets its kind admit it (or wait), loads
+the stack, records a run, runs the engine and saves the outcome; its follow-ups on the silo's
+other rows come last. What differs by kind is in `kinds.py`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from app.db.models import Environment
+from app.db.session import Database
+from app.engine.runner import EngineJob, EngineRunner
+from app.lifecycle.kinds import (
+    EnvironmentKind,
+    FollowUp,
+    Kind,
+    Outcome,
+    SiloKind,
+    Subject,
+    Wait,
+)
+from app.lifecycle.lease import Claim, Lease
+from app.lifecycle.runs import LineEcho, PhaseEcho, Runs
+from app.lifecycle.states import Action, Desired, Status, plan_action, status_during_apply
+from app.stacks.catalog import Catalog, Stack, StackError, StackSource, load_stack
+from app.stacks.git import fetch_git_stack
+
+Operation = Literal["apply", "destroy"]
+
+
+class Converger:
+    """Drives one claimed target to its desired state, writing through the claim's lease."""
+
+    def __init__(
+        self,
+        db: Database,
+        catalog: Catalog,
+        runner: EngineRunner,
+        data_dir: Path,
+        lease: Lease,
+        *,
+        default_capacity: int,
+        more_work: Callable[[], None],
+        echo_line: LineEcho | None = None,
+        echo_phase: PhaseEcho | None = None,
+    ) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.runner = runner
+        self.data_dir = data_dir
+        self.lease = lease
+        self.more_work = more_work  # wakes the claim loop: follow-ups made targets claimable
+        self.runs = Runs(db, runner, lease, echo_line, echo_phase)
+        self.kinds: dict[str, Kind[Any]] = {
+            "silo": SiloKind(default_capacity),
+            "environment": EnvironmentKind(db, default_capacity),
+        }
+
+    async def converge(self, claim: Claim) -> None:
+        """Plan, admit or wait, run the engine, conclude: the same steps for every kind."""
+        kind = self.kinds[claim.kind]
+        with self.db.session() as session:
+            subject = kind.read(session, claim.id)
+        action = plan_action(subject.target.desired, subject.target.status)
+        if action is Action.NONE:
+            self.lease.save(
+                claim,
+                lambda row: setattr(row, "observed_generation", claim.generation),
+                release=True,
+            )
+            return
+        if action is Action.FORGET:
+            self._conclude(claim, subject, kind.forgotten(subject, claim))
+            return
+        admitted = kind.admit(subject, action)
+        if isinstance(admitted, Wait):
+            self.lease.release_later(claim, admitted.delay, admitted.status, admitted.reason)
+            return
+        subject, target = admitted, admitted.target
+        operation: Operation = "apply" if action is Action.APPLY else "destroy"
+        name = kind.engine_target(target)
+        workspace = self.data_dir / "workspace" / name
+        try:
+            stack, commit = self._load_stack(target.stack, target.stack_source)
+            template, inputs = kind.inputs(stack, subject, workspace)
+        except StackError as exc:
+            self.lease.fail(claim, str(exc), None)
+            return
+        busy = status_during_apply(target.status) if operation == "apply" else Status.DESTROYING
+        clear_reason = busy is not Status.DESTROYING or not kind.keeps_reason_while_destroying
+
+        def begin(row: Any) -> None:
+            row.status = busy
+            if clear_reason:
+                row.reason = None
+            if commit:
+                row.stack_source = {**row.stack_source, "commit": commit}
+
+        job = EngineJob(
+            target=name,
+            template_dir=template.path,
+            operation=operation,
+            variables=inputs,
+            declared_backend=template.backend,
+            redact=kind.redact(subject),
+        )
+        trigger, head_sha = kind.origin(target)
+        run = self.runs.new(claim, operation, trigger, head_sha, commit)
+        self.lease.save(claim, begin, start_run=run)
+        workspace.mkdir(parents=True, exist_ok=True)
+        outputs, error, _tail = await self.runs.execute(claim, run, kind.label(target), job)
+        if error is not None:
+            self.lease.fail(claim, error, run.id, retry=operation == "destroy")
+            return
+        if operation == "apply":
+            assert outputs is not None
+            self._conclude(claim, subject, kind.applied(subject, claim, outputs))
+        else:
+            self.runner.forget(name)
+            shutil.rmtree(workspace, ignore_errors=True)
+            self._conclude(claim, subject, kind.destroyed(subject, claim))
+
+    def _conclude(self, claim: Claim, subject: Subject[Any], outcome: Outcome) -> None:
+        """The last save releases the claim; only then do the silo's other rows move."""
+        self.lease.save(claim, outcome.mutate, release=True)
+        for follow_up in outcome.follow_ups:
+            if follow_up is FollowUp.REFRESH_INSTANCES:
+                self._refresh_instances(subject.silo.name)
+            else:
+                self._kick_queued(subject.silo.name)
+
+    def _load_stack(self, name: str, source: dict[str, Any]) -> tuple[Stack, str]:
+        """The stack's code, pinned to the recorded commit for git stacks."""
+        kind = source.get("kind", "catalog")
+        if kind == "catalog":
+            return self.catalog.get(name), ""  # parsed once per template change
+        if kind == "git":
+            path, commit = fetch_git_stack(
+                source["url"],
+                source.get("ref", ""),
+                source.get("path", ""),
+                self.data_dir / "stacks-cache",
+                env=None,
+                commit=source.get("commit") or None,
+            )
+            return load_stack(
+                name,
+                path,
+                StackSource(
+                    kind="git",
+                    url=source["url"],
+                    ref=source.get("ref", ""),
+                    path=source.get("path", ""),
+                    commit=commit,
+                ),
+            ), commit
+        if kind == "repo":
+            # A stack stored in the PR's repository, fetched at the base branch into `url`.
+            source_record = StackSource(
+                kind="repo",
+                url=source["url"],
+                path=source.get("path", ""),
+                commit=source.get("commit", ""),
+            )
+            return load_stack(name, Path(source["url"]), source_record), source_record.commit
+        raise StackError(f"unknown stack source kind '{kind}'")
+
+    def _refresh_instances(self, silo_name: str) -> None:
+        """Silo outputs feed instance inputs: re-apply live instances when they change."""
+        with self.db.session() as session:
+            for env in session.exec(
+                select(Environment).where(
+                    Environment.silo_name == silo_name,
+                    col(Environment.status).in_([Status.READY.value, Status.SLEEPING.value]),
+                    Environment.desired != Desired.ABSENT,
+                )
+            ):
+                env.generation += 1
+                env.trigger = "silo-update"
+                session.add(env)
+            session.commit()
+        self.more_work()
+
+    def _kick_queued(self, silo_name: str) -> None:
+        with self.db.session() as session:
+            session.execute(
+                update(Environment)
+                .where(Environment.silo_name == silo_name, Environment.status == Status.QUEUED)
+                .values(next_attempt_at=None)
+            )
+            session.commit()
+        self.more_work()

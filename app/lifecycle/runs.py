@@ -1,0 +1,130 @@
+"""One engine run of a claimed target, recorded: its Run row, phases, log and outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from app.db.models import Run, utcnow
+from app.db.session import Database
+from app.engine.logs import RunLogWriter
+from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob, EngineRunner
+from app.lifecycle.lease import Claim, Lease, LeaseLost
+from app.logging import log_context
+from app.stacks.catalog import StackError
+
+log = logging.getLogger("runbot.reconcile")
+
+LineEcho = Callable[[str, str], None]  # (target label, line)
+PhaseEcho = Callable[[str, str], None]  # (target label, phase)
+Finished = tuple[dict[str, Any] | None, str | None, list[str]]  # (outputs, error, log tail)
+
+
+class Runs:
+    """Runs engine jobs for the lease holder, under its heartbeat, and records each run."""
+
+    def __init__(
+        self,
+        db: Database,
+        runner: EngineRunner,
+        lease: Lease,
+        echo_line: LineEcho | None = None,
+        echo_phase: PhaseEcho | None = None,
+    ) -> None:
+        self.db = db
+        self.runner = runner
+        self.lease = lease
+        self.echo_line = echo_line
+        self.echo_phase = echo_phase
+
+    def new(
+        self, claim: Claim, operation: str, trigger: str, head_sha: str | None, commit: str
+    ) -> Run:
+        """A run record, saved by `Lease.save(..., start_run=)` with the status it begins under."""
+        return Run(
+            target_kind=claim.kind,
+            target_id=claim.id,
+            operation=operation,
+            trigger=trigger,
+            generation=claim.generation,
+            head_sha=head_sha,
+            stack_commit=commit or None,
+            worker=self.lease.worker_id,
+            phase="init",
+        )
+
+    def _finish(
+        self,
+        run: Run,
+        writer: RunLogWriter,
+        status: str,
+        error: str | None = None,
+        exit_code: int | None = None,
+    ) -> None:
+        """The run's outcome and the last of its log, in one transaction."""
+        with self.db.session() as session:
+            chunk = writer.take_chunk()
+            if chunk is not None:
+                session.add(chunk)
+            row = session.get(Run, run.id)
+            assert row is not None
+            row.status, row.error, row.exit_code = status, error, exit_code
+            row.finished_at = utcnow()
+            session.add(row)
+            session.commit()
+
+    def _set_phase(self, run: Run, label: str) -> Callable[[str], None]:
+        def on_phase(phase: str) -> None:
+            with self.db.session() as session:
+                row = session.get(Run, run.id)
+                if row is not None:
+                    row.phase = phase
+                    session.add(row)
+                    session.commit()
+            if self.echo_phase:
+                self.echo_phase(label, phase)
+
+        return on_phase
+
+    async def execute(self, claim: Claim, run: Run, label: str, job: EngineJob) -> Finished:
+        """Run the engine under a heartbeat. Returns (outputs, error sentence, log tail)."""
+        with log_context(run_id=run.id):
+            log.info("%s %s: %s started", claim.kind, claim.id, job.operation)
+            outcome = await self._execute_logged(claim, run, label, job)
+            if outcome[1] is None:
+                log.info("%s %s: %s succeeded", claim.kind, claim.id, job.operation)
+            else:
+                log.warning("%s %s: %s failed: %s", claim.kind, claim.id, job.operation, outcome[1])
+            return outcome
+
+    async def _execute_logged(self, claim: Claim, run: Run, label: str, job: EngineJob) -> Finished:
+        echo = (lambda line: self.echo_line(label, line)) if self.echo_line else None
+        writer = RunLogWriter(self.db, run.id or 0, echo=echo)
+        cancel = asyncio.Event()
+        heartbeat = asyncio.create_task(self.lease.heartbeat(claim, cancel))
+        try:
+            result = await self.runner.execute(
+                job, writer.line, self._set_phase(run, label), cancel
+            )
+        except EngineCancelled as exc:
+            self._finish(run, writer, "cancelled", str(exc), exc.exit_code)
+            if cancel.is_set():
+                raise LeaseLost(f"{claim.kind} {claim.id}") from exc
+            return None, f"the engine {exc}", writer.tail
+        except EngineFailed as exc:
+            self._finish(run, writer, "failed", str(exc), exc.exit_code)
+            return None, f"the engine's {exc}", writer.tail
+        except (EngineError, StackError, OSError) as exc:
+            writer.line(f"runbot: {exc}")
+            self._finish(run, writer, "failed", str(exc))
+            return None, str(exc), writer.tail
+        except asyncio.CancelledError:
+            writer.line("runbot: worker shutting down; another worker will continue this run")
+            self._finish(run, writer, "cancelled", "worker shut down")
+            raise
+        finally:
+            heartbeat.cancel()
+        self._finish(run, writer, "succeeded", exit_code=0)
+        return result.outputs, None, writer.tail
