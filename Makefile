@@ -18,6 +18,7 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # ruff first: it takes a second, mypy (configured in pyproject.toml) about a minute.

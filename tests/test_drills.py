@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from sqlmodel import select
 
 from app.db.models import Delivery, Environment, Run
+from app.engine.logs import read_log
 from app.github.comment import MARKER
 from app.lifecycle.states import Status
 from app.runtime import build_runtime
@@ -341,7 +342,15 @@ def test_two_serve_replicas_on_postgres_apply_each_change_once(
                 logs = "\n".join(
                     (tmp_path / f"serve-{n}.log").read_text()[-2000:] for n in ("a", "b")
                 )
-                raise AssertionError(f"{what}: {len(envs)} envs, {states}\n{logs}") from None
+                failed = "\n".join(
+                    f"--- {e.id} run {e.last_run_id}: {e.reason}\n"
+                    + read_log(rt.db, e.last_run_id)[0][-3000:]
+                    for e in envs
+                    if e.status == Status.FAILED and e.last_run_id is not None
+                )
+                raise AssertionError(
+                    f"{what}: {len(envs)} envs, {states}\n{failed}\n{logs}"
+                ) from None
 
         send("opened", 0)
         settle(

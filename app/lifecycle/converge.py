@@ -191,9 +191,12 @@ class Converger:
 
     def _kick_queued(self, silo_name: str) -> None:
         with self.db.session() as session:
-            session.execute(
+            session.exec(
                 update(Environment)
-                .where(Environment.silo_name == silo_name, Environment.status == Status.QUEUED)
+                .where(
+                    col(Environment.silo_name) == silo_name,
+                    col(Environment.status) == Status.QUEUED,
+                )
                 .values(next_attempt_at=None)
             )
             session.commit()

@@ -44,7 +44,7 @@ RETRY_DELAYS = (10.0, 60.0, 300.0)  # automatic retries of failed destroys: noth
 
 def _key_column(model: type[Target]) -> Any:
     """The primary-key column: a silo's name, an environment's id."""
-    return model.name if model is Silo else model.id  # type: ignore[attr-defined]
+    return col(Silo.name) if model is Silo else col(Environment.id)
 
 
 def _aware(value: datetime, now: datetime) -> datetime:
@@ -122,7 +122,7 @@ class Reconciler:
         with self.db.session() as session:
             if self.db.is_postgres:
                 # Serialises only the cap check across replicas; rows are then taken SKIP LOCKED.
-                session.exec(select(func.pg_advisory_xact_lock(7215062)))  # type: ignore[call-overload]
+                session.exec(select(func.pg_advisory_xact_lock(7215062)))
             counts = [
                 select(func.count()).select_from(model).where(col(model.lease_expires_at) > now)
                 for model in (Silo, Environment)
@@ -140,7 +140,7 @@ class Reconciler:
                 if found is None:
                     continue
                 key, generation = found
-                result = session.execute(
+                result = session.exec(
                     update(model)
                     .where(_key_column(model) == key)
                     .where(
@@ -151,7 +151,7 @@ class Reconciler:
                     .values(lease_owner=self.worker_id, lease_expires_at=now + self.lease)
                 )
                 session.commit()
-                if result.rowcount == 1:  # type: ignore[attr-defined]
+                if result.rowcount == 1:
                     return Claim(kind=kind, id=key, generation=generation)
                 return None
         return None
@@ -176,14 +176,14 @@ class Reconciler:
     def _renew(self, claim: Claim) -> None:
         model = Silo if claim.kind == "silo" else Environment
         with self.db.session() as session:
-            result = session.execute(
+            result = session.exec(
                 update(model)
                 .where(_key_column(model) == claim.id)
-                .where(model.lease_owner == self.worker_id)
+                .where(col(model.lease_owner) == self.worker_id)
                 .values(lease_expires_at=utcnow() + self.lease)
             )
             session.commit()
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if result.rowcount != 1:
             raise LeaseLost(f"{claim.kind} {claim.id}: lease taken over by another worker")
 
     async def heartbeat(self, claim: Claim, cancel: asyncio.Event) -> None:
@@ -305,9 +305,13 @@ class Reconciler:
         ``start_run`` is recorded in the same transaction (and becomes an environment's
         ``last_run_id``): one commit on the critical path of every run instead of three.
         """
-        model = Silo if claim.kind == "silo" else Environment
+        lock = self.db.is_postgres
         with self.db.session() as session:
-            row = session.get(model, claim.id, with_for_update=self.db.is_postgres)
+            row: Silo | Environment | None = (
+                session.get(Silo, claim.id, with_for_update=lock)
+                if claim.kind == "silo"
+                else session.get(Environment, claim.id, with_for_update=lock)
+            )
             if row is None or row.lease_owner != self.worker_id:
                 raise LeaseLost(f"{claim.kind} {claim.id}")
             old_status = row.status

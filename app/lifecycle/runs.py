@@ -100,7 +100,8 @@ class Runs:
             return outcome
 
     async def _execute_logged(self, claim: Claim, run: Run, label: str, job: EngineJob) -> Finished:
-        echo = (lambda line: self.echo_line(label, line)) if self.echo_line else None
+        echo_line = self.echo_line
+        echo = (lambda line: echo_line(label, line)) if echo_line else None
         writer = RunLogWriter(self.db, run.id or 0, echo=echo)
         cancel = asyncio.Event()
         heartbeat = asyncio.create_task(self.lease.heartbeat(claim, cancel))
