@@ -336,8 +336,11 @@ class IntentProcessor:
             except ConfigError as exc:
                 config = exc
         state = pull_state(pull)
-        stopped = live is None and not resume and self._stopped(pull)
-        in_use = self._in_use(pull.repository) if live is None else 0
+        # Only a usable config goes on to these rules: a closed PR, a missing or broken
+        # config decides without them (each is a query on the path of every delivery).
+        usable = isinstance(config, RepoConfig)
+        stopped = usable and live is None and not resume and self._stopped(pull)
+        in_use = self._in_use(pull.repository) if usable and live is None else 0
         decided = decide_pull(
             state, config, live_of(live), in_use=in_use, stopped=stopped, resume=resume
         )
