@@ -109,11 +109,12 @@ def one_pr_on_a_ready_silo(tmp_path: Path, fake: FakeGitHub, port_base: int) -> 
     return rt
 
 
-def kill_during_the_apply_of(serve: subprocess.Popen[bytes], target: str) -> None:
-    """Kill -9 the process group at the moment the engine is applying `target`."""
+def kill_during_the_apply_of(serve: subprocess.Popen[bytes], target: str, root: Path) -> None:
+    """Kill -9 the process group at the moment the engine is applying `target`, in a working
+    copy under `root` (this test's own: other runs on the machine apply targets named alike)."""
     wait_for(
         lambda: any(
-            "apply" in line and f"/work/{target}" in line
+            "apply" in line and f"{root}" in line and f"/work/{target}" in line
             for line in processes_matching("app.engine.embedded")
         ),
         timeout=60,
@@ -141,7 +142,7 @@ def test_serve_killed_while_an_update_runs_then_restarted(
         fake.update_pull(REPO, 1, head_sha="b" * 40)
         push = pr_event(fake, "synchronize", 1)
         assert deliver(url, "pull_request", push, WEBHOOK_SECRET).status_code == 202
-        kill_during_the_apply_of(serve, f"env-{env_id}")
+        kill_during_the_apply_of(serve, f"env-{env_id}", tmp_path)
     assert rt.lifecycle.get_environment(env_id).status == Status.UPDATING
 
     with runbot(["serve", "--port", str(port)], env_vars, log) as serve:
@@ -179,7 +180,7 @@ def test_serve_killed_while_an_apply_runs_then_restarted(
             ).status_code
             == 202
         )
-        kill_during_the_apply_of(serve, "env-pr-1-")
+        kill_during_the_apply_of(serve, "env-pr-1-", tmp_path)
     env_row = rt.lifecycle.list_environments()[0]
     # The kill lands mid-apply; whether the row already said "creating" is incidental.
     assert env_row.status in (Status.PENDING, Status.CREATING, Status.READY)
