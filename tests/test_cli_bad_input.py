@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from app.lifecycle.states import Status
 from app.runtime import build_runtime
 from tests.conftest import TEMPLATES, make_settings

@@ -27,7 +27,7 @@ import typer.main
 from typer.exceptions import TyperException
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from app.setup import AUTOMATIC_EVENTS, EVENTS, PERMISSIONS
 from app.stacks.catalog import load_stack
 from tests.conftest import ROOT, TEMPLATES, port_range_free

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from app.db.session import Database
 from app.doctor.checks import run_checks
 from app.doctor.github import MIN_WEBHOOK_SECRET_LENGTH

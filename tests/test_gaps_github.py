@@ -9,7 +9,7 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from app.db.models import Delivery, PullRequest
 from app.lifecycle.states import Status
 from tests.apphost import INSTALLATION, REPO, WEBHOOK_SECRET, AppServer, app_settings

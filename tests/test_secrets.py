@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from app.db.models import Environment, OutboxMessage, RunLogChunk, Silo
 from app.lifecycle.states import Status
 from tests.apphost import INSTALLATION, REPO, WEBHOOK_SECRET, AppServer, app_settings, seed_repo

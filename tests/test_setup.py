@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from app.doctor.checks import run_checks
 from app.doctor.report import State
 from app.github.intake import HANDLED_EVENTS

@@ -1,0 +1,1 @@
+"""The `runbot` command line (`main.py` lists every command)."""
