@@ -55,6 +55,11 @@ class CommandHost:
         payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
         assert await self.workers.intent.handle("pull_request", payload)
 
+    async def show_status(self, number: int = 1) -> None:
+        """Post (or edit) the PR's status comment now, as the notifier would: what a maintainer
+        reads before approving with `/runbot deploy`."""
+        await self.workers.notifier.sync(pull_id(REPO, number))
+
     def comment_payload(
         self, body: str, author: str, number: int = 1, **kwargs: Any
     ) -> dict[str, Any]:

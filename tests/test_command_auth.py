@@ -11,6 +11,7 @@ import pytest
 
 from app.access.roles import Role, role_from_permission
 from app.access.rules import Verdict, authorize
+from app.commands.actions import NoApproval, approval_for
 from app.commands.registry import VOCABULARY, spec
 from app.commands.replies import refusal_text, render_extend_refused
 from app.github.comment import MARKER, RunSummary, StatusView, render_status_reply
@@ -205,3 +206,15 @@ def test_status_reply_is_never_taken_for_the_status_comment() -> None:
     assert "`aaaaaaa`" in reply and "in 3h (2030-01-01 03:00 UTC)" in reply
     assert "run `7`: `apply`, succeeded, finished 4m ago (2029-12-31 23:56 UTC)" in reply
     assert "| **Last run** | — |" in render_status_reply(view, None)
+
+
+def test_deploy_approves_the_named_or_the_shown_commit() -> None:
+    head, shown = "a" * 40, "b" * 40
+    assert approval_for(None, head, shown) == shown  # what the comment showed, not the head
+    assert approval_for("aaaaaaa", head, shown) == head
+    assert approval_for("bbbbbbbb", head, shown) == shown
+    refused = approval_for("ccccccc", head, shown)
+    assert isinstance(refused, NoApproval) and "`ccccccc`" in refused.text
+    assert "`bbbbbbb`" in refused.text  # says what was shown
+    nothing = approval_for(None, head, None)
+    assert isinstance(nothing, NoApproval) and f"deploy {head[:7]}" in nothing.text

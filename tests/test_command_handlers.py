@@ -153,6 +153,7 @@ async def test_commands_without_an_environment_say_so(host: CommandHost) -> None
 async def test_writer_deploy_approves_a_fork(host: CommandHost) -> None:
     await host.open_pull(author="forky", fork=True)
     assert host.live() is None and "write access" in (host.pull().hold_reason or "")
+    await host.show_status()
     cid = await host.comment("/runbot deploy", "forky")  # the fork's author cannot approve
     assert host.reactions(cid) == ACK_FAIL
     assert "cannot approve" in host.replies()[-1]
@@ -165,6 +166,7 @@ async def test_writer_deploy_approves_a_fork(host: CommandHost) -> None:
 
 async def test_destroy_withdraws_a_fork_approval(host: CommandHost) -> None:
     await host.open_pull(author="forky", fork=True)
+    await host.show_status()
     await host.comment("/runbot deploy", "wendy")
     assert host.live() is not None
     await host.comment("/runbot destroy", "wendy")
@@ -219,6 +221,7 @@ async def test_permission_matrix_over_the_real_api(
         host.fake.set_permission(REPO, name, role)
     await host.open_pull(author=author, fork=fork)
     if fork:
+        await host.show_status()
         await host.comment("/runbot deploy", "wendy")
     env = host.live()
     assert env is not None
@@ -412,3 +415,20 @@ async def test_app_slug_prefix(deployed: CommandHost) -> None:
     assert deployed.reactions(cid) == ACK_OK
     env = deployed.live()
     assert env is not None and env.desired == Desired.SUSPENDED
+
+
+async def test_deploy_approves_only_a_commit_someone_was_shown(host: CommandHost) -> None:
+    """Before any status comment, a bare `/runbot deploy` approves nothing: the head could be a
+    push nobody reviewed. Naming the commit works; naming another one is refused."""
+    await host.open_pull(author="forky", fork=True)
+    cid = await host.comment("/runbot deploy", "wendy")
+    assert host.reactions(cid) == ACK_FAIL and host.live() is None
+    assert "has not shown a commit" in host.replies()[-1]
+    cid = await host.comment("/runbot deploy 0123456789abcdef", "wendy")
+    assert host.reactions(cid) == ACK_FAIL and host.live() is None
+    assert "is not this pull request's head" in host.replies()[-1]
+    assert host.pull().approved_sha is None
+    head = host.pull().head_sha
+    cid = await host.comment(f"/runbot deploy {head[:9].upper()}", "wendy")
+    assert host.reactions(cid) == ACK_OK
+    assert host.pull().approved_sha == head and host.live() is not None

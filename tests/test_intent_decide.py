@@ -38,7 +38,9 @@ OLD = "b" * 40
 @dataclass(frozen=True)
 class Case:
     closed: bool
-    fork: str  # "no" | "off" | "approve" (not approved) | "approved" (approved at the head)
+    # "no" | "off" | "approve" (not approved) | "approved" (at the head) | "approved-old"
+    # (a maintainer approved an older commit; the fork pushed since)
+    fork: str
     draft: bool
     labels: str  # "none" (none required) | "missing" | "approved" (missing, approved at head)
     full: bool  # the repository is at `max_environments`
@@ -57,6 +59,8 @@ def config_for(forks: str, labels: bool, wait_for_ci: bool) -> RepoConfig:
 
 def facts(case: Case) -> tuple[PullState, RepoConfig, Live | None, int]:
     approved = HEAD if case.fork == "approved" or case.labels == "approved" else None
+    if approved is None and case.fork == "approved-old":
+        approved = OLD
     pull = PullState(
         state="closed" if case.closed else "open",
         head_sha=HEAD,
@@ -74,6 +78,17 @@ def facts(case: Case) -> tuple[PullState, RepoConfig, Live | None, int]:
         "behind": Live(head_sha=OLD, head_ref="topic", deployed_sha=OLD, busy=True),
     }[case.live]
     return pull, config, live, 3 if case.full else 1
+
+
+WAITING = Hold(
+    HoldKind.FORK_AWAITING_APPROVAL,
+    f"commit {HEAD[:7]} waits for a maintainer's `/runbot deploy {HEAD[:7]}`; the environment"
+    f" stays at the approved {OLD[:7]}",
+)
+
+
+def old_approval(case: Case) -> bool:
+    return case.fork == "approved-old" and case.labels != "approved"
 
 
 # Which rule wins, first match first: (name, applies to the case, the decision it makes).
@@ -98,10 +113,33 @@ PRECEDENCE: list[tuple[str, Callable[[Case], bool], Callable[[Case], object]]] =
         lambda c: (HoldKind.LABELS, True),
     ),
     ("queued", lambda c: c.full and c.live == "none", lambda c: (HoldKind.QUEUED, False)),
+    # A fork's environment runs only approved code: withdrawn, nothing new is deployed.
+    (
+        "fork running unapproved",
+        lambda c: c.fork == "approve" and c.labels != "approved",
+        lambda c: (HoldKind.FORK_AWAITING_APPROVAL, False),
+    ),
+    # Approved at an older commit: that commit runs (whatever CI says of the head), and the
+    # head waits for its own approval.
+    (
+        "approved older: create it",
+        lambda c: old_approval(c) and c.live == "none",
+        lambda c: Create(OLD, WAITING),
+    ),
+    (
+        "approved older: back to it",
+        lambda c: old_approval(c) and c.live == "same",
+        lambda c: Update(OLD, waiting=WAITING),
+    ),
+    (
+        "approved older: it runs",
+        lambda c: old_approval(c),
+        lambda c: WAITING,
+    ),
     ("ci failed", lambda c: c.ci == "failure", lambda c: (HoldKind.CI_FAILED, False)),
     ("ci pending", lambda c: c.ci == "pending", lambda c: (HoldKind.WAITING_FOR_CI, False)),
-    ("create", lambda c: c.live == "none", lambda c: Create()),
-    ("update", lambda c: c.live == "behind", lambda c: Update(settle=True)),
+    ("create", lambda c: c.live == "none", lambda c: Create(HEAD)),
+    ("update", lambda c: c.live == "behind", lambda c: Update(HEAD, settle=True)),
     ("up to date", lambda c: True, lambda c: Keep()),
 ]
 
@@ -128,7 +166,7 @@ CASES = [
     Case(*values)
     for values in itertools.product(
         [False, True],
-        ["no", "off", "approve", "approved"],
+        ["no", "off", "approve", "approved", "approved-old"],
         [False, True],
         ["none", "missing", "approved"],
         [False, True],
@@ -215,10 +253,10 @@ def test_resume_lifts_a_deliberate_stop() -> None:
     pull = PullState(state="open", head_sha=HEAD)
     config = config_for("off", False, False)
     assert decide_pull(pull, config, None, stopped=True) == Keep()
-    assert decide_pull(pull, config, None, stopped=True, resume=True) == Create()
+    assert decide_pull(pull, config, None, stopped=True, resume=True) == Create(HEAD)
 
 
 def test_a_new_branch_name_at_the_same_commit_is_an_update() -> None:
     pull = PullState(state="open", head_sha=HEAD, head_ref="renamed")
     live = Live(head_sha=HEAD, head_ref="topic")
-    assert decide_pull(pull, config_for("off", False, False), live) == Update(settle=False)
+    assert decide_pull(pull, config_for("off", False, False), live) == Update(HEAD, settle=False)

@@ -167,16 +167,7 @@ async def run_redeploy(ctx: CommandContext) -> Outcome:
 async def _deploy(ctx: CommandContext, *, redeploy: bool) -> Outcome:
     verb = "redeploy" if redeploy else "deploy"
     env = ctx.live()
-    if env is not None:
-        if not redeploy:
-            return Outcome(
-                "ok",
-                render_reply(
-                    "Already deployed",
-                    f"This pull request already has an environment (`{env.id}`, {env.status})."
-                    f" `{PREFIX} redeploy` starts it over.",
-                ),
-            )
+    if env is not None and redeploy:
         if env.status == Status.FAILED:
             ctx.lifecycle.retry(env.id, trigger="comment")
         else:
@@ -189,7 +180,20 @@ async def _deploy(ctx: CommandContext, *, redeploy: bool) -> Outcome:
             "runbot does not know this pull request as open; push a commit to it and try again.",
         )
     if not redeploy:
-        ctx.set_approved(pull.head_sha)
+        approved = approval_for(ctx.command.commit, pull.head_sha, pull.shown_sha)
+        if isinstance(approved, NoApproval) and (env is None or ctx.command.commit):
+            return failed("Nothing approved", approved.text)
+        if env is not None and (isinstance(approved, NoApproval) or env.head_sha == approved):
+            return Outcome(
+                "ok",
+                render_reply(
+                    "Already deployed",
+                    f"This pull request already has an environment (`{env.id}`, {env.status})"
+                    f" at `{env.head_sha[:7]}`. `{PREFIX} redeploy` starts it over.",
+                ),
+            )
+        assert isinstance(approved, str)  # both ways out of NoApproval returned above
+        ctx.set_approved(approved)
     await ctx.intent.reconcile_pull(pull.id, resume=True)
     if ctx.live() is not None:
         return Outcome()
@@ -201,6 +205,35 @@ async def _deploy(ctx: CommandContext, *, redeploy: bool) -> Outcome:
     else:
         why = pull.hold_reason or "runbot's policy for this repository holds it back."
     return failed(f"Could not {verb}", why)
+
+
+@dataclass(frozen=True)
+class NoApproval:
+    """Why `/runbot deploy` approves nothing, for the reply."""
+
+    text: str
+
+
+def approval_for(named: str | None, head: str, shown: str | None) -> str | NoApproval:
+    """The commit a `/runbot deploy` approves: the one named (which must be the head or the
+    commit the status comment shows), else the head the status comment shows; never a head
+    nobody was shown, such as a push that landed while the maintainer was reading."""
+    if named is not None:
+        for candidate in (head, shown):
+            if candidate and candidate.lower().startswith(named):
+                return candidate
+        showing = f", nor the commit the status comment shows (`{shown[:7]}`)" if shown else ""
+        return NoApproval(
+            f"`{named}` is not this pull request's head (`{head[:7]}`){showing}. Name the"
+            f" commit you reviewed: `{PREFIX} deploy {head[:7]}`."
+        )
+    if shown:
+        return shown
+    return NoApproval(
+        "runbot has not shown a commit of this pull request yet, so there is nothing a"
+        f" reviewer could have seen. Name the commit you reviewed: `{PREFIX} deploy"
+        f" {head[:7]}`."
+    )
 
 
 def _last_run(ctx: CommandContext, env: Environment | None) -> RunSummary | None:

@@ -10,6 +10,7 @@ the parser never raises: it runs on every comment anyone posts.
 from __future__ import annotations
 
 import difflib
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ __all__ = [
 MAX_BODY_CHARS = 65_536
 
 _SHOW_LIMIT = 40
+_COMMIT = re.compile(r"[0-9a-f]{7,40}")
 _SUGGEST_MAX_LEN = 32
 
 
@@ -48,6 +50,8 @@ class Spelling(Protocol):
     def example(self) -> str: ...
     @property
     def takes_duration(self) -> bool: ...
+    @property
+    def takes_commit(self) -> bool: ...
     @property
     def aliases(self) -> tuple[str, ...]: ...
 
@@ -76,6 +80,7 @@ class Command:
     name: str
     argument: timedelta | None = None
     raw: str = ""
+    commit: str | None = None  # a commit the command names (lowercase hex, 7 to 40 digits)
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,8 @@ def _parse_words(words: list[str], raw: str, vocabulary: Vocabulary) -> Command 
             suggestion=suggestion,
         )
     line = vocabulary.usage_line(name)
+    if vocabulary.spelling(name).takes_commit:
+        return _commit_argument(name, args, raw, line)
     if not vocabulary.spelling(name).takes_duration:
         if args:
             return CommandError(
@@ -190,6 +197,26 @@ def _parse_words(words: list[str], raw: str, vocabulary: Vocabulary) -> Command 
     except DurationError as exc:
         return CommandError(message=f"Can't {name} by {_code(args[0])}: {exc}.", usage=line)
     return Command(name=name, argument=duration, raw=raw)
+
+
+def _commit_argument(name: str, args: list[str], raw: str, line: str) -> Command | CommandError:
+    """An optional commit: none, or one SHA prefix of 7 to 40 hexadecimal digits."""
+    if not args:
+        return Command(name=name, raw=raw)
+    if len(args) > 1:
+        return CommandError(
+            message=f"`{name}` takes at most one commit, but got {_code(' '.join(args))}.",
+            usage=line,
+            suggestion=name,
+        )
+    commit = args[0].lower()
+    if not _COMMIT.fullmatch(commit):
+        return CommandError(
+            message=f"{_code(args[0])} is not a commit: give 7 to 40 hexadecimal digits of its"
+            " SHA, as GitHub shows it.",
+            usage=line,
+        )
+    return Command(name=name, commit=commit, raw=raw)
 
 
 @dataclass(frozen=True)

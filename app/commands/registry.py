@@ -38,6 +38,7 @@ class CommandSpec:
     syntax: str = ""  # as help shows it; the name when empty
     example: str = ""  # the syntax when empty
     takes_duration: bool = False
+    takes_commit: bool = False  # an optional commit SHA after the name
     aliases: tuple[str, ...] = ()
     action: DashboardAction | None = None
 
@@ -96,10 +97,14 @@ COMMANDS: tuple[CommandSpec, ...] = (
     ),
     CommandSpec(
         "deploy",
-        "deploy the environment for this PR's latest commit",
+        "approve and deploy the commit the status comment shows, or the commit named; a"
+        " later push waits for a new approval",
         # Approving a deploy runs someone's code: never less than write, whatever the setting.
         Access(least_role=Role.WRITE, approves_code=True),
         actions.run_deploy,
+        syntax="deploy [<commit>]",
+        example="deploy",
+        takes_commit=True,
     ),
     CommandSpec(
         "sleep",

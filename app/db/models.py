@@ -193,6 +193,8 @@ class PullRequest(SQLModel, table=True):
     pr_updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     comment_id: int | None = Field(default=None, sa_type=BigInteger)
     comment_digest: str | None = Field(default=None, max_length=64)
+    #: The head commit the status comment last showed: what `/runbot deploy` approves.
+    shown_sha: str | None = Field(default=None, max_length=64)
     config_comment_digest: str | None = Field(default=None, max_length=64)
     deployment_id: int | None = Field(default=None, sa_type=BigInteger)
     deployment_key: str | None = Field(default=None, max_length=140)  # env id + sha it belongs to

@@ -466,7 +466,7 @@ class Notifier:
         if planned.kind == WriteKind.CONFIG_ERROR:
             return lambda: self._sync_config_error(pull, planned.body)
         if planned.kind == WriteKind.COMMENT:
-            return lambda: self._sync_comment(pull, planned.body)
+            return lambda: self._sync_comment(pull, planned.body, planned.sha or None)
         if planned.kind == WriteKind.DEPLOYMENT:
 
             async def create() -> None:
@@ -531,7 +531,9 @@ class Notifier:
             )
         self._save(pull.id, config_comment_digest=sent)
 
-    async def _sync_comment(self, pull: PullRequest, body: str) -> None:
+    async def _sync_comment(self, pull: PullRequest, body: str, shown_sha: str | None) -> None:
+        """Create or edit the status comment; remember which head commit it showed, the one
+        a maintainer's `/runbot deploy` approves."""
         sent = digest(body)
         if pull.comment_digest == sent and pull.comment_id:
             return
@@ -552,7 +554,7 @@ class Notifier:
             comment_id = await self.gateway.create_comment(
                 pull.installation_id, pull.repository, pull.number, body
             )
-        self._save(pull.id, comment_id=comment_id, comment_digest=sent)
+        self._save(pull.id, comment_id=comment_id, comment_digest=sent, shown_sha=shown_sha)
 
 
 async def _nothing() -> None:

@@ -53,7 +53,7 @@ class PlannedWrite:
     url: str | None = None  # DEPLOYMENT_STATUS: the environment URL of a success
     log_url: str | None = None  # DEPLOYMENT_STATUS: where the run log is
     description: str = ""
-    sha: str = ""  # DEPLOYMENT
+    sha: str = ""  # DEPLOYMENT: its commit; COMMENT: the PR head it was rendered for
     key: str = ""  # DEPLOYMENT: "<environment id>@<sha>", what the deployment belongs to
 
 
@@ -85,7 +85,12 @@ def next_write(
         outcome = view.state not in IN_FLUX and (
             env is not None and env.generation == env.observed_generation
         )
-        return PlannedWrite(WriteKind.COMMENT, body=status_body, shows_outcome=outcome)
+        return PlannedWrite(
+            WriteKind.COMMENT,
+            body=status_body,
+            shows_outcome=outcome,
+            sha=pull.head_sha,
+        )
     if env is not None:
         return next_deployment_write(pull, env, view)
     return None

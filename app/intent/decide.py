@@ -59,15 +59,30 @@ class Live:
 
 @dataclass(frozen=True)
 class Create:
-    """Create an environment at the PR's head."""
+    """Create an environment at ``sha`` (the head, or a fork's approved commit); ``waiting``:
+    a newer commit that is held back meanwhile, and why."""
+
+    sha: str
+    waiting: Hold | None = None
 
 
 @dataclass(frozen=True)
 class Update:
-    """Move the live environment to the PR's head; ``settle`` while it still applies a change
-    (a burst of pushes: the next apply waits for the pushes to go quiet)."""
+    """Move the live environment to ``sha``; ``settle`` while it still applies a change (a
+    burst of pushes: the next apply waits for the pushes to go quiet)."""
 
+    sha: str
     settle: bool = False
+    waiting: Hold | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Do not deploy the head, because of ``kind``; ``teardown``: and destroy what runs."""
+
+    kind: HoldKind
+    message: str
+    teardown: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,13 +97,6 @@ class Destroy:
     reason: str = CONFIG_REMOVED
 
 
-@dataclass(frozen=True)
-class Hold:
-    """Do not deploy the head, because of ``kind``; ``teardown``: and destroy what runs."""
-
-    kind: HoldKind
-    message: str
-    teardown: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,8 @@ def _policy_hold(
     if pull.fork and config.forks == "approve" and not pull.approved_sha and not live:
         return Hold(
             HoldKind.FORK_AWAITING_APPROVAL,
-            "PRs from forks wait for a maintainer with write access to comment `/runbot deploy`",
+            "PRs from forks wait for a maintainer with write access to comment"
+            f" `/runbot deploy` (or `/runbot deploy {pull.head_sha[:7]}`)",
         )
     if pull.draft and not config.drafts:
         return Hold(
@@ -178,14 +187,46 @@ def decide_pull(
     hold = _policy_hold(pull, config, live, in_use)
     if hold is not None:
         return hold
-    if config.wait_for_ci:
+    target, waiting = _fork_gate(pull, config, live)
+    if target is None:
+        return waiting or Keep()
+    if config.wait_for_ci and target == pull.head_sha:
         if ci is None:
             return NeedCI()
         hold = _ci_hold(pull, live, ci)
         if hold is not None:
             return hold
     if live is None:
-        return Create()
-    if live.head_sha != pull.head_sha or live.head_ref != pull.head_ref:
-        return Update(settle=live.busy)
-    return Keep()
+        return Create(target, waiting)
+    if live.head_sha != target or live.head_ref != pull.head_ref:
+        return Update(target, settle=live.busy, waiting=waiting)
+    return waiting or Keep()
+
+
+def _fork_gate(
+    pull: PullState, config: RepoConfig, live: Live | None
+) -> tuple[str | None, Hold | None]:
+    """The commit to run (None: none), and the hold of a newer one waiting for approval.
+
+    Code from a fork runs only at the commit a maintainer approved with `/runbot deploy`: a
+    later push keeps the approved commit running and waits for a new approval. (A fork with
+    neither an approval nor an environment is held by `_policy_hold`, in its turn.)
+    """
+    if not (pull.fork and config.forks == "approve"):
+        return pull.head_sha, None
+    head = pull.head_sha[:7]
+    if not pull.approved_sha:
+        assert live is not None
+        # Running without an approval (it was withdrawn): nothing new is deployed.
+        return None, Hold(
+            HoldKind.FORK_AWAITING_APPROVAL,
+            f"commit {head} waits for a maintainer's `/runbot deploy`; the environment stays"
+            f" at {live.head_sha[:7]}",
+        )
+    if pull.approved_sha == pull.head_sha:
+        return pull.head_sha, None
+    return pull.approved_sha, Hold(
+        HoldKind.FORK_AWAITING_APPROVAL,
+        f"commit {head} waits for a maintainer's `/runbot deploy {head}`; the environment stays"
+        f" at the approved {pull.approved_sha[:7]}",
+    )

@@ -375,11 +375,13 @@ class IntentProcessor:
                     hold_kind=decision.kind,
                     hold_reason=None,
                 )
+            elif live and decision.teardown:
+                self.lifecycle.destroy_environment(
+                    live.id, reason=decision.message, trigger="policy"
+                )
+                # What was approved is no longer trusted to come back on its own.
+                self._hold(key, decision.kind, decision.message, approved_sha=None)
             else:
-                if live and decision.teardown:
-                    self.lifecycle.destroy_environment(
-                        live.id, reason=decision.message, trigger="policy"
-                    )
                 self._hold(key, decision.kind, decision.message)
             return
         if isinstance(decision, Destroy):
@@ -397,7 +399,7 @@ class IntentProcessor:
             if isinstance(decision, Update):
                 assert live is not None
                 self.lifecycle.update_environment(
-                    live.id, head_sha=pull.head_sha, head_ref=pull.head_ref, trigger="push"
+                    live.id, head_sha=decision.sha, head_ref=pull.head_ref, trigger="push"
                 )
                 if decision.settle:
                     self._settle_burst(live.id)
@@ -407,7 +409,7 @@ class IntentProcessor:
                     silo,
                     pull.repository,
                     pull.number,
-                    pull.head_sha,
+                    decision.sha,
                     pull.head_ref,
                     pull.author,
                     dict(config.vars),
@@ -418,14 +420,18 @@ class IntentProcessor:
         except (LifecycleError, StackError) as exc:
             self._hold(key, HoldKind.CANNOT_DEPLOY, f"cannot deploy: {exc}")
             return
-        self._update_pull(key, enabled=True, **_NO_HOLD)
+        waiting = decision.waiting if isinstance(decision, Create | Update) else None
+        if waiting is not None:
+            self._hold(key, waiting.kind, waiting.message)
+        else:
+            self._update_pull(key, enabled=True, **_NO_HOLD)
         self.on_change()
         # The reconciler was just woken: let it claim before this delivery's bookkeeping.
         await asyncio.sleep(0)
 
-    def _hold(self, key: str, kind: HoldKind, message: str) -> None:
+    def _hold(self, key: str, kind: HoldKind, message: str, **also: Any) -> None:
         self._update_pull(
-            key, enabled=True, config_error=None, hold_kind=kind, hold_reason=message
+            key, enabled=True, config_error=None, hold_kind=kind, hold_reason=message, **also
         )
 
     def _update_pull(self, key: str, **values: Any) -> None:

@@ -56,12 +56,19 @@ def lifetime_limit(env: Environment) -> datetime | None:
     return env.created_at + timedelta(seconds=seconds) if seconds else None
 
 
-def mark_pull_dirty(session: Any, repository: str, pr_number: int) -> None:
-    """The PR's status comment and deployment must be re-rendered: bump its sync version."""
+def mark_pull_dirty(
+    session: Any, repository: str, pr_number: int, *, withdraw_approval: bool = False
+) -> None:
+    """The PR's status comment and deployment must be re-rendered: bump its sync version.
+    ``withdraw_approval``: a teardown runbot decided (expiry) ends what `/runbot deploy`
+    approved, so the code does not come back without a maintainer looking again."""
+    values: dict[str, Any] = {"sync_version": PullRequest.sync_version + 1}
+    if withdraw_approval:
+        values["approved_sha"] = None
     session.exec(
         update(PullRequest)
         .where(col(PullRequest.id) == pull_id(repository, pr_number))
-        .values(sync_version=PullRequest.sync_version + 1)
+        .values(**values)
     )
 
 
@@ -391,7 +398,7 @@ class Lifecycle:
                 return False
             env = session.get(Environment, env_id)
             assert env is not None
-            mark_pull_dirty(session, env.repository, env.pr_number)
+            mark_pull_dirty(session, env.repository, env.pr_number, withdraw_approval=True)
             session.commit()
             return True
 
@@ -415,7 +422,7 @@ class Lifecycle:
                 return False
             env = session.get(Environment, env_id)
             assert env is not None
-            mark_pull_dirty(session, env.repository, env.pr_number)
+            mark_pull_dirty(session, env.repository, env.pr_number, withdraw_approval=True)
             session.commit()
             return True
 
