@@ -7,6 +7,7 @@ import contextlib
 import re
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,9 @@ def test_short_ttl_warns_then_reaps_on_the_local_stack(
     tmp_path: Path, fake_github: FakeGitHub, port_base: int, database_url: str
 ) -> None:
     fake = fake_github
-    config = "stack: local\nsilo: cmd\nttl: {idle: 8s, max: 20s, warn_before: 4s}\n"
+    # Room for a slow apply on a loaded machine: the environment is created at the PR's
+    # opening, and its lifetime counts from there, apply included.
+    config = "stack: local\nsilo: cmd\nttl: {idle: 16s, max: 40s, warn_before: 8s}\n"
     with running(tmp_path, fake, port_base, config, database_url, scheduler_interval=1.0) as server:
         send_pull(server, fake, "opened")
         wait_for(lambda: URL_IN_COMMENT.search(status_body(fake)) is not None, timeout=30)
@@ -105,7 +108,8 @@ def test_short_ttl_warns_then_reaps_on_the_local_stack(
         wait_for(lambda: any("@alice" in body for body in other_comments(fake)), timeout=40)
         [warning] = other_comments(fake)
         assert "/runbot extend" in warning and env.id in warning
-        assert time.time() < env.expires_at.timestamp()
+        [posted] = [c["created_at"] for c in fake.comments(REPO, 1) if c["body"] == warning]
+        assert datetime.fromisoformat(posted.replace("Z", "+00:00")) < env.expires_at
         # ...and the status comment showed it.
         wait_for(
             lambda: any(
