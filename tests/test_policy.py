@@ -6,12 +6,14 @@ serve` are in test_policy_process.py.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from app.policy.checks import (
     RULE_KEYS,
@@ -28,7 +30,7 @@ from app.policy.checks import (
 )
 from app.policy.explain import OriginKind, explain, explanation_record, render
 from app.policy.load import PolicyError, load_policy, parse_policy
-from app.policy.merge import effective_policy
+from app.policy.merge import Layer, effective_policy, merge_layers
 from app.policy.model import KEYS, Forks, Policy, PolicyFile
 from app.settings import SettingsError
 
@@ -522,3 +524,38 @@ def test_caps() -> None:
     assert cap_ttl(OPEN, timedelta(hours=4)) == timedelta(hours=4)
     assert cap_environments(OPEN, 1000) == 10
     assert cap_environments(OPEN, 3) == 3
+
+
+# ----- the reference -------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "policy.md"
+
+
+def yaml_blocks(text: str) -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", text, re.S)
+
+
+def test_the_reference_documents_every_key_with_its_default() -> None:
+    text = DOC.read_text()
+    defaults = Policy(git_hosts=())
+    for key in KEYS:
+        section = re.search(rf"^### `{key}`\n\n(.*?)(?=^#)", text, re.S | re.M)
+        assert section, f"docs/policy.md has no section for {key}"
+        if key == "git_hosts":
+            assert "Default: the hosts of the `git_stacks` prefixes" in section[1]
+            continue
+        default = re.match(r"Default `([^`]+)`", section[1])
+        assert default, f"{key}: the section does not start with its default"
+        assert yaml.safe_load(default[1]) == defaults.value_of(key), key
+
+
+def test_the_reference_examples_are_valid_and_the_first_is_the_defaults() -> None:
+    blocks = yaml_blocks(DOC.read_text())
+    assert len(blocks) > len(KEYS)
+    for block in blocks:
+        parse_policy(block, "docs/policy.md")
+    first = parse_policy(blocks[0])
+    assert merge_layers([Layer(None, first.document.default)]) == effective_policy(
+        PolicyFile(), "a/b"
+    )
+    assert effective_policy(first, "octo-org/legacy-api").max_ttl == timedelta(days=1)
