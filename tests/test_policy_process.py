@@ -30,6 +30,7 @@ from tests.apphost import INSTALLATION, REPO, app_settings, free_port
 from tests.conftest import TEMPLATES
 from tests.fakegithub.server import FakeGitHub
 from tests.helpers import wait_for
+from tests.test_processes import runbot
 from tests.webtools import WebServer, sign_in
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
@@ -226,25 +227,9 @@ def serve_env(tmp_path: Path, policy: Path) -> dict[str, str]:
 
 @contextmanager
 def serve(tmp_path: Path, policy: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    log = tmp_path / "serve.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            env=serve_env(tmp_path, policy),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    args = ["serve", "--port", str(port)]
+    with runbot(args, serve_env(tmp_path, policy), tmp_path / "serve.log") as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_serve_refuses_to_start_with_a_bad_policy(tmp_path: Path) -> None:

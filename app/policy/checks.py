@@ -17,7 +17,7 @@ from datetime import timedelta
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
-from app.policy.model import Forks, Policy, git_host
+from app.policy.model import Forks, Policy, git_host, plain_url
 from app.ttl.durations import format_duration
 
 __all__ = [
@@ -138,11 +138,6 @@ def _setting(key: str, value: object) -> str:
 # ----- stacks -----------------------------------------------------------------------------
 
 
-def _plain_url(url: str) -> bool:
-    """No dot segments or %-escapes: what git would resolve could leave the allowed prefix."""
-    return "%" not in url and not any(part in (".", "..") for part in url.split("/"))
-
-
 def under_prefix(url: str, prefix: str) -> bool:
     """Whether `url` lies under a `git_stacks` prefix, at a path boundary.
 
@@ -179,7 +174,7 @@ def check_stack(policy: Policy, stack: StackSource) -> list[Violation]:
             )
         ]
     url = stack.url
-    if not _plain_url(url):
+    if not plain_url(url):
         return [
             _violation(
                 Rule.GIT_STACK,

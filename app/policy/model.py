@@ -29,6 +29,7 @@ __all__ = [
     "PolicyFile",
     "Problem",
     "git_host",
+    "plain_url",
 ]
 
 MAX_ENVIRONMENTS_CEILING = 1000  # what `.runbot.yml` itself accepts at most
@@ -67,6 +68,11 @@ def show(value: object) -> str:
     if len(text) > _SHOW_LIMIT:
         text = text[: _SHOW_LIMIT - 1] + "…"
     return '"' + text.replace('"', '\\"') + '"' if isinstance(value, str) else text
+
+
+def plain_url(url: str) -> bool:
+    """No dot segments or %-escapes: what git resolves could otherwise leave a prefix."""
+    return "%" not in url and not any(part in (".", "..") for part in url.split("/"))
 
 
 def git_host(url: str) -> str | None:
@@ -143,7 +149,7 @@ class Entry(BaseModel):
                     '"https://github.com/octo-org/" or "git@github.com:octo-org/"',
                     (index,),
                 )
-            if "%" in prefix or any(part in (".", "..") for part in prefix.split("/")):
+            if not plain_url(prefix):
                 raise Problem(
                     f"{show(prefix)} has '.', '..' or %-escapes; write the prefix plainly",
                     (index,),
