@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.db.session import Database
 from app.engine.runner import EngineRunner
 from app.lifecycle.reconcile import Reconciler
 from app.lifecycle.service import Lifecycle
+from app.policy.store import PolicyStore
 from app.settings import Settings
 from app.stacks.catalog import Catalog
 
@@ -20,6 +21,7 @@ class Runtime:
     catalog: Catalog
     runner: EngineRunner
     lifecycle: Lifecycle
+    policy: PolicyStore = field(default_factory=PolicyStore)
 
     def reconciler(self, **overrides: Any) -> Reconciler:
         options: dict[str, Any] = {
@@ -33,6 +35,7 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, migrate: bool = True) -> Runtime:
+    policy = PolicyStore.open(settings.policy_file)  # a bad file stops here, before any work
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url)
     if migrate:
@@ -46,4 +49,11 @@ def build_runtime(settings: Settings, migrate: bool = True) -> Runtime:
         cancel_grace=settings.engine_cancel_grace,
     )
     lifecycle = Lifecycle(db, catalog, settings.default_capacity)
-    return Runtime(settings=settings, db=db, catalog=catalog, runner=runner, lifecycle=lifecycle)
+    return Runtime(
+        settings=settings,
+        db=db,
+        catalog=catalog,
+        runner=runner,
+        lifecycle=lifecycle,
+        policy=policy,
+    )

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".runbot")
     templates_dir: Path = Path("infra-templates")
     local_config: Path | None = None  # local mode: the .runbot.yml every PR uses
+    policy_file: Path | None = None  # the operator policy (docs/policy.md); none: the defaults
 
     # Engine
     engine: str | None = None

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import IO, Any
@@ -197,12 +198,18 @@ class Workers:
             self.scheduler, self.ticks, self.resync, self.rt.settings.scheduler_interval
         )
         self.scheduler.start()
+        # The operator policy: reread when its file changes, and on SIGHUP.
+        self.tasks.append(asyncio.create_task(self.rt.policy.watch(self.stop), name="policy"))
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.rt.policy.reload)
         if not self.gateway.local:
             self.tasks.append(asyncio.create_task(self.resync()))  # heal what happened while down
 
     async def shutdown(self) -> None:
         """Stop claiming; let engine runs get SIGINT and release their locks."""
         self.stop.set()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         with contextlib.suppress(Exception):
             self.scheduler.shutdown(wait=False)
         for task in self.tasks:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from app.policy.load import parse_policy
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -524,7 +525,7 @@ def test_chart_metadata_matches_the_package() -> None:
 def test_chart_has_the_expected_templates() -> None:
     present = {path.name for path in TEMPLATES.iterdir()}
     expected = {"_helpers.tpl", "deployment.yaml", "service.yaml", "ingress.yaml"}
-    expected |= {"servicemonitor.yaml", "configmap.yaml", "NOTES.txt"}
+    expected |= {"servicemonitor.yaml", "configmap.yaml", "policy.yaml", "NOTES.txt"}
     assert expected <= present, f"missing templates: {expected - present}"
 
 
@@ -611,6 +612,62 @@ def test_chart_volumes_and_security() -> None:
     assert "preferredDuringSchedulingIgnoredDuringExecution" in deployment
     assert "podAntiAffinity" in deployment
     assert spec["resources"]["limits"]["memory"]
+
+
+POLICY_MOUNT = "/etc/runbot/policy"
+
+
+def test_chart_policy_is_a_configmap_mounted_as_a_directory() -> None:
+    """values.policy becomes its own ConfigMap, mounted read-only where RUNBOT_POLICY_FILE
+    points, as a directory: the kubelet never updates a subPath mount, so runbot would not see
+    a changed policy until the pod restarts."""
+    assert values()["policy"] == "", "no policy by default: the built-in defaults apply"
+    template = read(TEMPLATES / "policy.yaml")
+    body = template[template.index("*/ -}}") :]
+    assert body.split("\n")[1] == "{{- if .Values.policy }}"
+    assert 'name: {{ include "runbot.fullname" . }}-policy' in body
+    # Copied exactly (a JSON string survives any text), so error line numbers match the values.
+    assert "policy.yml: {{ .Values.policy | toJson }}" in body
+    deployment = read(TEMPLATES / "deployment.yaml")
+    assert re.search(
+        r"\{\{- if \.Values\.policy \}\}\s+# .*\n\s+- name: RUNBOT_POLICY_FILE\s+"
+        rf"value: {POLICY_MOUNT}/policy\.yml\s+\{{\{{- end \}}\}}",
+        deployment,
+    ), "RUNBOT_POLICY_FILE is not set (only) with a policy"
+    mount = re.search(
+        r"\{\{- if \.Values\.policy \}\}\s+# .*\n\s+- name: policy\n(?P<body>(?:\s+\w+: .*\n)+)"
+        r"\s+\{\{- end \}\}",
+        deployment,
+    )
+    assert mount, "no policy volumeMount gated on values.policy"
+    assert f"mountPath: {POLICY_MOUNT}\n" in mount["body"]
+    assert "readOnly: true" in mount["body"] and "subPath" not in mount["body"]
+    assert re.search(
+        r"- name: policy\s+configMap:\s+name: \{\{ include \"runbot.fullname\" \. \}\}-policy",
+        deployment,
+    ), "no policy volume from the policy ConfigMap"
+    # Editing the policy must not roll the pods: runbot rereads the file in place.
+    assert "policy.yaml" not in deployment
+
+
+def test_chart_refuses_a_policy_it_cannot_mount_as_written() -> None:
+    validate = define_block(read(TEMPLATES / "_helpers.tpl"), "runbot.validate")
+    assert 'if not (kindIs "string" .Values.policy)' in validate
+    assert "if .Values.config.policyFile" in validate
+    assert 'hasKey (fromYaml .Values.policy) "Error"' in validate
+
+
+def test_values_policy_example_is_a_valid_policy() -> None:
+    text = read(CHART / "values.yaml")
+    start = text.index("# policy: |\n")
+    example = []
+    for line in text[start:].splitlines()[1:]:
+        if not line.startswith("#   "):
+            break
+        example.append(line[4:])
+    assert len(example) > 3
+    loaded = parse_policy("\n".join(example) + "\n", "values.yaml policy")
+    assert loaded.document.repos["octo-org/*"].repo_stacks is True
 
 
 def test_readme_secret_command_uses_the_chart_key_names() -> None:

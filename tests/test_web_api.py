@@ -129,6 +129,7 @@ def endpoints(runs: dict[str, int]) -> list[tuple[str, str, dict | None, Expect]
         ("GET", f"/api/runs/{other}/log?after=0", None, expect(401, 404, 404, 200)),
         ("GET", "/api/usage", None, expect(401, 200, 200, 200)),
         ("GET", "/api/outbox", None, expect(401, 403, 403, 200)),
+        ("GET", f"/api/policy/{REPO}", None, expect(401, 403, 403, 200)),
         ("POST", "/api/environments/pr-1-aaaaa/extend", {"by": "2h"}, expect(401, 403, 200, 200)),
         ("POST", "/api/environments/pr-9-zzzzz/extend", {"by": "2h"}, expect(401, 404, 404, 200)),
         ("POST", "/api/environments/pr-1-aaaaa/sleep", None, expect(401, 403, 200, 200)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from app.cli import install, process
+from app.cli.policy import policy_cli
 from app.cli.targets import env_cli, silo_cli
 
 cli = typer.Typer(
@@ -17,6 +18,7 @@ cli = typer.Typer(
 )
 cli.add_typer(silo_cli, name="silo")
 cli.add_typer(env_cli, name="env")
+cli.add_typer(policy_cli, name="policy")
 cli.command("serve")(process.serve)
 cli.command("worker")(process.worker)
 cli.command("receive")(process.receive)

@@ -10,6 +10,7 @@ from app.doctor.local import (
     check_processes,
     check_stacks,
 )
+from app.doctor.policy import check_policy
 from app.doctor.report import Row, fail, ok
 from app.settings import Settings
 
@@ -33,6 +34,7 @@ def run_checks(
     rows.extend(check_database(settings))
     rows.append(check_processes(settings, replicas))
     rows.extend(check_stacks(settings))
+    rows.append(check_policy(settings))
     rows.extend(check_github_app(settings))
     rows.append(check_webhook_secret(settings))
     rows.append(check_public_url(settings))

@@ -8,13 +8,14 @@ callers get 401. Lists are paginated (`page`, `per_page` up to 200) and newest f
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.commands.registry import COMMANDS
+from app.policy.explain import explanation_record
 from app.web.auth import Authenticator, AuthError, Principal
 from app.web.service import Service, ServiceError, SiloAction
 from app.web.views import (
@@ -47,6 +48,16 @@ class Me(BaseModel):
     csrf_token: str | None = Field(
         description="Send as X-CSRF-Token with POSTs made with the session cookie"
     )
+
+
+class PolicyOut(BaseModel):
+    repository: str
+    source: str | None = Field(description="RUNBOT_POLICY_FILE; null: the built-in defaults")
+    digest: str | None = Field(description="sha256 of the file in force")
+    in_force: str
+    matched: list[str] = Field(description="the `repos` globs that apply, in file order")
+    policy: dict[str, Any]
+    origins: dict[str, str] = Field(description="per key: the entry (and line) that set it")
 
 
 class EnvironmentActionIn(BaseModel):
@@ -236,6 +247,15 @@ def api_router(service: Service, auth: Authenticator) -> APIRouter:
     async def usage(principal: Principal = Depends(someone)) -> UsageOut:
         """Environment-hours per repository per day over the last 30 days, and current counts."""
         return await _sync(service.usage, principal)
+
+    @router.get("/policy/{owner}/{name}", response_model=PolicyOut, tags=["policy"])
+    async def policy(owner: str, name: str, principal: Principal = Depends(someone)) -> PolicyOut:
+        """The operator policy in force for a repository, and where each value comes from.
+        Operators only."""
+        if not principal.operator:
+            raise HTTPException(403, "only operators (RUNBOT_ADMINS, the API token) see the policy")
+        explained = service.rt.policy.explain(f"{owner}/{name}")
+        return PolicyOut.model_validate(explanation_record(explained))
 
     @router.get("/outbox", response_model=PageOut[OutboxOut], tags=["outbox"])
     async def outbox(

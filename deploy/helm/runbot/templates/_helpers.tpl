@@ -71,6 +71,17 @@ Refuse configurations that would run but lose data or misbehave. Rendered by dep
 {{- if hasKey .Values.config "dataDir" -}}
 {{- fail "set the top-level dataDir value, not config.dataDir: the chart mounts its volumes there." -}}
 {{- end -}}
+{{- if .Values.policy -}}
+{{- if not (kindIs "string" .Values.policy) -}}
+{{- fail "policy must be YAML text (policy: |), not a mapping: runbot names the line of a problem in that text." -}}
+{{- end -}}
+{{- if .Values.config.policyFile -}}
+{{- fail "policy and config.policyFile are both set: use policy (the chart mounts it), or leave it empty and mount your own file at config.policyFile." -}}
+{{- end -}}
+{{- if hasKey (fromYaml .Values.policy) "Error" -}}
+{{- fail (printf "policy is not valid YAML: %s (check it with `runbot policy check`)." (get (fromYaml .Values.policy) "Error")) -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.config.githubPrivateKeyPath .Values.secretKeys.githubPrivateKey -}}
 {{- fail "config.githubPrivateKeyPath and secretKeys.githubPrivateKey are both set; runbot accepts one key source: set secretKeys.githubPrivateKey to \"\"." -}}
 {{- end -}}
