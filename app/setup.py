@@ -47,7 +47,7 @@ __all__ = [
 PERMISSIONS: dict[str, tuple[str, str]] = {
     "contents": (
         "read",
-        "read `.runbot.yml` and repository-stored stacks from the pull request's base branch",
+        "read `.runbot.yml` and repository-stored stacks from the default branch",
     ),
     "metadata": (
         "read",

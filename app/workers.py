@@ -94,6 +94,7 @@ class Workers:
             settings.data_dir,
             worker_id=worker_id,
             lease_seconds=settings.lease_seconds,
+            policy=rt.policy,
         )
         notifier = Notifier(
             rt.db,

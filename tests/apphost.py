@@ -97,6 +97,13 @@ class AppServer:
         self.thread.join(timeout=120)
 
 
+def write_policy(tmp_path: Path, text: str) -> Path:
+    """An operator policy file (`RUNBOT_POLICY_FILE`) for a test."""
+    path = tmp_path / "policy.yml"
+    path.write_text(text)
+    return path
+
+
 def seed_repo(fake: FakeGitHub, config: str, repo: str = REPO) -> None:
     fake.add_repo(repo, files={"main": {".runbot.yml": config}})
     fake.add_installation(INSTALLATION, repo.split("/")[0], [repo])

@@ -172,6 +172,8 @@ def test_hold_kind_is_backfilled_from_the_old_hold_sentences(database_url: str) 
             kinds = dict(connection.execute(select(table.c.id, table.c.hold_kind)).all())
         expected = {f"o/r#{n}": kind for n, kind in enumerate(sentences, start=1)}
         assert kinds == {**expected, "o/r#90": None, "o/r#91": "config_error"}
-        assert set(sentences) | {"config_error"} == {kind.value for kind in HoldKind}
+        # Every kind the 0005 code could write (later kinds never had a sentence to read).
+        later = {HoldKind.POLICY}
+        assert set(sentences) | {"config_error"} == {kind.value for kind in HoldKind} - later
     finally:
         db.dispose()

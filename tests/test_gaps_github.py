@@ -1,4 +1,4 @@
-"""A stack stored in the repository, config read from the base branch only, `runbot receive`."""
+"""A stack stored in the repository, config read from the default branch only, `runbot receive`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from app.cli.main import cli
 from app.db.models import Delivery, PullRequest
 from app.lifecycle.states import Status
-from tests.apphost import INSTALLATION, REPO, WEBHOOK_SECRET, AppServer, app_settings
+from tests.apphost import INSTALLATION, REPO, WEBHOOK_SECRET, AppServer, app_settings, write_policy
 from tests.conftest import TEMPLATES
 from tests.fakegithub.server import FakeGitHub
 from tests.fakegithub.webhooks import deliver
@@ -28,7 +28,7 @@ def opened(fake: FakeGitHub, number: int = 1) -> dict:
 
 
 @pytest.mark.engine
-def test_stack_stored_in_the_repository_is_read_at_the_base_branch(
+def test_stack_stored_in_the_repository_is_read_at_the_default_branch(
     tmp_path: Path, fake_github: FakeGitHub, port_base: int
 ) -> None:
     fake = fake_github
@@ -46,7 +46,8 @@ def test_stack_stored_in_the_repository_is_read_at_the_base_branch(
     fake.add_repo(REPO, files={"main": files, "feature": tampered})
     fake.add_installation(INSTALLATION, "octo-org", [REPO])
     fake.add_pull(REPO, 1, "a" * 40, "feature")
-    with AppServer(app_settings(tmp_path, fake)) as server:
+    allowed = write_policy(tmp_path, f'repos:\n  "{REPO}":\n    repo_stacks: true\n')
+    with AppServer(app_settings(tmp_path, fake, policy_file=allowed)) as server:
         assert (
             deliver(server.webhook_url, "pull_request", opened(fake), WEBHOOK_SECRET).status_code
             == 202

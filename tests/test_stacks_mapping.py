@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +77,43 @@ ABSENT = object()
 
 # (declared name, required, runbot value, repo var, silo output, expected)
 PRIORITY_CASES = [
-    ("runbot_slot", False, 1, 2, 3, 1),  # runbot beats everything
-    ("runbot_slot", False, ABSENT, 2, 3, 2),  # then repo vars
+    ("runbot_slot", False, 1, ABSENT, 3, 1),  # runbot beats everything
     ("runbot_slot", False, ABSENT, ABSENT, 3, 3),  # then silo outputs
     ("runbot_slot", False, ABSENT, ABSENT, ABSENT, ABSENT),  # then the template default
-    ("db_host", False, ABSENT, "from-repo", "from-silo", "from-repo"),
     ("db_host", False, ABSENT, ABSENT, "from-silo", "from-silo"),
     ("db_host", True, ABSENT, ABSENT, "from-silo", "from-silo"),
     ("db_host", False, ABSENT, ABSENT, ABSENT, ABSENT),
-    ("flag", False, ABSENT, False, True, False),  # falsy values still win
-    ("flag", False, ABSENT, None, "x", None),  # explicit null from repo vars wins
+    ("greeting", False, ABSENT, "from-repo", ABSENT, "from-repo"),  # repo vars fill the rest
+    ("flag", False, ABSENT, False, ABSENT, False),  # falsy values still count
+    ("flag", False, ABSENT, None, ABSENT, None),  # explicit null from repo vars counts
 ]
+
+
+@pytest.mark.parametrize(
+    ("name", "runbot", "silo"),
+    [
+        ("runbot_slot", {"runbot_slot": 1}, {}),
+        ("runbot_slot", {}, {}),
+        ("db_host", {}, {"db_host": "x"}),
+    ],
+)
+def test_finding_3_repo_vars_never_override_runbot_or_the_silo(
+    name: str, runbot: dict[str, Any], silo: dict[str, Any]
+) -> None:
+    """Silo outputs are the operator's facts: a repository asking for one is refused, by name."""
+    with pytest.raises(MappingError, match=re.escape(f"`vars.{name}`")):
+        instance_inputs(template(var(name)), runbot, {name: "0.0.0.0"}, silo)
+
+
+def test_a_manifest_limits_repo_vars_to_what_it_lists() -> None:
+    tpl = template(var("greeting"), var("image"))
+    assert instance_inputs(tpl, {}, {"greeting": "hi"}, {}, settable=frozenset({"greeting"})) == {
+        "greeting": "hi"
+    }
+    with pytest.raises(MappingError, match=r"`vars\.image`"):
+        instance_inputs(tpl, {}, {"image": "evil"}, {}, settable=frozenset({"greeting"}))
+    with pytest.raises(MappingError, match=r"`vars\.admin_token`"):
+        instance_inputs(tpl, {}, {"admin_token": "x"}, {}, provided={"admin_token"})
 
 
 @pytest.mark.parametrize(("name", "required", "runbot", "repo", "silo", "expected"), PRIORITY_CASES)
@@ -132,7 +159,9 @@ def test_instance_inputs_on_the_good_fixture() -> None:
         "runbot_head_sha": "abc",
     }
     repo_vars = {"image_tag": "sha-abc", "replicas": "3", "unused": 1}
-    silo_outputs = {"db_host": "db.silo.internal", "db_password": "pw", "image_tag": "silo-tag"}
+    silo_outputs = {"db_host": "db.silo.internal", "db_password": "pw"}
+    with pytest.raises(MappingError, match=r"`vars\.image_tag`"):  # the silo decides it
+        instance_inputs(stack.instance, runbot, repo_vars, {**silo_outputs, "image_tag": "s"})
     assert instance_inputs(stack.instance, runbot, repo_vars, silo_outputs) == {
         "runbot_instance_id": "pr-7",
         "runbot_pr_number": 7,
@@ -161,7 +190,7 @@ def test_only_declared_variables_are_returned() -> None:
         tpl,
         {"runbot_slot": 1, "runbot_pr_number": 2},
         {"a": 1, "b": 2},
-        {"a": 9, "c": 3},
+        {"c": 3},
     )
     assert result == {"runbot_slot": 1, "a": 1}
 
@@ -428,9 +457,12 @@ def test_instance_inputs_takes_the_first_source_that_has_a_value(
     names: set[str], runbot: dict[str, Any], repo: dict[str, Any], silo: dict[str, Any]
 ) -> None:
     tpl = template(*(var(n) for n in names))  # type any, optional: never raises
+    # A repository may set only what runbot and the silo leave (refusals are tested above).
+    repo = {k: v for k, v in repo.items() if k not in runbot and k not in silo}
+    repo = {k: v for k, v in repo.items() if k not in RUNBOT_INSTANCE_VARIABLES}
     result = instance_inputs(tpl, runbot, repo, silo)
     for name in names:
-        for source in (runbot, repo, silo):
+        for source in (runbot, silo, repo):
             if name in source:
                 assert result[name] is source[name]
                 break

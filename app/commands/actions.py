@@ -93,7 +93,7 @@ async def run_status(ctx: CommandContext) -> Outcome:
     if view is None:
         text = "runbot has no environment for this pull request."
         if pull is not None and not pull.enabled:
-            text += " The base branch has no usable `.runbot.yml`."
+            text += " The default branch has no usable `.runbot.yml`."
         return Outcome("ok", render_reply("No preview environment", text))
     reply = render_status_reply(dataclasses.replace(view, now=utcnow()), _last_run(ctx, env))
     return Outcome("ok", reply)
@@ -114,9 +114,14 @@ async def run_extend(ctx: CommandContext) -> Outcome:
     by = ctx.command.argument
     assert by is not None
     now = utcnow()
-    result = ctx.lifecycle.extend(env.id, by, trigger="comment", now=now, partial=False)
+    # The operator's `max_ttl` bounds every environment, whatever its config asked for then.
+    ceiling = ctx.intent.policy.policy_for(env.repository).max_ttl
+    result = ctx.lifecycle.extend(
+        env.id, by, trigger="comment", now=now, partial=False, ceiling=ceiling
+    )
     if result.capped:
-        text = render_extend_refused(by, result, env.expires_at or now, ttl_policy_of(env).max, now)
+        cap = min(ttl_policy_of(env).max, ceiling)
+        text = render_extend_refused(by, result, env.expires_at or now, cap, now)
         return Outcome("refused", render_reply("Cannot extend that far", text))
     return Outcome()
 
@@ -201,7 +206,7 @@ async def _deploy(ctx: CommandContext, *, redeploy: bool) -> Outcome:
     if pull.config_error:
         why = pull.config_error
     elif not pull.enabled:
-        why = "This repository has no `.runbot.yml` on the pull request's base branch."
+        why = "This repository has no `.runbot.yml` on its default branch."
     else:
         why = pull.hold_reason or "runbot's policy for this repository holds it back."
     return failed(f"Could not {verb}", why)

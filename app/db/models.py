@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    String,
     Table,
     Text,
     TypeDecorator,
@@ -69,6 +70,13 @@ class Silo(SQLModel, table=True):
     stack_source: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
     )
+    #: Where the stack comes from ("catalog:local", "repo:owner/name:path", "git:URL#ref:path"):
+    #: a silo is found by this, not by a folder name (`app.intent.sources.source_key`).
+    source_key: str = Field(
+        default="", sa_column=Column(Text, nullable=False, server_default="")
+    )
+    #: The repository whose configuration created the silo (None: the operator's).
+    owner: str | None = Field(default=None, max_length=200, index=True)
     vars: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     desired: str = Field(default="present", max_length=20)
     force_destroy: bool = False
@@ -109,6 +117,8 @@ class Environment(SQLModel, table=True):
     stack_source: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSON, nullable=False)
     )
+    #: The default-branch commit whose `.runbot.yml` asked for this environment.
+    config_sha: str | None = Field(default=None, max_length=64)
     repository: str = Field(max_length=200)
     pr_number: int
     installation_id: int | None = Field(default=None, sa_type=BigInteger)
@@ -179,13 +189,18 @@ class PullRequest(SQLModel, table=True):
     head_ref: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     base_ref: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     base_sha: str = Field(default="", max_length=64)
+    #: The repository's default branch, and the commit of it whose `.runbot.yml` was last read.
+    default_branch: str = Field(
+        default="", sa_column=Column(String(255), nullable=False, server_default="")
+    )
+    config_sha: str | None = Field(default=None, max_length=64)
     author: str = Field(default="", max_length=100)
     state: str = Field(default="open", max_length=20)
     draft: bool = False
     fork: bool = False
     labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     approved_sha: str | None = Field(default=None, max_length=64)  # fork approval (/runbot deploy)
-    enabled: bool = False  # the base branch has a valid .runbot.yml
+    enabled: bool = False  # the default branch has a valid .runbot.yml
     #: Why the head is not deployed (`app.intent.decide.HoldKind`); code branches on this.
     hold_kind: str | None = Field(default=None, max_length=40)
     hold_reason: str | None = Field(default=None, sa_column=Column(Text))  # the same, for people
@@ -253,6 +268,8 @@ class Run(SQLModel, table=True):
     generation: int = 0
     head_sha: str | None = Field(default=None, max_length=64)
     stack_commit: str | None = Field(default=None, max_length=64)
+    #: The default-branch commit whose `.runbot.yml` this run applies (environments only).
+    config_sha: str | None = Field(default=None, max_length=64)
     worker: str = Field(default="", max_length=120)
     error: str | None = Field(default=None, sa_column=Column(Text))
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -115,6 +115,23 @@ class GitHubAppGateway:
             raise GitHubError(f"{repo}:{clean} at {ref} is a {kind}, not a file.")
         return _decode_file(repo, clean, item)
 
+    async def branch_sha(self, installation_id: int | None, repo: str, branch: str) -> str | None:
+        owner, name = split_repo(repo)
+        try:
+            response = await self._transport.call(
+                installation_id,
+                repo,
+                f"resolve the branch {branch} of {repo}",
+                "GET",
+                lambda gh: gh.arequest(
+                    "GET", f"/repos/{owner}/{name}/git/ref/heads/{quote(branch, safe='/')}"
+                ),
+            )
+        except NotFoundOnGitHub:
+            return None
+        sha = at(_payload(response), "object", "sha")
+        return sha if isinstance(sha, str) and sha else None
+
     async def list_tree(
         self, installation_id: int | None, repo: str, path: str, ref: str
     ) -> dict[str, str]:

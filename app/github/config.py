@@ -341,14 +341,14 @@ class RepoConfig(BaseModel):
     def _derive_silo(self) -> RepoConfig:
         if self.silo:
             return self
-        return self.model_copy(update={"silo": _default_silo(self.stack)})
+        return self.model_copy(update={"silo": default_silo(self.stack)})
 
     def ttl_policy(self) -> TTLPolicy:
         """The TTL arithmetic's view of ``ttl``."""
         return TTLPolicy(idle=self.ttl.idle, max=self.ttl.max, warn_before=self.ttl.warn_before)
 
 
-def _default_silo(stack: str | GitStack | LocalStack) -> str:
+def default_silo(stack: str | GitStack | LocalStack) -> str:
     """``<stack>-default``; for mapping stacks the last path segment stands in for the name."""
     if isinstance(stack, str):
         return f"{stack}-default"

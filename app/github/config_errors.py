@@ -79,6 +79,7 @@ class ConfigError(ValueError):
         self.line = line
         self.example = example if example is not None else _example_for(field)
         self.others = tuple(others)
+        self.commit: str | None = None  # the default-branch commit the file was read at
         where = field or "document"
         if line is not None:
             where += f" (line {line})"

@@ -97,6 +97,10 @@ class Gateway(Protocol):
         self, installation_id: int | None, repo: str, path: str, ref: str
     ) -> str | None: ...
 
+    async def branch_sha(self, installation_id: int | None, repo: str, branch: str) -> str | None:
+        """The commit ``branch`` points at now (None: no such branch)."""
+        ...
+
     async def list_tree(
         self, installation_id: int | None, repo: str, path: str, ref: str
     ) -> dict[str, str]: ...

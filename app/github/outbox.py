@@ -10,6 +10,7 @@ to the right stored comment.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -111,6 +112,10 @@ class OutboxGateway:
         if clean == CONFIG_FILENAME:
             return self.config_text
         return self.local_files.get(clean)
+
+    async def branch_sha(self, installation_id: int | None, repo: str, branch: str) -> str | None:
+        """Local mode has no commits: the configuration's own digest stands for one."""
+        return hashlib.sha1(self.config_text.encode()).hexdigest() if self.config_text else None
 
     async def list_tree(
         self, installation_id: int | None, repo: str, path: str, ref: str

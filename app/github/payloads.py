@@ -86,6 +86,9 @@ class PullFacts:
     draft: bool
     fork: bool
     labels: tuple[str, ...]
+    #: The repository's default branch as GitHub reports it ("" when a payload omits it):
+    #: `.runbot.yml` and repository stacks are read from it, never from the PR's base.
+    default_branch: str = ""
 
 
 def pull_facts(item: Any, *, closed: bool = False) -> PullFacts | None:
@@ -110,6 +113,7 @@ def pull_facts(item: Any, *, closed: bool = False) -> PullFacts | None:
         draft=bool(at(item, "draft", default=False)),
         fork=head_repo is None or str(head_repo).lower() != str(base_repo).lower(),
         labels=tuple(_text(label, "name") for label in at(item, "labels", default=[])),
+        default_branch=_text(item, "base", "repo", "default_branch"),
     )
 
 

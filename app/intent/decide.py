@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from app.github.config import RepoConfig
 from app.github.config_errors import ConfigError
 from app.lifecycle.states import HoldKind
+from app.policy.checks import Violation
 
 __all__ = [
     "CONFIG_REMOVED",
@@ -30,7 +31,7 @@ __all__ = [
     "decide_pull",
 ]
 
-#: Why an environment goes away when `.runbot.yml` disappears from the base branch.
+#: Why an environment goes away when `.runbot.yml` disappears from the default branch.
 CONFIG_REMOVED = ".runbot.yml removed"
 
 
@@ -97,8 +98,6 @@ class Destroy:
     reason: str = CONFIG_REMOVED
 
 
-
-
 @dataclass(frozen=True)
 class NeedCI:
     """Every other rule lets the PR through and it waits for CI: look the checks up, decide
@@ -158,6 +157,13 @@ def _policy_hold(
     return None
 
 
+def policy_message(refused: Sequence[Violation]) -> str:
+    """One sentence per rule, each naming what would allow it."""
+    return "runbot's policy refuses this configuration: " + "; ".join(
+        violation.message for violation in refused
+    )
+
+
 def decide_pull(
     pull: PullState,
     config: RepoConfig | ConfigError | None,
@@ -167,6 +173,7 @@ def decide_pull(
     stopped: bool = False,
     resume: bool = False,
     ci: str | None = None,
+    refused: Sequence[Violation] = (),
 ) -> Decision | NeedCI:
     """The PR's desired state.
 
@@ -175,6 +182,8 @@ def decide_pull(
     `/runbot destroy`) at the commit still at the head, so it stays down until a new commit or
     ``resume`` (`/runbot deploy` or `redeploy`). ``ci`` is the head commit's combined checks
     state ("success", "failure" or pending), looked up only when the result is `NeedCI`.
+    ``refused``: the rules of the operator policy (or of the stack or silo) that the config
+    breaks; any of them holds the PR and tears down what runs.
     """
     if pull.state != "open":
         return Hold(HoldKind.CLOSED, "closed", teardown=True)
@@ -182,6 +191,8 @@ def decide_pull(
         return Hold(HoldKind.CONFIG_ERROR, config.markdown())
     if config is None:
         return Destroy()
+    if refused:
+        return Hold(HoldKind.POLICY, policy_message(refused), teardown=True)
     if live is None and not resume and stopped:
         return Keep()
     hold = _policy_hold(pull, config, live, in_use)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,13 @@ from app.db.leases import kept_alive
 from app.db.models import Delivery, Environment, Installation, PullRequest, Run, utcnow
 from app.db.session import Database
 from app.github import payloads
-from app.github.config import RepoConfig, parse_repo_config
+from app.github.config import RepoConfig
 from app.github.config_errors import ConfigError
 from app.github.gateway import Gateway, GitHubError, RetryLater
 from app.github.intake import ACTIVITY, parse_json
 from app.github.payloads import PullFacts
+from app.intent.bounds import refusals
+from app.intent.configs import ConfigPrefetch, ConfigReader
 from app.intent.decide import (
     Create,
     Decision,
@@ -46,15 +49,14 @@ from app.intent.sources import SiloChooser
 from app.lifecycle.service import Lifecycle, LifecycleError, pull_id
 from app.lifecycle.states import Desired, Status
 from app.logging import log_context
+from app.policy.checks import Violation
+from app.policy.store import PolicyStore
 from app.stacks.catalog import StackError
 
-#: A `.runbot.yml` read started early: the base branch it reads, and the read.
-ConfigPrefetch = tuple[str, "asyncio.Future[str | None]"]
 CommandHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 log = logging.getLogger("runbot.intent")
 
-CONFIG_PATH = ".runbot.yml"
 #: Triggers of a deliberate teardown (TTL reaper, `/runbot destroy`): the PR stays without an
 #: environment until a new commit or `/runbot redeploy`, instead of being re-created by resync.
 STOP_TRIGGERS = frozenset({"ttl", "comment"})
@@ -108,14 +110,17 @@ class IntentProcessor:
         *,
         worker_id: str,
         lease_seconds: float = 60.0,
+        policy: PolicyStore | None = None,
     ) -> None:
         self.db = db
+        self.policy = policy or PolicyStore()
         self.lifecycle = lifecycle
         self.gateway = gateway
         self.worker_id = worker_id
         self.lease = timedelta(seconds=lease_seconds)
         self.deliveries = DeliveryQueue(db, self.lease)
         self.silos = SiloChooser(db, lifecycle, gateway, data_dir)
+        self.configs = ConfigReader(gateway)
         self.wakeup = asyncio.Event()
         self.command_handler: CommandHandler | None = None
         self.on_change: Callable[[], None] = lambda: None
@@ -200,15 +205,15 @@ class IntentProcessor:
     async def _pull_request(self, event: payloads.PullRequestEvent) -> bool:
         facts, repository = event.pull, event.repository
         updated_at = event.updated_at
-        # The config is read at the base branch the payload names while the PR is being read:
-        # two GitHub round trips in parallel on the way to every create. It is used only if
-        # the PR, once read, still targets that branch.
+        # The config is read at the default branch the payload names while the PR is being
+        # read: GitHub round trips in parallel on the way to every create. It is used only if
+        # the repository, once read, still has that default branch.
         prefetch: ConfigPrefetch | None = None
         if facts.state == "open":
-            base = facts.base_ref or "HEAD"
+            branch = facts.default_branch or facts.base_ref
             prefetch = (
-                base,
-                asyncio.ensure_future(self._read_config(event.installation_id, repository, base)),
+                branch,
+                asyncio.ensure_future(self.configs.read(event.installation_id, repository, branch)),
             )
         try:
             # Deliveries can arrive or be processed out of order, and `updated_at` has
@@ -245,6 +250,8 @@ class IntentProcessor:
             pull.base_ref, pull.author = facts.base_ref, facts.author
             if facts.base_sha:  # the pulls API and webhooks carry it; keep the last one known
                 pull.base_sha = facts.base_sha
+            if facts.default_branch:
+                pull.default_branch = facts.default_branch
             pull.state, pull.draft, pull.fork = facts.state, facts.draft, facts.fork
             pull.labels = list(facts.labels)
             if updated_at:
@@ -295,24 +302,6 @@ class IntentProcessor:
 
     # ----- gather → decide → apply -------------------------------------------------------------
 
-    async def _read_config(
-        self, installation_id: int | None, repository: str, ref: str
-    ) -> str | None:
-        return await self.gateway.read_file(installation_id, repository, CONFIG_PATH, ref)
-
-    async def load_config(
-        self, pull: PullRequest, prefetch: ConfigPrefetch | None = None
-    ) -> RepoConfig | None:
-        """`.runbot.yml` from the PR's BASE branch: a PR never changes what deploys it."""
-        ref = pull.base_ref or "HEAD"
-        if prefetch is not None and prefetch[0] == ref:
-            text = await prefetch[1]
-        else:
-            text = await self._read_config(pull.installation_id, pull.repository, ref)
-        if text is None:
-            return None
-        return parse_repo_config(text)
-
     async def reconcile_pull(
         self, key: str, *, resume: bool = False, prefetch: ConfigPrefetch | None = None
     ) -> None:
@@ -320,7 +309,7 @@ class IntentProcessor:
 
         ``resume`` (`/runbot deploy` or `redeploy`) lifts a deliberate stop: otherwise an
         environment that expired or was destroyed by a comment stays gone for the same commit.
-        ``prefetch`` is a config read already under way, for the base branch it names. Facts
+        ``prefetch`` is a config read already under way, for the default branch it names. Facts
         the decision cannot use are not gathered (a closed PR's config, the CI state of a PR
         held back by another rule).
         """
@@ -330,27 +319,57 @@ class IntentProcessor:
             return
         live = self.lifecycle.live_environment_for(pull.repository, pull.number)
         config: RepoConfig | ConfigError | None = None
+        config_sha: str | None = None
         if pull.state == "open":
             try:
-                config = await self.load_config(pull, prefetch)
+                config, config_sha = await self.configs.load(pull, prefetch)
             except ConfigError as exc:
-                config = exc
+                config, config_sha = exc, exc.commit
+            if config_sha != pull.config_sha:
+                self._update_pull(key, config_sha=config_sha)
+                pull.config_sha = config_sha
         state = pull_state(pull)
         # Only a usable config goes on to these rules: a closed PR, a missing or broken
         # config decides without them (each is a query on the path of every delivery).
         usable = isinstance(config, RepoConfig)
         stopped = usable and live is None and not resume and self._stopped(pull)
         in_use = self._in_use(pull.repository) if usable and live is None else 0
-        decided = decide_pull(
-            state, config, live_of(live), in_use=in_use, stopped=stopped, resume=resume
+        refused = self._refusals(pull, config) if isinstance(config, RepoConfig) else []
+        decide = partial(
+            decide_pull,
+            state,
+            config,
+            live_of(live),
+            in_use=in_use,
+            stopped=stopped,
+            resume=resume,
+            refused=refused,
         )
+        decided = decide()
         if isinstance(decided, NeedCI):
-            ci = await self.gateway.ci_state(pull.installation_id, pull.repository, pull.head_sha)
-            decided = decide_pull(
-                state, config, live_of(live), in_use=in_use, stopped=stopped, resume=resume, ci=ci
+            decided = decide(
+                ci=await self.gateway.ci_state(
+                    pull.installation_id, pull.repository, pull.head_sha
+                )
             )
         assert not isinstance(decided, NeedCI)
         await self._apply(pull, live, config, decided)
+
+    def _refusals(self, pull: PullRequest, config: RepoConfig) -> list[Violation]:
+        """What the operator policy, the stack and the silo say of this configuration."""
+        default = pull.default_branch or pull.base_ref
+        settable, provided = self.silos.variables(config)
+        return list(
+            refusals(
+                self.policy.policy_for(pull.repository),
+                config,
+                base_branch=pull.base_ref,
+                base_is_default=pull.base_ref == default,
+                silo=self.silos.facts(pull, config),
+                settable=settable,
+                provided=provided,
+            )
+        )
 
     async def _apply(
         self,
@@ -399,7 +418,11 @@ class IntentProcessor:
             if isinstance(decision, Update):
                 assert live is not None
                 self.lifecycle.update_environment(
-                    live.id, head_sha=decision.sha, head_ref=pull.head_ref, trigger="push"
+                    live.id,
+                    head_sha=decision.sha,
+                    head_ref=pull.head_ref,
+                    trigger="push",
+                    config_sha=pull.config_sha,
                 )
                 if decision.settle:
                     self._settle_burst(live.id)
@@ -416,6 +439,7 @@ class IntentProcessor:
                     trigger="pull_request",
                     installation_id=pull.installation_id,
                     ttl=config.ttl_policy(),
+                    config_sha=pull.config_sha,
                 )
         except (LifecycleError, StackError) as exc:
             self._hold(key, HoldKind.CANNOT_DEPLOY, f"cannot deploy: {exc}")

@@ -113,7 +113,8 @@ class Converger:
             redact=kind.redact(subject),
         )
         trigger, head_sha = kind.origin(target)
-        run = self.runs.new(claim, operation, trigger, head_sha, commit)
+        config_sha = getattr(target, "config_sha", None)  # environments only
+        run = self.runs.new(claim, operation, trigger, head_sha, commit, config_sha)
         self.lease.save(claim, begin, start_run=run)
         workspace.mkdir(parents=True, exist_ok=True)
         outputs, error, _tail = await self.runs.execute(claim, run, kind.label(target), job)
@@ -122,6 +123,8 @@ class Converger:
             return
         if operation == "apply":
             assert outputs is not None
+            for warning in kind.output_warnings(outputs):
+                self.runs.note(run, warning)
             self._conclude(claim, subject, kind.applied(subject, claim, outputs))
         else:
             self.runner.forget(name)
@@ -163,7 +166,7 @@ class Converger:
                 ),
             ), commit
         if kind == "repo":
-            # A stack stored in the PR's repository, fetched at the base branch into `url`.
+            # A stack stored in the PR's repository, fetched at the default branch commit into `url`.
             source_record = StackSource(
                 kind="repo",
                 url=source["url"],

@@ -24,6 +24,7 @@ from app.lifecycle.outputs import plain_values, public_values, secret_values, se
 from app.lifecycle.states import LIVE, Action, Desired, Status, status_after_apply
 from app.stacks.mapping import instance_inputs, silo_inputs
 from app.stacks.model import Stack, Template
+from app.stacks.urls import web_url
 
 T = TypeVar("T", Silo, Environment)
 
@@ -102,6 +103,10 @@ class Kind(ABC, Generic[T]):
 
     @abstractmethod
     def applied(self, subject: Subject[T], claim: Claim, outputs: dict[str, Any]) -> Outcome: ...
+
+    def output_warnings(self, outputs: dict[str, Any]) -> list[str]:
+        """Lines for the run's log about outputs runbot would not use as they are."""
+        return []
 
     @abstractmethod
     def destroyed(self, subject: Subject[T], claim: Claim) -> Outcome: ...
@@ -273,7 +278,14 @@ class EnvironmentKind(Kind[Environment]):
             "runbot_suspended": env.desired == Desired.SUSPENDED,
             "runbot_workspace_dir": str(workspace),
         }
-        inputs = instance_inputs(stack.instance, runbot, env.vars, plain_values(silo.outputs))
+        inputs = instance_inputs(
+            stack.instance,
+            runbot,
+            env.vars,
+            plain_values(silo.outputs),
+            settable=stack.repo_vars,
+            provided=stack.provided_names(),
+        )
         return stack.instance, inputs
 
     def redact(self, subject: Subject[Environment]) -> list[str]:
@@ -285,6 +297,16 @@ class EnvironmentKind(Kind[Environment]):
             row.destroyed_at, row.observed_generation = utcnow(), claim.generation
 
         return Outcome(forget, (FollowUp.KICK_QUEUED,))
+
+    def output_warnings(self, outputs: dict[str, Any]) -> list[str]:
+        url = outputs.get("url", {}).get("value")
+        if url is None or web_url(url) is not None or outputs["url"].get("sensitive"):
+            return []
+        return [
+            "runbot: warning: the output `url` is not an http(s) URL, so runbot shows no link"
+            " (not in the comment, the dashboard, the API or the deployment); make the"
+            " instance template output `https://...` or `http://...`"
+        ]
 
     def applied(
         self, subject: Subject[Environment], claim: Claim, outputs: dict[str, Any]
@@ -299,7 +321,7 @@ class EnvironmentKind(Kind[Environment]):
                 head_sha,
                 claim.generation,
             )
-            row.url = str(url) if url is not None and not outputs["url"].get("sensitive") else None
+            row.url = None if outputs["url"].get("sensitive") else web_url(url)
             row.attempts = 0
             # A newer change that arrived during this run may carry a "wait until the
             # pushes stop" time (intent's burst coalescing); keep it. Anything else in

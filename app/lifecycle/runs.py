@@ -7,7 +7,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from app.db.models import Run, utcnow
+from sqlmodel import func, select
+
+from app.db.models import Run, RunLogChunk, utcnow
 from app.db.session import Database
 from app.engine.logs import RunLogWriter
 from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob, EngineRunner
@@ -40,7 +42,13 @@ class Runs:
         self.echo_phase = echo_phase
 
     def new(
-        self, claim: Claim, operation: str, trigger: str, head_sha: str | None, commit: str
+        self,
+        claim: Claim,
+        operation: str,
+        trigger: str,
+        head_sha: str | None,
+        commit: str,
+        config_sha: str | None = None,
     ) -> Run:
         """A run record, saved by `Lease.save(..., start_run=)` with the status it begins under."""
         return Run(
@@ -51,9 +59,19 @@ class Runs:
             generation=claim.generation,
             head_sha=head_sha,
             stack_commit=commit or None,
+            config_sha=config_sha,
             worker=self.lease.worker_id,
             phase="init",
         )
+
+    def note(self, run: Run, text: str) -> None:
+        """A line of runbot's own at the end of a finished run's log."""
+        with self.db.session() as session:
+            last = session.exec(
+                select(func.max(RunLogChunk.seq)).where(RunLogChunk.run_id == run.id)
+            ).one()
+            session.add(RunLogChunk(run_id=run.id or 0, seq=(last or 0) + 1, text=text + "\n"))
+            session.commit()
 
     def _finish(
         self,

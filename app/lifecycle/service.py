@@ -6,6 +6,7 @@ calls these. They only record intent and bump `generation`; the reconciler does 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,12 @@ from app.db.session import Database
 from app.lifecycle.ids import new_environment_id
 from app.lifecycle.states import LIVE, Desired, Status
 from app.stacks.catalog import Catalog, StackError, StackSource, validate_name
-from app.stacks.mapping import RUNBOT_INSTANCE_VARIABLES, MappingError, check_type
+from app.stacks.mapping import (
+    RUNBOT_INSTANCE_VARIABLES,
+    MappingError,
+    check_type,
+    refused_repo_vars,
+)
 from app.ttl.policy import (
     ExtendResult,
     TTLPolicy,
@@ -99,6 +105,9 @@ class Lifecycle:
         stack: str,
         vars: dict[str, Any] | None = None,
         source: StackSource | None = None,
+        *,
+        source_key: str = "",
+        owner: str | None = None,
     ) -> Silo:
         validate_name("silo", name)
         if source is None or source.kind == "catalog":
@@ -112,6 +121,7 @@ class Lifecycle:
                         f" it declares: {', '.join(sorted(loaded.silo.variables)) or 'none'}"
                     )
         source_record = {"kind": "catalog"} if source is None else source.__dict__.copy()
+        source_key = source_key or f"catalog:{stack}"
         with self.db.session() as session:
             silo = session.get(Silo, name)
             if silo is not None and silo.status != Status.DESTROYED:
@@ -130,6 +140,7 @@ class Lifecycle:
                 )
                 silo.outputs, silo.capacity = {}, None
                 _touch(silo, session)
+            silo.source_key, silo.owner = source_key, owner
             session.add(silo)
             session.commit()
             return silo
@@ -208,6 +219,15 @@ class Lifecycle:
             return  # checked by the reconciler once the pinned code is fetched
         stack = self.catalog.get(silo.stack)
         silo_outputs = set(stack.silo.outputs) | set(silo.outputs)
+        provided = stack.provided_names() | silo_outputs
+        refused = refused_repo_vars(repo_vars, stack.repo_vars, provided)
+        if refused:
+            raise MappingError(
+                "this repository may not set "
+                + ", ".join(f"`vars.{name}`" for name in refused)
+                + f": runbot and the silo decide those values for the stack '{silo.stack}'"
+                "; remove them from `vars`"
+            )
         for name, variable in stack.instance.variables.items():
             if name in repo_vars:
                 check_type(variable, repo_vars[name])
@@ -236,6 +256,7 @@ class Lifecycle:
         installation_id: int | None = None,
         ttl: TTLPolicy | None = None,
         now: datetime | None = None,
+        config_sha: str | None = None,
     ) -> Environment:
         if not REPOSITORY.match(repository):
             raise LifecycleError(f"repository '{repository}' is not of the form owner/name")
@@ -264,6 +285,7 @@ class Lifecycle:
                 head_ref=head_ref,
                 vars=vars or {},
                 trigger=trigger,
+                config_sha=config_sha,
                 ttl=policy_record(policy),
                 last_activity_at=now,
                 created_at=now,
@@ -306,6 +328,7 @@ class Lifecycle:
         vars: dict[str, Any] | None = None,
         trigger: str = "cli",
         now: datetime | None = None,
+        config_sha: str | None = None,
     ) -> Environment:
         """New SHA or vars: the newest request wins; intermediate ones are never applied."""
         if head_sha is not None and not SHA.match(head_sha):
@@ -318,6 +341,8 @@ class Lifecycle:
                 env.head_ref = head_ref
             if vars is not None:
                 env.vars = vars
+            if config_sha is not None:
+                env.config_sha = config_sha
             env.trigger = trigger
             self._record_activity(env, now or utcnow())
             _touch(env, session)
@@ -345,8 +370,10 @@ class Lifecycle:
         now: datetime | None = None,
         *,
         partial: bool = True,
+        ceiling: timedelta | None = None,
     ) -> ExtendResult:
-        """Push the expiry out, never past the lifetime cap (`ttl.max` from creation).
+        """Push the expiry out, never past the lifetime cap (`ttl.max` from creation, and
+        the operator's ``ceiling``, `max_ttl`, if lower).
 
         With ``partial=False`` a request that the cap would cut short changes nothing (the
         result says ``capped``): a comment asking for 4h must not silently get 10 minutes.
@@ -354,9 +381,10 @@ class Lifecycle:
         now = now or utcnow()
         with self.db.session() as session:
             env = self._live_env(session, env_id)
-            result = extend_expiry(
-                ttl_policy_of(env), env.created_at, now, env.expires_at or now, by
-            )
+            policy = ttl_policy_of(env)
+            if ceiling is not None and ceiling < policy.max:
+                policy = dataclasses.replace(policy, max=ceiling)
+            result = extend_expiry(policy, env.created_at, now, env.expires_at or now, by)
             if result.capped and not partial:
                 return result
             if result.expires_at != env.expires_at:

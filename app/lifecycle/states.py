@@ -48,6 +48,8 @@ class HoldKind(StrEnum):
     WAITING_FOR_CI = "waiting_for_ci"
     CI_FAILED = "ci_failed"
     CANNOT_DEPLOY = "cannot_deploy"
+    #: The operator policy (or the stack's manifest, or the silo's source) refuses the config.
+    POLICY = "policy"
 
 
 # Statuses where the engine may have created something that a destroy must clean up.

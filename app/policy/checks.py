@@ -94,7 +94,13 @@ class Rule(StrEnum):
     MAX_ENVIRONMENTS = "max_environments"
     MAX_TTL = "max_ttl"
     MAX_SILOS = "max_silos"
+    # Not the operator policy's, but refused the same way: the stack's manifest, the silo.
+    REPO_VARS = "repo_vars"
+    SILO_SOURCE = "silo_source"
 
+
+#: The rules of the operator policy file itself (the others are the stack's and the silo's).
+POLICY_RULES = frozenset(Rule) - {Rule.REPO_VARS, Rule.SILO_SOURCE}
 
 #: The policy key an operator changes to allow what each rule refused.
 RULE_KEYS: dict[Rule, str] = {
@@ -107,6 +113,8 @@ RULE_KEYS: dict[Rule, str] = {
     Rule.MAX_ENVIRONMENTS: "max_environments",
     Rule.MAX_TTL: "max_ttl",
     Rule.MAX_SILOS: "max_silos",
+    Rule.REPO_VARS: "repo_vars",
+    Rule.SILO_SOURCE: "silo",
 }
 
 

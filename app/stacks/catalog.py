@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from app.stacks import hcl
 from app.stacks.model import (
     RUNBOT_INSTANCE_VARIABLES,
@@ -44,6 +46,11 @@ _TYPE_KEYWORDS = frozenset(
     {"any", "string", "number", "bool", "list", "map", "set", "object", "tuple"}
 )
 _TYPE_HEAD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+#: A stack's manifest, next to its silo/ and instance/ directories.
+MANIFEST = "runbot.yml"
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 def load_template(path: Path) -> Template:
@@ -99,7 +106,44 @@ def load_stack(name: str, root: Path, source: StackSource | None = None) -> Stac
             "sensitive, but runbot posts it on the pull request: remove `sensitive = true` "
             "and keep secrets out of the URL"
         )
-    return Stack(name, root, silo, instance, source or StackSource(kind="catalog"))
+    return Stack(
+        name,
+        root,
+        silo,
+        instance,
+        source or StackSource(kind="catalog"),
+        repo_vars=load_manifest(name, root / MANIFEST),
+    )
+
+
+def load_manifest(name: str, path: Path) -> frozenset[str] | None:
+    """The stack's `runbot.yml`: which instance variables repositories may set.
+
+    ```yaml
+    repo_vars: [greeting]
+    ```
+    No file: None (every declared variable runbot and the silo leave). A malformed file is
+    an error that names it, so a typo never opens more than the operator meant."""
+    if not path.is_file():
+        return None
+    try:
+        document = yaml.safe_load(_read(path)) or {}
+    except yaml.YAMLError as exc:
+        raise StackError(f"stack {name!r}: {path} is not valid YAML: {exc}") from None
+    if not isinstance(document, dict) or set(document) - {"repo_vars"}:
+        raise StackError(
+            f"stack {name!r}: {path} may only hold `repo_vars: [names]` (the instance "
+            "variables repositories may set)"
+        )
+    names = document.get("repo_vars", [])
+    if not isinstance(names, list) or not all(
+        isinstance(item, str) and _VAR_NAME.fullmatch(item) for item in names
+    ):
+        raise StackError(
+            f"stack {name!r}: `repo_vars` in {path} must be a list of variable names, "
+            "like [greeting, image_tag]"
+        )
+    return frozenset(names)
 
 
 def template_fingerprint(root: Path) -> tuple[Any, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "MappingError",
     "check_type",
     "instance_inputs",
+    "refused_repo_vars",
     "silo_inputs",
     "undeclared_names",
 ]
@@ -54,17 +55,33 @@ def instance_inputs(
     runbot: dict[str, Any],
     repo_vars: dict[str, Any],
     silo_outputs: dict[str, Any],
+    *,
+    settable: frozenset[str] | None = None,
+    provided: Set[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Inputs for an instance: runbot values, then repo `vars`, then silo outputs.
+    """Inputs for an instance: runbot values, then silo outputs, then repo `vars`.
 
-    A declared variable with none of these and no default is an error that
-    names every such variable and how to supply it.
+    Silo outputs are the operator's facts and repository `vars` only wishes: a `vars` name
+    that runbot provides, that the silo outputs (`provided` adds the names its template
+    declares, sensitive ones included), or (with a stack manifest) that `settable`
+    does not list is an error naming it. A declared variable with none of these and no
+    default is an error that names every such variable and how to supply it.
     """
     _check_runbot_keys(runbot, RUNBOT_INSTANCE_VARIABLES, "instance")
+    refused = refused_repo_vars(
+        repo_vars, settable, RUNBOT_INSTANCE_VARIABLES | set(silo_outputs) | set(provided)
+    )
+    if refused:
+        raise MappingError(
+            "this repository may not set "
+            + ", ".join(f"`vars.{name}`" for name in refused)
+            + ": runbot and the silo decide those values; remove them from `vars` in "
+            ".runbot.yml (a stack's `runbot.yml` lists the variables repositories may set)"
+        )
     sources = (
         _Source(runbot, _RUNBOT_FIX, reveal=True),
-        _Source(repo_vars, "fix `vars.{name}` in .runbot.yml", reveal=True),
         _Source(silo_outputs, "fix the silo output {name!r} or the variable's type", reveal=False),
+        _Source(repo_vars, "fix `vars.{name}` in .runbot.yml", reveal=True),
     )
     return _resolve(
         template,
@@ -73,6 +90,17 @@ def instance_inputs(
             f"the instance template needs a value for variable {v.name!r} ({v.location}): "
             f"set it under `vars:` in .runbot.yml, or add a silo output named {v.name!r}"
         ),
+    )
+
+
+def refused_repo_vars(
+    repo_vars: Mapping[str, Any], settable: frozenset[str] | None, provided: Set[str]
+) -> list[str]:
+    """The `vars` names a repository may not set, sorted."""
+    return sorted(
+        name
+        for name in repo_vars
+        if name in provided or (settable is not None and name not in settable)
     )
 
 

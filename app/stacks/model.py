@@ -144,6 +144,13 @@ class Stack:
     silo: Template
     instance: Template
     source: StackSource
+    #: The instance variables repositories may set (`repo_vars` in the stack's `runbot.yml`);
+    #: None: the stack has no manifest, so any it declares that runbot and the silo leave.
+    repo_vars: frozenset[str] | None = None
+
+    def provided_names(self) -> frozenset[str]:
+        """Instance inputs runbot or the silo decide: a repository can never set them."""
+        return RUNBOT_INSTANCE_VARIABLES | frozenset(self.silo.outputs)
 
     def needs_repo_vars(self) -> list[Variable]:
         """Instance variables only the repo config `vars` can fill.

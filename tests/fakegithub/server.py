@@ -690,6 +690,11 @@ class FakeGitHub:
             else:
                 files[path.strip("/")] = content.encode() if isinstance(content, str) else content
 
+    def branch_sha(self, repo: str, branch: str) -> str:
+        """The commit *branch* points at."""
+        with self._lock:
+            return self._repo(repo).branches[branch].sha
+
     def set_branch(self, repo: str, branch: str, sha: str) -> None:
         """Point *branch* at *sha* (creating it from the default branch if needed)."""
         with self._lock:
@@ -1615,6 +1620,13 @@ class FakeGitHub:
                 (("statuses",), "read"),
             ),
             (
+                "GET",
+                f"{rp}/git/ref/{{ref}}",
+                self._h_git_ref,
+                reads,
+                (("contents",), "read"),
+            ),
+            (
                 "POST",
                 "/app-manifests/{code}/conversions",
                 self._h_manifest_conversion,
@@ -1636,6 +1648,7 @@ class FakeGitHub:
             f"{rp}/contents/{{path}}": f"{rp}/contents/{{path:path}}",
             f"{rp}/commits/{{ref}}/check-suites": f"{rp}/commits/{{ref:path}}/check-suites",
             f"{rp}/commits/{{ref}}/status": f"{rp}/commits/{{ref:path}}/status",
+            f"{rp}/git/ref/{{ref}}": f"{rp}/git/ref/{{ref:path}}",
         }
         routes = [
             _Route(
@@ -2424,6 +2437,28 @@ class FakeGitHub:
         if resolved is None:
             raise _GitHubError(422, f"No commit found for SHA: {ref}")
         return resolved[0]
+
+    def _h_git_ref(self, ctx: _Ctx) -> _Resp:
+        """``GET .../git/ref/heads/<branch>``: the commit a branch points at."""
+        repo = self._ctx_repo(ctx)
+        ref = ctx.params["ref"]
+        branch = repo.branches.get(ref.removeprefix("heads/")) if ref.startswith("heads/") else None
+        if branch is None:
+            raise _GitHubError(404, "Not Found")
+        api = f"{self.url}/repos/{repo.full_name}"
+        return _Resp(
+            200,
+            {
+                "ref": f"refs/{ref}",
+                "node_id": "MDM6UmVmcmVmcy9oZWFkcy9tYWlu",
+                "url": f"{api}/git/refs/{ref}",
+                "object": {
+                    "type": "commit",
+                    "sha": branch.sha,
+                    "url": f"{api}/git/commits/{branch.sha}",
+                },
+            },
+        )
 
     def _h_check_suites(self, ctx: _Ctx) -> _Resp:
         repo = self._ctx_repo(ctx)

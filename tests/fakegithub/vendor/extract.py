@@ -66,6 +66,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, list[str]]] = {
     ("GET", "/repos/{owner}/{repo}/collaborators/{username}/permission"): {},
     ("GET", "/repos/{owner}/{repo}/commits/{ref}/check-suites"): {},
     ("GET", "/repos/{owner}/{repo}/commits/{ref}/status"): {},
+    ("GET", "/repos/{owner}/{repo}/git/ref/{ref}"): {},
     ("POST", "/app-manifests/{code}/conversions"): {},
     (
         "GET",
