@@ -14,6 +14,7 @@ import pytest
 from sqlmodel import select
 
 from app.db.models import PullRequest, Run, utcnow
+from app.engine.logs import read_log
 from app.github.comment import MARKER
 from app.lifecycle.service import pull_id
 from app.lifecycle.states import Status
@@ -26,6 +27,7 @@ from tests.apphost import (
     seed_repo,
     write_policy,
 )
+from tests.conftest import TEMPLATES
 from tests.fakegithub.server import FakeGitHub
 from tests.fakegithub.webhooks import deliver
 from tests.helpers import fetch, wait_for
@@ -204,3 +206,162 @@ def test_finding_2_config_comes_only_from_the_default_branch_at_a_recorded_commi
         with server.runtime.db.session() as session:
             runs = list(session.exec(select(Run).where(Run.target_id == env.id)))
         assert runs and all(run.config_sha == main_sha for run in runs)
+
+
+def test_finding_3_silo_outputs_win_and_a_repository_var_naming_one_is_refused(
+    tmp_path: Path, fake_github: FakeGitHub, port_base: int
+) -> None:
+    """`vars: {bind_host: 0.0.0.0}` on the local stack would expose the environment on every
+    interface: the silo outputs bind_host, so the configuration is refused, naming it."""
+    fake = fake_github
+    config = "stack: local\nsilo: trust\nvars: {bind_host: 0.0.0.0, greeting: hi}\n"
+    with serving(tmp_path, fake, config, port_base) as server:
+        fake.add_pull(REPO, 1, A, "feature")
+        pull_event(server, fake, "opened")
+        wait_for(lambda: "vars.bind_host" in shown(fake), timeout=30)
+        assert "vars.greeting" not in shown(fake) and "repo_vars" in shown(fake)
+        assert server.runtime.lifecycle.list_environments(include_destroyed=True) == []
+        # Without it, the same PR deploys, listening where the silo says.
+        fake.set_file(REPO, "main", ".runbot.yml", "stack: local\nsilo: trust\n")
+        pull_event(server, fake, "synchronize")
+        wait_for(lambda: status_of(server) == Status.READY, timeout=90)
+        env = server.runtime.lifecycle.live_environment_for(REPO, 1)
+        assert env is not None and env.url == f"http://127.0.0.1:{port_base}/"
+
+
+def write_stack(root: Path, name: str, url_expression: str) -> None:
+    (root / name / "silo").mkdir(parents=True)
+    (root / name / "instance").mkdir(parents=True)
+    (root / name / "silo" / "main.tf").write_text(
+        'resource "terraform_data" "silo" {\n  input = "x"\n}\n'
+        'output "domain" {\n  value = "example.test"\n}\n'
+    )
+    (root / name / "instance" / "main.tf").write_text(
+        'variable "runbot_pr_number" {\n  type = number\n}\n'
+        f'output "url" {{\n  value = "{url_expression}"\n}}\n'
+    )
+
+
+def test_finding_3_a_url_output_that_is_not_http_is_dropped_everywhere(
+    tmp_path: Path, fake_github: FakeGitHub
+) -> None:
+    """A stack whose `url` is `javascript:...` gets no link anywhere, and its run says why."""
+    fake = fake_github
+    stacks = tmp_path / "stacks"
+    write_stack(stacks, "jsurl", "javascript:alert(document.cookie)//${var.runbot_pr_number}")
+    seed_repo(fake, "stack: jsurl\nsilo: js\n")
+    fake.add_pull(REPO, 1, A, "feature")
+    with AppServer(app_settings(tmp_path, fake, templates_dir=stacks)) as server:
+        pull_event(server, fake, "opened")
+        wait_for(lambda: status_of(server) == Status.READY, timeout=90)
+        env = server.runtime.lifecycle.live_environment_for(REPO, 1)
+        assert env is not None and env.url is None
+        assert env.outputs["url"]["value"].startswith("javascript:")  # kept for operators
+        wait_for(lambda: "Ready" in shown(fake) or "ready" in shown(fake), timeout=30)
+        assert "javascript" not in status_body(fake)
+        assert env.last_run_id is not None
+        log_text, _ = read_log(server.runtime.db, env.last_run_id)
+        assert "the output `url` is not an http(s) URL" in log_text
+        wait_for(lambda: bool(fake.deployments(REPO)), timeout=30)
+        deployments = fake.deployments(REPO)
+        for deployment in deployments:
+            statuses = fake.deployment_statuses(REPO, deployment["id"])
+            assert all("javascript" not in str(status) for status in statuses)
+        server.runtime.lifecycle.destroy_environment(env.id)
+        wait_for(lambda: not server.runtime.lifecycle.list_environments(), timeout=90)
+
+
+def test_finding_4_a_repository_stack_silo_belongs_to_its_repository(
+    tmp_path: Path, fake_github: FakeGitHub, port_base: int
+) -> None:
+    """Two repositories whose own stacks share a folder name get two silos, each owned by its
+    repository; naming the other's silo is refused with a comment."""
+    fake = fake_github
+    other = "octo-org/other"
+    for repo, base in ((REPO, port_base), (other, port_base + 10)):
+        files = {".runbot.yml": "stack: {path: .runbot/stacks/web}\n"}
+        for path in (TEMPLATES / "local").rglob("*"):
+            if path.is_file() and path.suffix in (".tf", ".py", ".yml"):
+                relative = path.relative_to(TEMPLATES / "local").as_posix()
+                text = path.read_text()
+                if relative == "silo/variables.tf":
+                    text = text.replace("47100", str(base))
+                    text = text.replace("default     = 20", "default = 5")
+                files[f".runbot/stacks/web/{relative}"] = text
+        fake.add_repo(repo, files={"main": files})
+    fake.add_installation(INSTALLATION, "octo-org", [REPO, other])
+    policy = write_policy(tmp_path, "default:\n  repo_stacks: true\n")
+    fake.add_pull(REPO, 1, A, "feature")
+    fake.add_pull(other, 1, B, "feature")
+    with AppServer(app_settings(tmp_path, fake, policy_file=policy)) as server:
+        lifecycle = server.runtime.lifecycle
+        pull_event(server, fake, "opened")
+        wait_for(lambda: status_of(server) == Status.READY, timeout=120)
+        mine = lifecycle.get_silo("octo-org-hello-web")
+        assert mine.owner == REPO and mine.source_key == f"repo:{REPO}:.runbot/stacks/web"
+
+        # The other repository names this silo: refused, nothing of its own is run in it.
+        named = "stack: {path: .runbot/stacks/web}\nsilo: octo-org-hello-web\n"
+        fake.set_file(other, "main", ".runbot.yml", named)
+        payload = fake.pull_request_event("opened", other, 1)
+        payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
+        deliver(server.webhook_url, "pull_request", payload, WEBHOOK_SECRET)
+        refused = lambda: shown_on(fake, other)  # noqa: E731
+        wait_for(lambda: "is built from the stack `.runbot/stacks/web`" in refused(), 30)
+        assert f"of the repository `{REPO}`" in refused()
+        assert lifecycle.live_environment_for(other, 1) is None
+
+        # With no `silo:`, it gets a silo of its own, owned by it.
+        fake.set_file(other, "main", ".runbot.yml", "stack: {path: .runbot/stacks/web}\n")
+        deliver(server.webhook_url, "pull_request", payload, WEBHOOK_SECRET)
+        theirs = lambda: lifecycle.live_environment_for(other, 1)  # noqa: E731
+        wait_for(lambda: (env := theirs()) is not None and env.status == Status.READY, 120)
+        env = theirs()
+        assert env is not None and env.silo_name == "octo-org-other-web"
+        assert lifecycle.get_silo("octo-org-other-web").owner == other
+        for silo in ("octo-org-hello-web", "octo-org-other-web"):
+            lifecycle.destroy_silo(silo, force=True)
+        wait_for(
+            lambda: all(s.status == Status.DESTROYED for s in lifecycle.list_silos()), timeout=120
+        )
+
+
+def shown_on(fake: FakeGitHub, repo: str, number: int = 1) -> str:
+    bodies = [c["body"] for c in fake.comments(repo, number) if c["body"].startswith(MARKER)]
+    return bodies[-1].replace("\\", "") if bodies else ""
+
+
+def test_finding_9_operator_ceilings_bound_the_config_and_extend(
+    tmp_path: Path, fake_github: FakeGitHub, port_base: int
+) -> None:
+    """`max_environments: 1000`, `ttl.max: 365d` and a new silo past `max_silos` are refused,
+    each naming its key; `/runbot extend` stops at `max_ttl`, even lowered after creation."""
+    fake = fake_github
+    policy = write_policy(tmp_path, "default:\n  max_ttl: 2d\n  max_silos: 0\n")
+    good = "stack: local\nsilo: trust\nttl: {idle: 2h, max: 2d}\n"
+    with serving(tmp_path, fake, good, port_base, policy_file=policy) as server:
+        fake.add_pull(REPO, 1, A, "feature")
+        for config, key in (
+            ("stack: local\nsilo: trust\nmax_environments: 1000\n", "max_environments"),
+            ("stack: local\nsilo: trust\nttl: {idle: 2h, max: 365d}\n", "max_ttl"),
+            ("stack: local\nsilo: another\n", "max_silos"),
+        ):
+            fake.set_file(REPO, "main", ".runbot.yml", config)
+            pull_event(server, fake, "synchronize")
+            wait_for(lambda key=key: f"`{key}:" in shown(fake), timeout=30)
+            assert server.runtime.lifecycle.list_environments() == []
+        assert [s.name for s in server.runtime.lifecycle.list_silos()] == ["trust"]
+
+        fake.set_file(REPO, "main", ".runbot.yml", good)
+        pull_event(server, fake, "synchronize")
+        wait_for(lambda: status_of(server) == Status.READY, timeout=90)
+        env = server.runtime.lifecycle.live_environment_for(REPO, 1)
+        assert env is not None
+        policy.write_text("default:\n  max_ttl: 3h\n  max_silos: 0\n")
+        server.runtime.policy.reload()
+        comment(server, fake, "/runbot extend 4h", "wendy")
+        wait_for(
+            lambda: any("Cannot extend" in c["body"] for c in fake.comments(REPO, 1)), timeout=30
+        )
+        after = server.runtime.lifecycle.live_environment_for(REPO, 1)
+        assert after is not None and after.expires_at == env.expires_at

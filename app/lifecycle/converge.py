@@ -166,7 +166,7 @@ class Converger:
                 ),
             ), commit
         if kind == "repo":
-            # A stack stored in the PR's repository, fetched at the default branch commit into `url`.
+            # A stack stored in the PR's repository, fetched at the config's commit into `url`.
             source_record = StackSource(
                 kind="repo",
                 url=source["url"],
