@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 from app.github.config import RepoConfig
 from app.github.config_errors import ConfigError
+from app.github.installations import CUTOFF_REASONS, Cutoff
 from app.lifecycle.states import HoldKind
 
 __all__ = [
     "CONFIG_REMOVED",
+    "CUTOFF_HOLDS",
     "Create",
     "Decision",
     "Destroy",
@@ -107,6 +109,13 @@ class NeedCI:
 
 Decision = Create | Update | Keep | Destroy | Hold
 
+#: The hold of a PR whose repository runbot was cut off from, by why.
+CUTOFF_HOLDS = {
+    Cutoff.UNINSTALLED: HoldKind.UNINSTALLED,
+    Cutoff.REMOVED: HoldKind.UNINSTALLED,
+    Cutoff.SUSPENDED: HoldKind.SUSPENDED,
+}
+
 
 def _ci_hold(pull: PullState, live: Live | None, ci: str) -> Hold | None:
     if ci == "success":
@@ -167,6 +176,7 @@ def decide_pull(
     stopped: bool = False,
     resume: bool = False,
     ci: str | None = None,
+    cutoff: Cutoff | None = None,
 ) -> Decision | NeedCI:
     """The PR's desired state.
 
@@ -175,9 +185,13 @@ def decide_pull(
     `/runbot destroy`) at the commit still at the head, so it stays down until a new commit or
     ``resume`` (`/runbot deploy` or `redeploy`). ``ci`` is the head commit's combined checks
     state ("success", "failure" or pending), looked up only when the result is `NeedCI`.
+    ``cutoff``: the App was uninstalled or suspended, or the repository removed from it; then
+    nothing runs, whatever else says so.
     """
     if pull.state != "open":
         return Hold(HoldKind.CLOSED, "closed", teardown=True)
+    if cutoff is not None:
+        return Hold(CUTOFF_HOLDS[cutoff], CUTOFF_REASONS[cutoff], teardown=True)
     if isinstance(config, ConfigError):
         return Hold(HoldKind.CONFIG_ERROR, config.markdown())
     if config is None:

@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlmodel import col, func, select
 
 from app.db.leases import kept_alive
-from app.db.models import Delivery, Environment, Installation, PullRequest, Run, utcnow
+from app.db.models import Delivery, Environment, PullRequest, Run, utcnow
 from app.db.session import Database
 from app.github import payloads
 from app.github.config import RepoConfig, parse_repo_config
@@ -42,6 +42,7 @@ from app.intent.decide import (
     decide_pull,
 )
 from app.intent.deliveries import DeliveryQueue
+from app.intent.installations import Installations
 from app.intent.sources import SiloChooser
 from app.lifecycle.service import Lifecycle, LifecycleError, pull_id
 from app.lifecycle.states import Desired, Status
@@ -58,6 +59,8 @@ CONFIG_PATH = ".runbot.yml"
 #: Triggers of a deliberate teardown (TTL reaper, `/runbot destroy`): the PR stays without an
 #: environment until a new commit or `/runbot redeploy`, instead of being re-created by resync.
 STOP_TRIGGERS = frozenset({"ttl", "comment"})
+#: The trigger recorded on an environment torn down by a hold, by the hold's kind.
+TEARDOWN_TRIGGERS = {HoldKind.UNINSTALLED: "uninstalled", HoldKind.SUSPENDED: "suspended"}
 #: A push that arrives while the previous change is still being applied is part of a burst (a
 #: rebase pushed commit by commit, a bot): its apply waits until pushes stop for this long, so
 #: a burst costs two applies (its first push, then its last) rather than one per engine run.
@@ -116,6 +119,7 @@ class IntentProcessor:
         self.lease = timedelta(seconds=lease_seconds)
         self.deliveries = DeliveryQueue(db, self.lease)
         self.silos = SiloChooser(db, lifecycle, gateway, data_dir)
+        self.installations = Installations(db, lifecycle)
         self.wakeup = asyncio.Event()
         self.command_handler: CommandHandler | None = None
         self.on_change: Callable[[], None] = lambda: None
@@ -188,7 +192,9 @@ class IntentProcessor:
             return parsed is not None and await self._pull_request(parsed)
         if event in ("installation", "installation_repositories"):
             change = payloads.installation_event(event, payload)
-            return change is not None and self._installation(change)
+            if change is None:
+                return False
+            return await self.installations.handle(change, self.reconcile_pull)
         if event in ("check_suite", "status"):
             ci = payloads.ci_event(event, payload)
             return ci is not None and await self._ci_changed(ci)
@@ -255,29 +261,6 @@ class IntentProcessor:
             session.add(pull)
             session.commit()
 
-    def _installation(self, change: payloads.InstallationEvent) -> bool:
-        with self.db.session() as session:
-            row = session.get(Installation, change.installation_id) or Installation(
-                id=change.installation_id
-            )
-            row.account = change.account
-            if change.event == "installation":
-                if change.action == "deleted":
-                    row.active = False
-                elif change.action in ("created", "unsuspend", "new_permissions_accepted"):
-                    row.active = True
-                    if change.repositories is not None:
-                        row.repositories = list(change.repositories)
-                elif change.action == "suspend":
-                    row.active = False
-            else:
-                current = set(row.repositories) | set(change.added)
-                row.repositories = sorted(current - set(change.removed))
-            row.updated_at = utcnow()
-            session.add(row)
-            session.commit()
-        return True
-
     async def _ci_changed(self, ci: payloads.CIEvent) -> bool:
         with self.db.session() as session:
             pulls = list(
@@ -329,8 +312,10 @@ class IntentProcessor:
         if pull is None:
             return
         live = self.lifecycle.live_environment_for(pull.repository, pull.number)
+        # Cut off (uninstalled, suspended, removed): GitHub answers nothing, and nothing runs.
+        cutoff = self.installations.cutoff_of(pull)
         config: RepoConfig | ConfigError | None = None
-        if pull.state == "open":
+        if pull.state == "open" and cutoff is None:
             try:
                 config = await self.load_config(pull, prefetch)
             except ConfigError as exc:
@@ -342,7 +327,13 @@ class IntentProcessor:
         stopped = usable and live is None and not resume and self._stopped(pull)
         in_use = self._in_use(pull.repository) if usable and live is None else 0
         decided = decide_pull(
-            state, config, live_of(live), in_use=in_use, stopped=stopped, resume=resume
+            state,
+            config,
+            live_of(live),
+            in_use=in_use,
+            stopped=stopped,
+            resume=resume,
+            cutoff=cutoff,
         )
         if isinstance(decided, NeedCI):
             ci = await self.gateway.ci_state(pull.installation_id, pull.repository, pull.head_sha)
@@ -376,8 +367,9 @@ class IntentProcessor:
                     hold_reason=None,
                 )
             elif live and decision.teardown:
+                trigger = TEARDOWN_TRIGGERS.get(decision.kind, "policy")
                 self.lifecycle.destroy_environment(
-                    live.id, reason=decision.message, trigger="policy"
+                    live.id, reason=decision.message, trigger=trigger
                 )
                 # What was approved is no longer trusted to come back on its own.
                 self._hold(key, decision.kind, decision.message, approved_sha=None)
@@ -502,23 +494,18 @@ class IntentProcessor:
         """List open PRs of installed repos and reconcile each: heals missed webhooks."""
         if self.gateway.local:
             return 0
-        with self.db.session() as session:
-            installations = list(session.exec(select(Installation).where(Installation.active)))
         seen = 0
-        for installation in installations:
+        # Uninstalled and suspended installations are skipped, and GitHub no longer lists a
+        # repository removed from its installation.
+        for installation in self.installations.active():
             try:
-                repos = await self.gateway.installation_repos(installation.id)
+                repos = await self.gateway.installation_repos(installation)
             except GitHubError as exc:
-                log.warning("resync: installation %s unavailable: %s", installation.id, exc)
+                log.warning("resync: installation %s unavailable: %s", installation, exc)
                 continue
-            with self.db.session() as session:
-                row = session.get(Installation, installation.id)
-                if row is not None:
-                    row.repositories = repos
-                    session.add(row)
-                    session.commit()
+            await self.installations.listed(installation, repos, self.reconcile_pull)
             for repository in repos:
-                seen += await self._resync_repository(installation.id, repository)
+                seen += await self._resync_repository(installation, repository)
         return seen
 
     async def _resync_repository(self, installation_id: int, repository: str) -> int:

@@ -48,6 +48,10 @@ class HoldKind(StrEnum):
     WAITING_FOR_CI = "waiting_for_ci"
     CI_FAILED = "ci_failed"
     CANNOT_DEPLOY = "cannot_deploy"
+    # The App was uninstalled, or the repository removed from it (issue 15, finding 6).
+    UNINSTALLED = "uninstalled"
+    # The installation is suspended: environments are destroyed until `unsuspend`.
+    SUSPENDED = "suspended"
 
 
 # Statuses where the engine may have created something that a destroy must clean up.
