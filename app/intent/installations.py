@@ -27,6 +27,7 @@ from app.github.installations import (
     record_of,
 )
 from app.github.payloads import InstallationEvent
+from app.intent.decide import CUTOFF_HOLDS
 from app.lifecycle.service import Lifecycle
 from app.lifecycle.states import Desired, Status
 
@@ -44,11 +45,11 @@ class Installations:
         with self.db.session() as session:
             return record_of(session.get(Installation, installation_id))
 
-    def cutoff_of(self, pull: PullRequest) -> Cutoff | None:
-        """Why runbot may no longer act for this PR's repository (None: it may)."""
-        if pull.installation_id is None:
+    def cutoff_of(self, installation_id: int | None, repository: str) -> Cutoff | None:
+        """Why runbot may no longer act for this repository (None: it may)."""
+        if installation_id is None:
             return None
-        return cutoff(self.record(pull.installation_id), pull.repository)
+        return cutoff(self.record(installation_id), repository)
 
     def active(self) -> list[int]:
         with self.db.session() as session:
@@ -132,9 +133,7 @@ class Installations:
             )
             session.commit()
 
-    def _destroy_strays(
-        self, installation_id: int, change: Change, names: Iterable[str]
-    ) -> None:
+    def _destroy_strays(self, installation_id: int, change: Change, names: Iterable[str]) -> None:
         """Environments no PR decision covered (made from the CLI, a lost PR row) go too."""
         lowered = [name.lower() for name in names]
         with self.db.session() as session:
@@ -153,5 +152,5 @@ class Installations:
         assert change.cut is not None
         for env_id in live:
             self.lifecycle.destroy_environment(
-                env_id, reason=CUTOFF_REASONS[change.cut], trigger=str(change.cut)
+                env_id, reason=CUTOFF_REASONS[change.cut], trigger=CUTOFF_HOLDS[change.cut]
             )

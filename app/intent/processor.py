@@ -29,6 +29,7 @@ from app.github.gateway import Gateway, GitHubError, RetryLater
 from app.github.intake import ACTIVITY, parse_json
 from app.github.payloads import PullFacts
 from app.intent.decide import (
+    CUTOFF_HOLDS,
     Create,
     Decision,
     Destroy,
@@ -59,8 +60,8 @@ CONFIG_PATH = ".runbot.yml"
 #: Triggers of a deliberate teardown (TTL reaper, `/runbot destroy`): the PR stays without an
 #: environment until a new commit or `/runbot redeploy`, instead of being re-created by resync.
 STOP_TRIGGERS = frozenset({"ttl", "comment"})
-#: The trigger recorded on an environment torn down by a hold, by the hold's kind.
-TEARDOWN_TRIGGERS = {HoldKind.UNINSTALLED: "uninstalled", HoldKind.SUSPENDED: "suspended"}
+#: Holds whose teardown is recorded under their own kind as trigger (others: "policy").
+CUTOFF_KINDS = frozenset(CUTOFF_HOLDS.values())
 #: A push that arrives while the previous change is still being applied is part of a burst (a
 #: rebase pushed commit by commit, a bot): its apply waits until pushes stop for this long, so
 #: a burst costs two applies (its first push, then its last) rather than one per engine run.
@@ -206,6 +207,11 @@ class IntentProcessor:
     async def _pull_request(self, event: payloads.PullRequestEvent) -> bool:
         facts, repository = event.pull, event.repository
         updated_at = event.updated_at
+        if self.installations.cutoff_of(event.installation_id, repository) is not None:
+            # Sent just before the App's access was withdrawn: GitHub answers nothing now.
+            self.record_pull(repository, facts, updated_at, event.installation_id)
+            await self.reconcile_pull(pull_id(repository, facts.number))
+            return True
         # The config is read at the base branch the payload names while the PR is being read:
         # two GitHub round trips in parallel on the way to every create. It is used only if
         # the PR, once read, still targets that branch.
@@ -313,7 +319,7 @@ class IntentProcessor:
             return
         live = self.lifecycle.live_environment_for(pull.repository, pull.number)
         # Cut off (uninstalled, suspended, removed): GitHub answers nothing, and nothing runs.
-        cutoff = self.installations.cutoff_of(pull)
+        cutoff = self.installations.cutoff_of(pull.installation_id, pull.repository)
         config: RepoConfig | ConfigError | None = None
         if pull.state == "open" and cutoff is None:
             try:
@@ -367,7 +373,7 @@ class IntentProcessor:
                     hold_reason=None,
                 )
             elif live and decision.teardown:
-                trigger = TEARDOWN_TRIGGERS.get(decision.kind, "policy")
+                trigger = str(decision.kind) if decision.kind in CUTOFF_KINDS else "policy"
                 self.lifecycle.destroy_environment(
                     live.id, reason=decision.message, trigger=trigger
                 )
