@@ -171,7 +171,6 @@ def test_finding_6_suspend_destroys_the_environments_and_its_writes_wait(
 
         admin(server, fake, "installation", "suspend")
         torn_down(server, env, Cutoff.SUSPENDED)
-        pull = the_pull(server)
         wait_for(lambda: the_pull(server).next_sync_at is not None, timeout=30)
         pull = the_pull(server)
         assert pull.synced_version < pull.sync_version  # owed, not dropped
