@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import insert, select
 from sqlmodel import SQLModel
 
-from app.db.models import Environment, PullRequest, Silo
+from app.db.models import Environment, Installation, PullRequest, Silo
 from app.db.session import Database
 from app.lifecycle.states import HoldKind
 
@@ -172,8 +172,34 @@ def test_hold_kind_is_backfilled_from_the_old_hold_sentences(database_url: str) 
             kinds = dict(connection.execute(select(table.c.id, table.c.hold_kind)).all())
         expected = {f"o/r#{n}": kind for n, kind in enumerate(sentences, start=1)}
         assert kinds == {**expected, "o/r#90": None, "o/r#91": "config_error"}
-        # Every kind the 0005 code could write (later kinds never had a sentence to read).
-        later = {HoldKind.POLICY}
-        assert set(sentences) | {"config_error"} == {kind.value for kind in HoldKind} - later
+        # Kinds added later never had a sentence to backfill.
+        newer = {HoldKind.UNINSTALLED, HoldKind.SUSPENDED, HoldKind.POLICY}
+        assert set(sentences) | {"config_error"} == {kind.value for kind in HoldKind} - newer
+    finally:
+        db.dispose()
+
+
+def test_an_inactive_installation_is_backfilled_as_deleted(database_url: str) -> None:
+    """0009: `active` could not tell suspended from uninstalled; inactive reads as deleted, so
+    its environments are destroyed and its GitHub writes, which can never land, dropped."""
+    db = Database(database_url)
+    try:
+        _upgrade(db, "0007")
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO installation (id, account, repositories, active, updated_at)"
+                " VALUES (1, 'a', '[\"a/x\"]', true, '2030-01-01'),"
+                " (2, 'b', '[]', false, '2030-01-01')"
+            )
+        _upgrade(db, "head")
+        c = Installation.__table__.c  # type: ignore[attr-defined]
+        with db.engine.connect() as connection:
+            rows = connection.execute(
+                select(c.id, c.state, c.removed_repositories, c.repositories)
+            ).all()
+        assert sorted(tuple(row) for row in rows) == [
+            (1, "active", [], ["a/x"]),
+            (2, "deleted", [], []),
+        ]
     finally:
         db.dispose()

@@ -247,10 +247,18 @@ class CommentCommand(SQLModel, table=True):
 
 
 class Installation(SQLModel, table=True):
+    """An App installation: which repositories it lets runbot act for
+    (`app.github.installations` folds its webhooks into this row)."""
+
     id: int = Field(primary_key=True, sa_type=BigInteger)
     account: str = Field(default="", max_length=100)
     repositories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    active: bool = True
+    #: `app.github.installations.InstallState`: active, suspended or deleted.
+    state: str = Field(default="active", max_length=20)
+    #: Repositories removed from the installation (and not added back): runbot is cut off there.
+    removed_repositories: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -35,7 +35,7 @@ from sqlalchemy import or_, update
 from sqlmodel import col, select
 
 from app.db.leases import kept_alive
-from app.db.models import Environment, PullRequest, utcnow
+from app.db.models import Environment, Installation, PullRequest, utcnow
 from app.db.session import Database
 from app.engine.logs import read_log
 from app.github.comment import (
@@ -46,6 +46,7 @@ from app.github.comment import (
     render_status_comment,
 )
 from app.github.gateway import Gateway, GitHubError, NotFoundOnGitHub, RetryLater
+from app.github.installations import WriteGate, cutoff, record_of, write_gate
 from app.github.status import status_view
 from app.github.writes import (
     IN_FLUX,
@@ -66,6 +67,9 @@ BACKOFF = (2.0, 5.0, 15.0, 60.0, 300.0)
 #: How long a state in flux is held before it is shown, in write intervals (pacing). Without
 #: pacing (tests, local mode) nothing is held: a write then costs the next one nothing.
 SETTLE_INTERVALS = 3.0
+#: How long the writes owed to a suspended installation are parked before they are looked at
+#: again (`unsuspend` releases them at once).
+PARK_SECONDS = 3600.0
 #: Outcomes of one sync pass.
 DONE, STALE, DEFERRED = "done", "stale", "deferred"
 
@@ -120,8 +124,6 @@ class Notifier:
         self._last_write: dict[Any, float] = {}  # installation (or repo) -> monotonic time
         #: PR key -> (sync_version, monotonic time): set aside until then, for that version.
         self._held: dict[str, tuple[int, float]] = {}
-        #: PRs in the middle of a pass: their comment went out and their deployment writes
-        #: follow, after other PRs' comments.
         #: PRs in the middle of a pass: their comment went out and their deployment writes
         #: follow, after other PRs' comments.
         self._passing: dict[str, _Pass] = {}
@@ -266,6 +268,10 @@ class Notifier:
         if claimed is None:
             return False
         key, version = claimed
+        gate = self._gate(key)
+        if gate is not WriteGate.SEND:
+            self._hold_back(key, version, gate)
+            return True
         try:
             async with kept_alive(lambda: self._renew(key), self.lease.total_seconds() / 3):
                 outcome = await self.sync(key, version)
@@ -292,6 +298,38 @@ class Notifier:
         else:  # newer state to render, or set aside in memory: claimable again right away
             self._release(key)
         return True
+
+    def _gate(self, key: str) -> WriteGate:
+        """Whether the PR's installation still lets runbot write to its repository."""
+        with self.db.session() as session:
+            pull = session.get(PullRequest, key)
+            if pull is None or pull.installation_id is None:
+                return WriteGate.SEND
+            record = record_of(session.get(Installation, pull.installation_id))
+        return write_gate(cutoff(record, pull.repository))
+
+    def _hold_back(self, key: str, version: int, gate: WriteGate) -> None:
+        """No token covers the repository: never retry forever. Writes that can never land
+        (uninstalled, removed) are dropped; a suspended installation's wait for `unsuspend`."""
+        self._passing.pop(key, None)
+        if gate is WriteGate.DROP:
+            log.info("%s: the App's access is withdrawn; its GitHub writes are dropped", key)
+            self._release(key, synced=version)
+            return
+        log.info("%s: the App's installation is suspended; its GitHub writes wait", key)
+        with self.db.session() as session:
+            session.exec(
+                update(PullRequest)
+                .where(
+                    col(PullRequest.id) == key, col(PullRequest.sync_lease_owner) == self.worker_id
+                )
+                .values(
+                    sync_lease_owner=None,
+                    sync_lease_expires_at=None,
+                    next_sync_at=utcnow() + timedelta(seconds=PARK_SECONDS),
+                )
+            )
+            session.commit()
 
     async def run(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
         while not stop.is_set():

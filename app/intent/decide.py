@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 from app.github.config import RepoConfig
 from app.github.config_errors import ConfigError
+from app.github.installations import CUTOFF_REASONS, Cutoff
 from app.lifecycle.states import HoldKind
 from app.policy.checks import Violation
 
 __all__ = [
     "CONFIG_REMOVED",
+    "CUTOFF_HOLDS",
     "Create",
     "Decision",
     "Destroy",
@@ -106,6 +108,13 @@ class NeedCI:
 
 Decision = Create | Update | Keep | Destroy | Hold
 
+#: The hold of a PR whose repository runbot was cut off from, by why.
+CUTOFF_HOLDS = {
+    Cutoff.UNINSTALLED: HoldKind.UNINSTALLED,
+    Cutoff.REMOVED: HoldKind.UNINSTALLED,
+    Cutoff.SUSPENDED: HoldKind.SUSPENDED,
+}
+
 
 def _ci_hold(pull: PullState, live: Live | None, ci: str) -> Hold | None:
     if ci == "success":
@@ -174,6 +183,7 @@ def decide_pull(
     resume: bool = False,
     ci: str | None = None,
     refused: Sequence[Violation] = (),
+    cutoff: Cutoff | None = None,
 ) -> Decision | NeedCI:
     """The PR's desired state.
 
@@ -184,9 +194,13 @@ def decide_pull(
     state ("success", "failure" or pending), looked up only when the result is `NeedCI`.
     ``refused``: the rules of the operator policy (or of the stack or silo) that the config
     breaks; any of them holds the PR and tears down what runs.
+    ``cutoff``: the App was uninstalled or suspended, or the repository removed from it; then
+    nothing runs, whatever else says so.
     """
     if pull.state != "open":
         return Hold(HoldKind.CLOSED, "closed", teardown=True)
+    if cutoff is not None:
+        return Hold(CUTOFF_HOLDS[cutoff], CUTOFF_REASONS[cutoff], teardown=True)
     if isinstance(config, ConfigError):
         return Hold(HoldKind.CONFIG_ERROR, config.markdown())
     if config is None:

@@ -21,7 +21,7 @@ from sqlalchemy import update
 from sqlmodel import col, func, select
 
 from app.db.leases import kept_alive
-from app.db.models import Delivery, Environment, Installation, PullRequest, Run, utcnow
+from app.db.models import Delivery, Environment, PullRequest, Run, utcnow
 from app.db.session import Database
 from app.github import payloads
 from app.github.config import RepoConfig
@@ -32,6 +32,7 @@ from app.github.payloads import PullFacts
 from app.intent.bounds import refusals
 from app.intent.configs import ConfigPrefetch, ConfigReader
 from app.intent.decide import (
+    CUTOFF_HOLDS,
     Create,
     Decision,
     Destroy,
@@ -45,6 +46,7 @@ from app.intent.decide import (
     decide_pull,
 )
 from app.intent.deliveries import DeliveryQueue
+from app.intent.installations import Installations
 from app.intent.sources import SiloChooser
 from app.lifecycle.service import Lifecycle, LifecycleError, pull_id
 from app.lifecycle.states import Desired, Status
@@ -60,6 +62,8 @@ log = logging.getLogger("runbot.intent")
 #: Triggers of a deliberate teardown (TTL reaper, `/runbot destroy`): the PR stays without an
 #: environment until a new commit or `/runbot redeploy`, instead of being re-created by resync.
 STOP_TRIGGERS = frozenset({"ttl", "comment"})
+#: Holds whose teardown is recorded under their own kind as trigger (others: "policy").
+CUTOFF_KINDS = frozenset(CUTOFF_HOLDS.values())
 #: A push that arrives while the previous change is still being applied is part of a burst (a
 #: rebase pushed commit by commit, a bot): its apply waits until pushes stop for this long, so
 #: a burst costs two applies (its first push, then its last) rather than one per engine run.
@@ -121,6 +125,7 @@ class IntentProcessor:
         self.deliveries = DeliveryQueue(db, self.lease)
         self.silos = SiloChooser(db, lifecycle, gateway, data_dir)
         self.configs = ConfigReader(gateway)
+        self.installations = Installations(db, lifecycle)
         self.wakeup = asyncio.Event()
         self.command_handler: CommandHandler | None = None
         self.on_change: Callable[[], None] = lambda: None
@@ -193,7 +198,9 @@ class IntentProcessor:
             return parsed is not None and await self._pull_request(parsed)
         if event in ("installation", "installation_repositories"):
             change = payloads.installation_event(event, payload)
-            return change is not None and self._installation(change)
+            if change is None:
+                return False
+            return await self.installations.handle(change, self.reconcile_pull)
         if event in ("check_suite", "status"):
             ci = payloads.ci_event(event, payload)
             return ci is not None and await self._ci_changed(ci)
@@ -205,6 +212,11 @@ class IntentProcessor:
     async def _pull_request(self, event: payloads.PullRequestEvent) -> bool:
         facts, repository = event.pull, event.repository
         updated_at = event.updated_at
+        if self.installations.cutoff_of(event.installation_id, repository) is not None:
+            # Sent just before the App's access was withdrawn: GitHub answers nothing now.
+            self.record_pull(repository, facts, updated_at, event.installation_id)
+            await self.reconcile_pull(pull_id(repository, facts.number))
+            return True
         # The config is read at the default branch the payload names while the PR is being
         # read: GitHub round trips in parallel on the way to every create. It is used only if
         # the repository, once read, still has that default branch.
@@ -262,29 +274,6 @@ class IntentProcessor:
             session.add(pull)
             session.commit()
 
-    def _installation(self, change: payloads.InstallationEvent) -> bool:
-        with self.db.session() as session:
-            row = session.get(Installation, change.installation_id) or Installation(
-                id=change.installation_id
-            )
-            row.account = change.account
-            if change.event == "installation":
-                if change.action == "deleted":
-                    row.active = False
-                elif change.action in ("created", "unsuspend", "new_permissions_accepted"):
-                    row.active = True
-                    if change.repositories is not None:
-                        row.repositories = list(change.repositories)
-                elif change.action == "suspend":
-                    row.active = False
-            else:
-                current = set(row.repositories) | set(change.added)
-                row.repositories = sorted(current - set(change.removed))
-            row.updated_at = utcnow()
-            session.add(row)
-            session.commit()
-        return True
-
     async def _ci_changed(self, ci: payloads.CIEvent) -> bool:
         with self.db.session() as session:
             pulls = list(
@@ -318,9 +307,11 @@ class IntentProcessor:
         if pull is None:
             return
         live = self.lifecycle.live_environment_for(pull.repository, pull.number)
+        # Cut off (uninstalled, suspended, removed): GitHub answers nothing, and nothing runs.
+        cutoff = self.installations.cutoff_of(pull.installation_id, pull.repository)
         config: RepoConfig | ConfigError | None = None
         config_sha: str | None = None
-        if pull.state == "open":
+        if pull.state == "open" and cutoff is None:
             try:
                 config, config_sha = await self.configs.load(pull, prefetch)
             except ConfigError as exc:
@@ -344,6 +335,7 @@ class IntentProcessor:
             stopped=stopped,
             resume=resume,
             refused=refused,
+            cutoff=cutoff,
         )
         decided = decide()
         if isinstance(decided, NeedCI):
@@ -395,8 +387,9 @@ class IntentProcessor:
                     hold_reason=None,
                 )
             elif live and decision.teardown:
+                trigger = str(decision.kind) if decision.kind in CUTOFF_KINDS else "policy"
                 self.lifecycle.destroy_environment(
-                    live.id, reason=decision.message, trigger="policy"
+                    live.id, reason=decision.message, trigger=trigger
                 )
                 # What was approved is no longer trusted to come back on its own.
                 self._hold(key, decision.kind, decision.message, approved_sha=None)
@@ -526,23 +519,18 @@ class IntentProcessor:
         """List open PRs of installed repos and reconcile each: heals missed webhooks."""
         if self.gateway.local:
             return 0
-        with self.db.session() as session:
-            installations = list(session.exec(select(Installation).where(Installation.active)))
         seen = 0
-        for installation in installations:
+        # Uninstalled and suspended installations are skipped, and GitHub no longer lists a
+        # repository removed from its installation.
+        for installation in self.installations.active():
             try:
-                repos = await self.gateway.installation_repos(installation.id)
+                repos = await self.gateway.installation_repos(installation)
             except GitHubError as exc:
-                log.warning("resync: installation %s unavailable: %s", installation.id, exc)
+                log.warning("resync: installation %s unavailable: %s", installation, exc)
                 continue
-            with self.db.session() as session:
-                row = session.get(Installation, installation.id)
-                if row is not None:
-                    row.repositories = repos
-                    session.add(row)
-                    session.commit()
+            await self.installations.listed(installation, repos, self.reconcile_pull)
             for repository in repos:
-                seen += await self._resync_repository(installation.id, repository)
+                seen += await self._resync_repository(installation, repository)
         return seen
 
     async def _resync_repository(self, installation_id: int, repository: str) -> int:

@@ -50,6 +50,10 @@ class HoldKind(StrEnum):
     CANNOT_DEPLOY = "cannot_deploy"
     #: The operator policy (or the stack's manifest, or the silo's source) refuses the config.
     POLICY = "policy"
+    # The App was uninstalled, or the repository removed from it (issue 15, finding 6).
+    UNINSTALLED = "uninstalled"
+    # The installation is suspended: environments are destroyed until `unsuspend`.
+    SUSPENDED = "suspended"
 
 
 # Statuses where the engine may have created something that a destroy must clean up.

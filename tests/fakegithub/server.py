@@ -268,6 +268,7 @@ class _Installation:
     events: list[str]
     repository_selection: str
     created_at: str
+    suspended_at: str | None = None
 
 
 @dataclass
@@ -643,6 +644,16 @@ class FakeGitHub:
                 if info.installation_id == installation_id:
                     del self._tokens[token]
 
+    def suspend_installation(self, installation_id: int, suspended: bool = True) -> None:
+        """Suspend (or unsuspend) an installation: while suspended its tokens stop working and
+        GitHub refuses it new ones (403)."""
+        with self._lock:
+            inst = self._installations[installation_id]
+            inst.suspended_at = _now() if suspended else None
+            for token, info in list(self._tokens.items()):
+                if suspended and info.installation_id == installation_id:
+                    del self._tokens[token]
+
     def set_installation_repos(self, installation_id: int, repos: Iterable[str]) -> None:
         """Change which repositories an installation can access."""
         with self._lock:
@@ -954,6 +965,51 @@ class FakeGitHub:
             }
         kwargs.update(overrides)
         return webhooks.make_pull_request_event(action, **kwargs)
+
+    def installation_event(
+        self, event: str, action: str, installation_id: int, repos: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """An admin acts on the App's installation: change the fake's state the way GitHub
+        does and return the webhook GitHub sends for it.
+
+        ``installation``: ``deleted`` uninstalls, ``suspend``/``unsuspend``; ``created``
+        installs it on ``repos``. ``installation_repositories``: ``added``/``removed`` ``repos``.
+        """
+        with self._lock:
+            inst = self._installations.get(installation_id)
+            account = inst.account if inst is not None else ""
+            current = list(inst.repos) if inst is not None else []
+        if event == "installation_repositories":
+            wanted = {name.lower() for name in repos}
+            kept = [name for name in current if name.lower() not in wanted]
+            self.set_installation_repos(
+                installation_id, [*kept, *repos] if action == "added" else kept
+            )
+            listed = list(repos)
+        elif action == "created":
+            account = account or next(iter(repos)).split("/", 1)[0]
+            self.add_installation(installation_id, account, repos)
+            listed = list(repos)
+        else:
+            listed = current
+            if action == "deleted":
+                self.remove_installation(installation_id)
+            elif action in ("suspend", "unsuspend"):
+                self.suspend_installation(installation_id, action == "suspend")
+        with self._lock:
+            described = [
+                (self._repo(name).full_name, self._repo(name).id, self._repo(name).private)
+                for name in listed
+            ]
+        return webhooks.make_installation_event(
+            event,
+            action,
+            installation_id,
+            account,
+            described,
+            api_url=self.url,
+            web_url=self.web_url,
+        )
 
     def issue_comment_event(
         self,
@@ -1297,8 +1353,8 @@ class FakeGitHub:
             single_file_name=None,
             has_multiple_single_files=False,
             single_file_paths=[],
-            suspended_at=None,
-            suspended_by=None,
+            suspended_at=inst.suspended_at,
+            suspended_by=self._user_obj(inst.account) if inst.suspended_at else None,
         )
         return body
 
@@ -2005,6 +2061,8 @@ class FakeGitHub:
         inst = self._installations.get(self._int_param(ctx, "installation_id"))
         if inst is None:
             raise _GitHubError(404, "Not Found")
+        if inst.suspended_at is not None:
+            raise _GitHubError(403, "This installation has been suspended")
         body = ctx.body or {}
         repos: list[_Repo] | None = None
         if body.get("repositories") or body.get("repository_ids"):

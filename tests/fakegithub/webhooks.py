@@ -473,3 +473,58 @@ def make_issue_comment_event(
         payload["changes"] = {"body": {"from": previous_body if previous_body is not None else ""}}
     schema.validate_webhook(f"issue_comment.{action}", payload)
     return payload
+
+
+def make_installation_event(
+    event: str,
+    action: str,
+    installation_id: int,
+    account: str,
+    repos: Iterable[tuple[str, int, bool]] = (),
+    *,
+    sender: str = "octocat",
+    api_url: str = GITHUB_API,
+    web_url: str = GITHUB_WEB,
+) -> dict[str, Any]:
+    """A schema-valid ``installation`` or ``installation_repositories`` payload.
+
+    ``repos`` are ``(full_name, id, private)``: the installation's repositories (``created``,
+    ``deleted``), or those added or removed (``installation_repositories``); ``suspend`` and
+    ``unsuspend`` carry none, as GitHub sends them.
+    """
+    api, web = api_url.rstrip("/"), web_url.rstrip("/")
+    payload = load_fixture(event, action)
+    listed = [
+        {
+            "id": repo_id,
+            "node_id": _node_id("Repository", repo_id),
+            "name": name.split("/", 1)[1],
+            "full_name": name,
+            "private": private,
+        }
+        for name, repo_id, private in repos
+    ]
+    inst = payload["installation"]
+    owner = _user(inst["account"], account, api, web, "Organization")
+    inst.update(
+        id=installation_id,
+        account=owner,
+        target_id=owner["id"],
+        target_type="Organization",
+        access_tokens_url=f"{api}/app/installations/{installation_id}/access_tokens",
+        repositories_url=f"{api}/installation/repositories",
+        html_url=f"{web}/organizations/{account}/settings/installations/{installation_id}",
+    )
+    who = _user(payload["sender"], sender, api, web)
+    if action == "suspend":
+        inst["suspended_by"] = who
+    payload["sender"] = who
+    if event == "installation_repositories":
+        payload["repository_selection"] = "selected"
+        payload["repositories_added"] = listed if action == "added" else []
+        payload["repositories_removed"] = listed if action == "removed" else []
+        payload["requester"] = None
+    elif "repositories" in payload:
+        payload["repositories"] = listed
+    schema.validate_webhook(f"{event}.{action}", payload)
+    return payload

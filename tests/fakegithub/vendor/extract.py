@@ -90,6 +90,8 @@ WEBHOOKS: dict[tuple[str, str | None], str] = {
     ("issue_comment", "edited"): "issue-comment-edited",
     ("installation", "created"): "installation-created",
     ("installation", "deleted"): "installation-deleted",
+    ("installation", "suspend"): "installation-suspend",
+    ("installation", "unsuspend"): "installation-unsuspend",
     ("installation_repositories", "added"): "installation-repositories-added",
     ("installation_repositories", "removed"): "installation-repositories-removed",
     ("check_suite", "completed"): "check-suite-completed",
