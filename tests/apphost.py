@@ -45,12 +45,29 @@ def app_settings(
     return make_settings(tmp_path, database_url, **values)
 
 
+def sign_in_settings(
+    tmp_path: Path, fake: FakeGitHub, database_url: str | None, port: int, **overrides: Any
+) -> Settings:
+    """`app_settings` with GitHub sign-in through the fake (its OAuth client), for a runbot
+    served on `port` (the OAuth callback names it)."""
+    return app_settings(
+        tmp_path,
+        fake,
+        database_url,
+        github_client_id=fake.client_id,
+        github_client_secret=fake.client_secret,
+        public_url=f"http://127.0.0.1:{port}",
+        **overrides,
+    )
+
+
 class AppServer:
     """`runbot serve`, in a background thread of the test process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, port: int | None = None) -> None:
+        """`port`: one chosen up front, e.g. so `public_url` (the OAuth callback) can name it."""
         self.settings = settings
-        self.port = free_port()
+        self.port = port or free_port()
         self.app = create_app(settings)
         self.runtime: Runtime = self.app.state.runtime
         self.server = uvicorn.Server(

@@ -7,6 +7,7 @@ and still break every existing install; comparing the two catches it.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -28,6 +29,26 @@ def _upgrade(db: Database, revision: str) -> None:
         command.upgrade(config, revision)
 
 
+def silo_row(name: str) -> dict[str, Any]:
+    """A silo as any revision since 0001 stores it, for inserting before a migration."""
+    return {
+        "name": name,
+        "stack": "local",
+        "stack_source": {},
+        "vars": {},
+        "outputs": {},
+        "desired": "present",
+        "force_destroy": False,
+        "status": "ready",
+        "generation": 1,
+        "observed_generation": 1,
+        "capacity": 10,
+        "attempts": 0,
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+
+
 def test_migrations_build_exactly_the_models_schema(database_url: str) -> None:
     db = Database(database_url)
     try:
@@ -46,27 +67,7 @@ def test_warn_at_is_backfilled_from_each_rows_ttl(database_url: str) -> None:
         _upgrade(db, "0003")
         environment = Environment.__table__.c  # type: ignore[attr-defined]
         with db.engine.begin() as connection:
-            connection.execute(
-                insert(Silo.__table__),  # type: ignore[attr-defined]
-                [
-                    {
-                        "name": "s",
-                        "stack": "local",
-                        "stack_source": {},
-                        "vars": {},
-                        "outputs": {},
-                        "desired": "present",
-                        "force_destroy": False,
-                        "status": "ready",
-                        "generation": 1,
-                        "observed_generation": 1,
-                        "capacity": 10,
-                        "attempts": 0,
-                        "created_at": NOW,
-                        "updated_at": NOW,
-                    }
-                ],
-            )
+            connection.execute(insert(Silo.__table__), [silo_row("s")])  # type: ignore[attr-defined]
             base = {
                 "silo_name": "s",
                 "stack": "local",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.db.models import Environment, Silo, utcnow
-from app.engine.backends import backend_for
+from app.engine.backends import backend_for, schema_name
 from app.lifecycle.lease import Claim
 from app.lifecycle.reconcile import Reconciler
 from app.lifecycle.states import Desired, Status
@@ -55,7 +55,7 @@ def test_silo_update_with_new_vars_reapplies_it_and_its_instances(
         ("s3", "-backend-config=key=runbot/env-pr-1-abcde.tfstate"),
         ("gcs", "-backend-config=prefix=runbot/env-pr-1-abcde"),
         ("azurerm", "-backend-config=key=runbot/env-pr-1-abcde.tfstate"),
-        ("pg", "-backend-config=schema_name=runbot_state_env_pr_1_abcde"),
+        ("pg", f"-backend-config=schema_name={schema_name('env-pr-1-abcde')}"),
     ],
 )
 def test_a_template_with_its_own_backend_gets_a_per_target_key(

@@ -8,6 +8,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from app.engine.backends import schema_name
 from app.lifecycle.states import Status
 from app.runtime import build_runtime
 from tests.conftest import make_settings
@@ -49,8 +50,8 @@ def test_create_update_destroy_on_local_stack(
     assert len(processes_matching(env.id)) == 1
     if rt.db.is_postgres:  # state lives in the pg backend: one schema per target
         assert state_schemas(database_url) == {
-            "runbot_state_silo_local_default",
-            f"runbot_state_env_{env.id.replace('-', '_')}",
+            schema_name("silo-local-default"),
+            schema_name(f"env-{env.id}"),
         }
         assert not (tmp_path / "data" / "state").exists()
 

@@ -19,7 +19,7 @@ from sqlmodel import select
 
 from app.db.models import Environment, Silo
 from app.server import create_app
-from tests.apphost import INSTALLATION, REPO, app_settings, free_port
+from tests.apphost import INSTALLATION, REPO, free_port, sign_in_settings
 from tests.fakegithub.server import FakeGitHub
 from tests.webtools import WebServer, csrf_of, seed_env, seed_run, seed_silo, sign_in
 
@@ -65,15 +65,7 @@ def site(tmp_path: Path, fake_github: FakeGitHub, database_url: str) -> Iterator
     fake.set_permission(REPO, READER, "read")
     fake.set_permission(REPO, WRITER, "write")
     port = free_port()
-    settings = app_settings(
-        tmp_path,
-        fake,
-        database_url,
-        github_client_id=fake.client_id,
-        github_client_secret=fake.client_secret,
-        api_token=API_TOKEN,
-        public_url=f"http://127.0.0.1:{port}",
-    )
+    settings = sign_in_settings(tmp_path, fake, database_url, port, api_token=API_TOKEN)
     app = create_app(settings, background=False)
     db = app.state.runtime.db
     seed_silo(

@@ -12,6 +12,7 @@ PG_SCHEMA_NAME), not the backend settings, so every target of one template share
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -83,8 +84,22 @@ def libpq_url(database_url: str) -> str:
     return url.set(query=query).render_as_string(hide_password=False)
 
 
+STATE_SCHEMA_PREFIX = "runbot_state_"
+_SCHEMA_BYTES = 63  # PostgreSQL cuts identifiers at 63 bytes (NAMEDATALEN - 1), silently
+_DIGEST_CHARS = 20  # 80 bits of sha256: a collision needs about 2**40 targets
+
+
 def schema_name(target: str) -> str:
-    return "runbot_state_" + re.sub(r"[^a-z0-9_]", "_", target.lower())
+    """The target's state schema: a readable prefix, then a hash of the exact target name.
+
+    The readable part alone is not unique (`team-a` and `team_a` read alike, and long names are
+    cut to fit), the hash is: two targets never share a schema, so one never applies over, or
+    drops, another's state. Always at most 63 bytes, so PostgreSQL never truncates it.
+    """
+    digest = hashlib.sha256(target.encode()).hexdigest()[:_DIGEST_CHARS]
+    room = _SCHEMA_BYTES - len(STATE_SCHEMA_PREFIX) - 1 - _DIGEST_CHARS
+    readable = re.sub(r"[^a-z0-9_]", "_", target.lower())[:room]
+    return f"{STATE_SCHEMA_PREFIX}{readable}_{digest}"
 
 
 def backend_for(

@@ -6,7 +6,10 @@ in a worker thread); actions check permissions with GitHub (async), then call th
 `Lifecycle` methods as the comment commands and the CLI.
 
 Environments of repositories a principal cannot read are reported as absent, not forbidden, so
-their existence does not leak.
+their existence does not leak. Silos are shared, and their outputs, runs and engine logs are the
+silo's own: an operator sees every silo, anyone else only the silos where a repository they can
+read has an environment (destroyed ones count: their pages stay readable). Any other silo, and
+its runs, is absent (404) in the same words as one that does not exist.
 """
 
 from __future__ import annotations
@@ -170,6 +173,17 @@ class Service:
             return None
         return query.where(func.lower(Environment.repository).in_(sorted(principal.readable)))
 
+    @classmethod
+    def _visible_silos(cls, query: Any, principal: Principal) -> Any | None:
+        """Restrict a query on Silo to silos with an environment of a readable repository (all
+        of them for operators); None: none is visible."""
+        used = cls._visible(select(Environment.silo_name).distinct(), principal)
+        if used is None:
+            return None
+        if principal.readable is None:
+            return query
+        return query.where(col(Silo.name).in_(used))
+
     # ----- environments ------------------------------------------------------------------------
 
     def list_environments(
@@ -237,10 +251,6 @@ class Service:
 
     # ----- silos -------------------------------------------------------------------------------
 
-    def _require_member(self, principal: Principal) -> None:
-        if not principal.member:
-            raise NotVisible("no silos that you can see")
-
     def list_silos(
         self,
         principal: Principal,
@@ -248,16 +258,17 @@ class Service:
         page: int = 1,
         per_page: int = DEFAULT_PER_PAGE,
     ) -> PageOut[SiloOut]:
-        """Every silo (they are shared) to anyone with access to a repository runbot serves."""
+        """The silos the principal may see (module docstring), by name."""
         page, per_page = _page_args(page, per_page)
-        if not principal.member:
-            return PageOut(items=[], page=page, per_page=per_page, total=0)
         conditions = [Silo.status == status] if status else []
+        count = self._visible_silos(select(func.count()).select_from(Silo), principal)
+        rows = self._visible_silos(select(Silo), principal)
+        if count is None or rows is None:
+            return PageOut(items=[], page=page, per_page=per_page, total=0)
         with self.db.session() as session:
-            total = session.exec(select(func.count()).select_from(Silo).where(*conditions)).one()
+            total = session.exec(count.where(*conditions)).one()
             silos = session.exec(
-                select(Silo)
-                .where(*conditions)
+                rows.where(*conditions)
                 .order_by(col(Silo.name))
                 .offset((page - 1) * per_page)
                 .limit(per_page)
@@ -266,11 +277,11 @@ class Service:
         return PageOut(items=items, page=page, per_page=per_page, total=total)
 
     def get_silo(self, principal: Principal, name: str) -> SiloOut:
-        self._require_member(principal)
+        query = self._visible_silos(select(Silo).where(Silo.name == name), principal)
         with self.db.session() as session:
-            silo = session.get(Silo, name)
-            if silo is None:
-                raise NotVisible(f"no silo '{name}'")
+            silo = session.exec(query).first() if query is not None else None
+            if silo is None:  # absent or not for this principal: the same answer
+                raise NotVisible(f"no silo '{name}' that you can see")
             return self._silo_out(session, silo, principal)
 
     # ----- runs and logs -----------------------------------------------------------------------
@@ -310,7 +321,7 @@ class Service:
             if run.target_kind == "environment":
                 self._environment_row(principal, run.target_id)
             else:
-                self._require_member(principal)
+                self.get_silo(principal, run.target_id)
         except NotVisible:
             raise NotVisible(f"no run {run_id} that you can see") from None
         return run
@@ -368,14 +379,16 @@ class Service:
             principal,
         )
         silos = 0
+        silo_query = self._visible_silos(
+            select(func.count()).select_from(Silo).where(Silo.status != Status.DESTROYED),
+            principal,
+        )
         with self.db.session() as session:
             rows = session.execute(query).all() if query is not None else []
             if count_query is not None:
                 counts = {status: n for status, n in session.exec(count_query).all()}
-            if principal.member:
-                silos = session.exec(
-                    select(func.count()).select_from(Silo).where(Silo.status != Status.DESTROYED)
-                ).one()
+            if silo_query is not None:
+                silos = session.exec(silo_query).one()
         for repository, created, destroyed, status, updated in rows:
             end = destroyed or (updated if status == Status.DESTROYED else now)
             begin, end = max(created, start), min(end, now)
