@@ -113,7 +113,14 @@ def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
 
     # Deliveries are the hot path: the server hands them to the intake directly (RunbotApp);
     # the route is also the first FastAPI matches, for the OpenAPI description and the docs.
-    app.intake = WebhookIntake(rt.db, lambda: secret, wake, count=count_delivery)
+    app.intake = WebhookIntake(
+        rt.db,
+        lambda: secret,
+        wake,
+        count=count_delivery,
+        max_body_bytes=settings.webhook_max_body_bytes,
+        read_timeout=settings.webhook_read_timeout,
+    )
     app.include_router(app.intake.router())
     web = mount_web(app, rt, hooks)
 
