@@ -81,7 +81,8 @@ def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
             if lock is not None:
                 lock.close()
 
-    app = RunbotApp(title="runbot", version="0.1.0", lifespan=lifespan)
+    # The OpenAPI description is served at /docs (Swagger UI) only: one page to guard.
+    app = RunbotApp(title="runbot", version="0.1.0", lifespan=lifespan, redoc_url=None)
     app.state.runtime = rt
     app.state.workers = running
 
