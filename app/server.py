@@ -81,7 +81,8 @@ def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
             if lock is not None:
                 lock.close()
 
-    app = RunbotApp(title="runbot", version="0.1.0", lifespan=lifespan)
+    # The OpenAPI description is served at /docs (Swagger UI) only: one page to guard.
+    app = RunbotApp(title="runbot", version="0.1.0", lifespan=lifespan, redoc_url=None)
     app.state.runtime = rt
     app.state.workers = running
 
@@ -113,7 +114,14 @@ def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
 
     # Deliveries are the hot path: the server hands them to the intake directly (RunbotApp);
     # the route is also the first FastAPI matches, for the OpenAPI description and the docs.
-    app.intake = WebhookIntake(rt.db, lambda: secret, wake, count=count_delivery)
+    app.intake = WebhookIntake(
+        rt.db,
+        lambda: secret,
+        wake,
+        count=count_delivery,
+        max_body_bytes=settings.webhook_max_body_bytes,
+        read_timeout=settings.webhook_read_timeout,
+    )
     app.include_router(app.intake.router())
     web = mount_web(app, rt, hooks)
 

@@ -68,7 +68,15 @@ class Settings(BaseSettings):
     # (a PR's author may also extend, destroy, sleep and wake its own environment).
     command_permission: Literal["admin", "maintain", "write", "triage", "read"] = "write"
     api_token: str | None = None
+    # One secret, or several separated by commas or spaces, newest first: the newest signs new
+    # sessions, the others still verify theirs (rotation); a secret removed revokes its cookies.
     session_secret: str | None = None
+    metrics_token: str | None = None  # bearer token for /metrics; unset: /metrics is open
+    # Host names the dashboard and API answer to besides RUNBOT_PUBLIC_URL's and loopback's.
+    allowed_hosts: str = ""
+    # Webhook bodies: the most bytes read, and the seconds the whole body may take to arrive.
+    webhook_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=64 * 1024, le=25 * 1024 * 1024)
+    webhook_read_timeout: float = Field(default=10.0, gt=0, le=60)
     admins: str = ""  # GitHub logins, comma-separated: may act on silos and every environment
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -120,8 +128,17 @@ class Settings(BaseSettings):
 
     @property
     def admin_logins(self) -> frozenset[str]:
-        names = self.admins.replace(" ", ",").split(",")
-        return frozenset(name.strip().lower() for name in names if name.strip())
+        return frozenset(name.lower() for name in _listed(self.admins))
+
+    @property
+    def session_secrets(self) -> tuple[str, ...]:
+        """RUNBOT_SESSION_SECRET split into its secrets, newest first; () when unset."""
+        return _listed(self.session_secret or "")
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        """RUNBOT_ALLOWED_HOSTS, lower-case."""
+        return frozenset(name.lower().rstrip(".") for name in _listed(self.allowed_hosts))
 
     @property
     def local_mode(self) -> bool:
@@ -139,6 +156,11 @@ class Settings(BaseSettings):
             if shutil.which(candidate):
                 return candidate
         return "embedded"
+
+
+def _listed(value: str) -> tuple[str, ...]:
+    """A setting that lists values, separated by commas and/or spaces."""
+    return tuple(part for part in re.split(r"[,\s]+", value) if part)
 
 
 _SECRET_WORDS = re.compile(r"secret|key|token|password", re.IGNORECASE)

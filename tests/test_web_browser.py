@@ -171,9 +171,20 @@ def test_sign_in_watch_a_run_extend_and_destroy(serve: Serve, fake_github: FakeG
         context = browser.new_context(viewport={"width": 1366, "height": 860})
         page = context.new_page()
         page.set_default_timeout(20_000)
+        # Every page runs under runbot's Content-Security-Policy: Chromium reports anything the
+        # policy blocks (an inline script or style, a foreign source) on the console.
+        blocked: list[str] = []
+        page.on(
+            "console",
+            lambda message: blocked.append(message.text)
+            if "Content Security Policy" in message.text
+            else None,
+        )
         try:
             # Sign in through the fake GitHub's OAuth endpoints.
-            page.goto(serve.url)
+            first = page.goto(serve.url)
+            assert first is not None
+            assert "default-src 'self'" in first.headers["content-security-policy"]
             assert "/login" in page.url
             shot(page, "01-sign-in")
             page.click("#sign-in")
@@ -235,6 +246,8 @@ def test_sign_in_watch_a_run_extend_and_destroy(serve: Serve, fake_github: FakeG
                 assert secret not in page.content(), path
             page.goto(f"{serve.url}/silos")
             shot(page, "05-silos")
+            bar = page.locator(".capacity .bar rect").first  # drawn without an inline style
+            assert 0 <= int(str(bar.get_attribute("width"))) <= 100
             for path in (
                 "/api/silos",
                 "/api/silos/e2e",
@@ -281,6 +294,7 @@ def test_sign_in_watch_a_run_extend_and_destroy(serve: Serve, fake_github: FakeG
             runs = [r for r in records if r.get("run_id") and r.get("environment_id") == env_id]
             assert any(r["message"].endswith("apply succeeded") for r in runs), runs
             assert any(f"GET /environments/{env_id}" in r["message"] for r in records)
+            assert blocked == [], f"the CSP blocked part of a page: {blocked}"
         finally:
             shot(page, "99-last")
             browser.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import Annotated
 
 import typer
@@ -23,6 +24,19 @@ def serve(
 
     try:
         settings = load_settings()
+    except EXPECTED_ERRORS as exc:
+        fail(str(exc))
+    open_local = settings.local_mode and not (
+        settings.github_client_id and settings.github_client_secret
+    )
+    if open_local and not loopback_interface(host):
+        fail(
+            f"refusing --host {host}: in local mode without GitHub sign-in the dashboard gives"
+            " operator rights to whoever reaches it, so runbot listens on loopback only. Use"
+            " --host 127.0.0.1 (the default), or set RUNBOT_GITHUB_CLIENT_ID and"
+            " RUNBOT_GITHUB_CLIENT_SECRET to require sign-in"
+        )
+    try:
         app = create_app(settings)
     except EXPECTED_ERRORS as exc:
         fail(str(exc))
@@ -36,6 +50,16 @@ def serve(
         log_config=None,  # uvicorn's records go through runbot's handler: JSON off a terminal
         timeout_graceful_shutdown=int(settings.engine_cancel_grace + 15),
     )
+
+
+def loopback_interface(host: str) -> bool:
+    """An address only this machine can reach: `localhost`, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def worker() -> None:

@@ -323,3 +323,13 @@ class OutboxMessage(SQLModel, table=True):
     path: str = Field(sa_column=Column(Text, nullable=False))
     body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class RevokedSession(SQLModel, table=True):
+    """A dashboard session signed out before its cookie expired: its cookie is refused.
+
+    Kept until `expires_at`, when the cookie's own signature would refuse it anyway.
+    """
+
+    sid: str = Field(primary_key=True, max_length=64)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)

@@ -9,12 +9,11 @@ under GitHub's comment limit whatever it is fed. No I/O here, so every shape is 
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote, urlsplit
 
 from app.github.config_errors import CONFIG_FILENAME
+from app.links import invisible_control, safe_link
 from app.ttl.durations import format_duration
 from app.ttl.policy import SUGGESTED_EXTENSION, humanize_until, suggested_extension
 
@@ -49,7 +48,6 @@ DEPLOYMENT_DESCRIPTION_CHARS = 140
 
 _REASON_CHARS = 1_000
 _FIELD_CHARS = 200
-_URL_CHARS = 2_000
 _BODY_CHARS = 50_000
 _TAIL_LINE_CHARS = 2_000
 _SHORT_SHA = 7
@@ -136,15 +134,10 @@ class StatusView:
 # --- escaping -----------------------------------------------------------------------------
 
 
-def _is_invisible_control(ch: str) -> bool:
-    """Control and bidi-override characters: they hide or reorder text, never carry meaning."""
-    return unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co") and ch not in (_ZWJ, "\t")
-
-
 def _one_line(text: str) -> str:
     """Collapse line breaks to spaces and drop controls, so the text stays in its table cell."""
     text = _LINE_BREAKS.sub(" ", text).replace("\t", " ")
-    return "".join(ch for ch in text if not _is_invisible_control(ch))
+    return "".join(ch for ch in text if not invisible_control(ch))
 
 
 def _clip(text: str, limit: int) -> str:
@@ -195,30 +188,8 @@ def _code(text: str | None, limit: int = _FIELD_CHARS) -> str:
     return escape_markdown_inline(text)
 
 
-def _safe_url(url: str | None) -> str | None:
-    """An http(s) URL fit for a markdown link destination, or None if it is anything else.
-
-    Characters that could end the destination or the table cell are percent-encoded, and
-    other schemes (``javascript:``, ``data:``) are refused outright.
-    """
-    if not url:
-        return None
-    url = url.strip()
-    if len(url) > _URL_CHARS or any(_is_invisible_control(ch) or ch.isspace() for ch in url):
-        return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return None
-    quoted = quote(url, safe="/:?#[]@!$&'*+,;=%-._~")
-    # Checked again after quoting: non-ASCII text grows up to twelvefold when encoded.
-    return quoted if len(quoted) <= _URL_CHARS else None
-
-
 def _link(label: str, url: str | None) -> str | None:
-    safe = _safe_url(url)
+    safe = safe_link(url)
     return None if safe is None else f"[{escape_markdown_inline(label)}]({safe})"
 
 
@@ -254,7 +225,7 @@ def _tail_lines(log_tail: tuple[str, ...]) -> list[str]:
     lines: list[str] = []
     for entry in log_tail:
         for raw in str(entry).splitlines() or [""]:
-            line = "".join(ch for ch in raw if not _is_invisible_control(ch))
+            line = "".join(ch for ch in raw if not invisible_control(ch))
             if len(line) > _TAIL_LINE_CHARS:
                 line = line[: _TAIL_LINE_CHARS - 1] + "…"
             lines.append(_neutralise_block(line))
@@ -319,7 +290,7 @@ def _expires_cell(view: StatusView) -> str | None:
 
 def _environment_cell(view: StatusView) -> str:
     if view.state == "ready":
-        safe = _safe_url(view.url)
+        safe = safe_link(view.url)
         if safe is not None:
             return f"[{escape_markdown_inline(_clip(safe, _FIELD_CHARS))}]({safe})"
     return "—"

@@ -8,10 +8,12 @@ processor turns recorded deliveries into desired state afterwards.
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import hmac
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -29,7 +31,15 @@ from app.db.session import Database
 
 log = logging.getLogger("runbot.intake")
 
-MAX_BODY_BYTES = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
+#: The default body cap (RUNBOT_WEBHOOK_MAX_BODY_BYTES). GitHub allows 25 MB, but the events
+#: runbot handles are a few kB to a few hundred kB, and an unsigned body is buffered in full
+#: before its signature can be checked, so a smaller cap bounds what a stranger can make it hold.
+MAX_BODY_BYTES = 5 * 1024 * 1024
+#: The default whole-body read deadline in seconds (RUNBOT_WEBHOOK_READ_TIMEOUT).
+READ_TIMEOUT = 10.0
+#: The only signature form accepted: ASCII `sha256=` and 64 hex digits. Anything else (another
+#: algorithm, non-ASCII bytes, junk) is refused before a byte of the body is read.
+_SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}")
 HANDLED_EVENTS = frozenset(
     {
         "pull_request",
@@ -47,11 +57,21 @@ def sign_body(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def signature_form(header: str | None) -> bytes | None:
+    """The header as ASCII bytes when it has the one accepted form, else None (never raises:
+    a header is a stranger's bytes, decoded as latin-1 by the server)."""
+    value = (header or "").strip().lower()
+    if not _SIGNATURE.fullmatch(value):
+        return None
+    return value.encode("ascii")
+
+
 def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     """Only the `sha256=` form counts; compared in constant time over the raw bytes."""
-    if not header or not header.startswith("sha256="):
+    expected = signature_form(header)
+    if expected is None:
         return False
-    return hmac.compare_digest(sign_body(secret, body), header.strip())
+    return hmac.compare_digest(sign_body(secret, body).encode("ascii"), expected)
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -68,17 +88,33 @@ def _problem(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-async def _read_limited(request: Request) -> bytes | None:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return None
+class BodyRefused(enum.Enum):
+    """Why a body was not read to its end."""
+
+    TOO_LARGE = "too_large"
+    TOO_SLOW = "too_slow"
+
+
+async def read_body(request: Request, limit: int, deadline: float) -> bytes | BodyRefused:
+    """The whole body, if it is at most `limit` bytes and arrives within `deadline` seconds.
+
+    The declared length is checked before reading, the real one while reading; the deadline
+    covers the whole body, so a client that trickles a byte a second holds nothing for long.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return BodyRefused.TOO_LARGE
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(deadline):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return BodyRefused.TOO_LARGE
+                chunks.append(chunk)
+    except TimeoutError:
+        return BodyRefused.TOO_SLOW
     return b"".join(chunks)
 
 
@@ -87,6 +123,8 @@ class IntakeActivity:
 
     The intent processor consults it to let acknowledgements go first during a flood of
     deliveries: GitHub gives an endpoint 10 s to answer, while processing may lag a little.
+    Only deliveries whose signature checked out count: a stranger's requests, however many
+    and however slow, never make processing step aside.
     """
 
     def __init__(self) -> None:
@@ -272,11 +310,16 @@ class WebhookIntake:
         secret: Callable[[], str],
         on_recorded: Callable[[str], None],
         count: Callable[[str, str], None] | None = None,
+        *,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         self.recorder = DeliveryRecorder(db)
         self.secret = secret
         self.on_recorded = on_recorded
         self.count = count
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
 
     def router(self) -> APIRouter:
         router = APIRouter()
@@ -302,9 +345,13 @@ class WebhookIntake:
 
     async def receive(self, request: Request) -> JSONResponse:
         """Receive one GitHub webhook delivery: 202 once it is durably recorded."""
+        event = request.headers.get("x-github-event", "")
+        body = await self._verified_body(request, event or "unknown")
+        if isinstance(body, JSONResponse):
+            return body
         ACTIVITY.in_flight += 1
         try:
-            return await self._handle(request)
+            return await self._handle(request, event, body)
         finally:
             ACTIVITY.in_flight -= 1
             ACTIVITY.last = time.monotonic()
@@ -313,18 +360,32 @@ class WebhookIntake:
         if self.count:
             self.count(event, result)
 
-    async def _handle(self, request: Request) -> JSONResponse:
-        outcome = self._outcome
-        event = request.headers.get("x-github-event", "")
-        body = await _read_limited(request)
-        if body is None:
-            outcome(event or "unknown", "too_large")
-            return _problem(413, "payload larger than 25 MB")
-        if not signature_ok(self.secret(), body, request.headers.get("x-hub-signature-256")):
-            outcome(event or "unknown", "bad_signature")
-            return _problem(
-                401, "missing or invalid X-Hub-Signature-256 (sha256=...) for the configured secret"
+    async def _verified_body(self, request: Request, event: str) -> bytes | JSONResponse:
+        """The body, once its size, arrival time and signature check out; else the refusal."""
+        refused = _problem(
+            401, "missing or invalid X-Hub-Signature-256 (sha256=...) for the configured secret"
+        )
+        expected = signature_form(request.headers.get("x-hub-signature-256"))
+        if expected is None:
+            self._outcome(event, "bad_signature")
+            return refused
+        body = await read_body(request, self.max_body_bytes, self.read_timeout)
+        if isinstance(body, BodyRefused):
+            self._outcome(event, body.value)
+            if body is BodyRefused.TOO_LARGE:
+                return _problem(413, f"payload larger than {self.max_body_bytes / 2**20:g} MB")
+            response = _problem(
+                408, f"the body did not arrive within {self.read_timeout:g} s; send it again"
             )
+            response.headers["connection"] = "close"  # what is left of it is not read
+            return response
+        if not hmac.compare_digest(sign_body(self.secret(), body).encode("ascii"), expected):
+            self._outcome(event, "bad_signature")
+            return refused
+        return body
+
+    async def _handle(self, request: Request, event: str, body: bytes) -> JSONResponse:
+        outcome = self._outcome
         delivery_id = request.headers.get("x-github-delivery", "").strip()
         if not event or not delivery_id or len(delivery_id) > 100:
             outcome(event or "unknown", "bad_headers")

@@ -15,7 +15,10 @@ Principals:
 
 Sessions are cookies signed with itsdangerous; the user's GitHub token inside is additionally
 encrypted (Fernet), so the browser never holds a usable GitHub credential. Every session,
-anonymous ones too, carries a CSRF token that every state-changing request must echo.
+anonymous ones too, carries a CSRF token that every state-changing request must echo, from a
+page of RUNBOT_PUBLIC_URL's origin. RUNBOT_SESSION_SECRET may list several secrets, newest
+first: the newest signs, all verify. Signing out records the session's id (`RevokedSession`),
+so a copy of the cookie signs no one in afterwards, on any replica.
 """
 
 from __future__ import annotations
@@ -29,18 +32,25 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 import httpx
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
+from starlette.concurrency import run_in_threadpool
 
 from app.access.roles import Role, role_from_listing
+from app.db.models import RevokedSession, table_of, utcnow
+from app.db.session import Database
 from app.github.gateway import Gateway, GitHubError
 from app.settings import Settings
+from app.web.surface import LOOPBACK_NAMES
 
 log = logging.getLogger("runbot.web.auth")
 
@@ -111,20 +121,47 @@ class Grant:
     roles: dict[str, tuple[float, Role]] = field(default_factory=dict)
 
 
-def stored_secret(settings: Settings) -> str:
-    """RUNBOT_SESSION_SECRET, or one generated once and kept in the data dir."""
-    if settings.session_secret:
-        return settings.session_secret
+def session_secrets(settings: Settings) -> tuple[str, ...]:
+    """RUNBOT_SESSION_SECRET's secrets, newest first, or one generated once in the data dir."""
+    if settings.session_secrets:
+        return settings.session_secrets
     path = settings.data_dir / "session-secret"
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return path.read_text().strip()
+            return (path.read_text().strip(),)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    return (path.read_text().strip(),)
+
+
+def signer(settings: Settings, salt: str) -> URLSafeTimedSerializer:
+    """Signs with the newest session secret and verifies with any (itsdangerous wants the
+    newest last)."""
+    return URLSafeTimedSerializer(list(reversed(session_secrets(settings))), salt=salt)
+
+
+def bearer_ok(header: str | None, token: str) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time."""
+    scheme, _, credential = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credential.strip().encode(), token.encode()
+    )
+
+
+def same_origins(public_url: str) -> frozenset[str]:
+    """The origins a state-changing request may come from: RUNBOT_PUBLIC_URL's. When that is a
+    loopback address, the other loopback names for the same port are the same server."""
+    parts = urlsplit(public_url)
+    origins = {f"{parts.scheme}://{parts.netloc}"}
+    if parts.hostname in LOOPBACK_NAMES:
+        port = f":{parts.port}" if parts.port else ""
+        origins |= {
+            f"{parts.scheme}://{name}{port}" for name in ("localhost", "127.0.0.1", "[::1]")
+        }
+    return frozenset(origins)
 
 
 def is_loopback(request: Request) -> bool:
@@ -143,14 +180,29 @@ def safe_next(target: str | None) -> str:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings, gateway: Callable[[], Gateway | None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        gateway: Callable[[], Gateway | None],
+        db: Database | None = None,
+    ) -> None:
         self.settings = settings
         self.gateway = gateway
-        secret = stored_secret(settings)
-        self._signer = URLSafeTimedSerializer(secret, salt="runbot-session")
-        self._oauth_signer = URLSafeTimedSerializer(secret, salt="runbot-oauth-state")
-        key = hashlib.sha256(b"runbot-user-token:" + secret.encode()).digest()
-        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+        self.db = db  # where signed-out sessions are recorded; None: in this process only
+        self._signer = signer(settings, "runbot-session")
+        self._oauth_signer = signer(settings, "runbot-oauth-state")
+        self._fernet = MultiFernet(
+            [
+                Fernet(
+                    base64.urlsafe_b64encode(
+                        hashlib.sha256(b"runbot-user-token:" + s.encode()).digest()
+                    )
+                )
+                for s in session_secrets(settings)
+            ]
+        )
+        self._revoked: dict[str, float] = {}  # sid -> monotonic expiry, this process's
+        self.origins = same_origins(settings.public_url)
         self._grants: dict[str, Grant] = {}
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(15.0, connect=5.0), headers={"User-Agent": "runbot"}
@@ -204,13 +256,8 @@ class Authenticator:
     async def principal(self, request: Request, session: Session | None = None) -> Principal:
         header = request.headers.get("authorization")
         if header:
-            scheme, _, credential = header.partition(" ")
             token = self.settings.api_token
-            if (
-                scheme.lower() == "bearer"
-                and token
-                and hmac.compare_digest(credential.strip().encode(), token.encode())
-            ):
+            if token and bearer_ok(header, token):
                 return Principal("token")
             raise AuthError(401, "the bearer token is not RUNBOT_API_TOKEN")
         session = session or self.read_session(request)
@@ -225,6 +272,8 @@ class Authenticator:
             return Principal("local", session=session)
         if session is None or not session.login or not session.token:
             return Principal("anonymous", session=session)
+        if await self.revoked(session):
+            return Principal("anonymous")
         grant = await self._grant(session)
         return Principal(
             "user",
@@ -290,6 +339,43 @@ class Authenticator:
         if session is not None:
             self._grants.pop(session.sid, None)
 
+    # ----- revocation --------------------------------------------------------------------------
+
+    async def revoke(self, session: Session) -> None:
+        """Sign the session out everywhere: its cookie, and every copy of it, stops working."""
+        self.forget(session)
+        now = time.monotonic()
+        self._revoked = {sid: until for sid, until in self._revoked.items() if until > now}
+        self._revoked[session.sid] = now + SESSION_MAX_AGE
+        if self.db is not None:
+            await run_in_threadpool(self._record_revoked, self.db, session.sid)
+
+    async def revoked(self, session: Session) -> bool:
+        until = self._revoked.get(session.sid)
+        if until is not None and until > time.monotonic():
+            return True
+        if self.db is None:
+            return False
+        return await run_in_threadpool(self._is_recorded, self.db, session.sid)
+
+    @staticmethod
+    def _record_revoked(db: Database, sid: str) -> None:
+        table = table_of(RevokedSession)
+        dialect = postgresql if db.is_postgres else sqlite
+        now = utcnow()
+        with db.engine.begin() as connection:
+            connection.execute(delete(table).where(table.c.expires_at < now))
+            connection.execute(
+                dialect.insert(table)
+                .values(sid=sid, expires_at=now + timedelta(seconds=SESSION_MAX_AGE))
+                .on_conflict_do_nothing(index_elements=["sid"])
+            )
+
+    @staticmethod
+    def _is_recorded(db: Database, sid: str) -> bool:
+        with db.session() as session:
+            return session.get(RevokedSession, sid) is not None
+
     def _decrypt(self, token: str | None) -> str:
         try:
             return self._fernet.decrypt((token or "").encode()).decode()
@@ -338,13 +424,13 @@ class Authenticator:
         if principal.kind == "token":
             return
         origin = request.headers.get("origin")
-        if origin and origin != "null":
-            allowed = {
-                f"{request.url.scheme}://{request.url.netloc}",
-                _origin(self.settings.public_url),
-            }
-            if origin not in allowed:
-                raise AuthError(403, f"cross-site request from {origin} refused")
+        if origin and origin != "null" and origin not in self.origins:
+            # Never compared with the request's own Host: a DNS-rebound page sets that one.
+            raise AuthError(
+                403,
+                f"cross-site request from {origin} refused: open runbot at"
+                f" {self.settings.public_url} (RUNBOT_PUBLIC_URL) and try again",
+            )
         session = principal.session
         if session is None or not provided or not hmac.compare_digest(session.csrf, provided):
             raise AuthError(403, "missing or stale CSRF token; reload the page and try again")
@@ -412,7 +498,8 @@ class Authenticator:
             except AuthError as exc:
                 return login_page(request, exc.message, pending.get("next", "/"))
             old = self.read_session(request)
-            self.forget(old)
+            if old is not None and old.login:
+                await self.revoke(old)
             session = replace(
                 new_session(), login=login, token=self._fernet.encrypt(token.encode()).decode()
             )
@@ -451,8 +538,3 @@ class Authenticator:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"

@@ -8,6 +8,7 @@ fresh. Actions are HTML form POSTs carrying the session's CSRF token, answered w
 
 from __future__ import annotations
 
+import hmac
 import html
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
@@ -26,8 +27,9 @@ from starlette.datastructures import FormData
 from app.commands.registry import ENV_ACTIONS
 from app.db.models import utcnow
 from app.lifecycle.states import BUSY
+from app.links import safe_link
 from app.ttl.policy import humanize_until
-from app.web.auth import SESSION_COOKIE, Authenticator, AuthError, Principal, Session, stored_secret
+from app.web.auth import SESSION_COOKIE, Authenticator, AuthError, Principal, Session, signer
 from app.web.service import SILO_ACTIONS, Service, ServiceError, SiloAction
 from app.web.views import STATUS_FILTERS, LogOut, PageOut, RunOut, UsageOut
 
@@ -69,6 +71,17 @@ def badge(status: str) -> Markup:
     return Markup('<span class="badge s-{}{}" data-status="{}">{}</span>').format(
         status, busy, status, status
     )
+
+
+def fill_bar(target: Any) -> Markup:
+    """A silo's used slots as a bar: SVG geometry, not an inline style, which the pages'
+    Content-Security-Policy (no 'unsafe-inline') would refuse."""
+    used, capacity = int(target.used), int(target.capacity)
+    percent = min(100, round(100 * used / capacity)) if capacity > 0 else 0
+    return Markup(
+        '<svg class="bar" viewBox="0 0 100 1" preserveAspectRatio="none" aria-hidden="true">'
+        '<rect width="{}" height="1"/></svg>'
+    ).format(percent)
 
 
 def duration(seconds: float | None) -> str:
@@ -136,7 +149,8 @@ def usage_svg(usage: UsageOut, width: int = 960, height: int = 260) -> Markup:
             )
     out.append("</svg>")
     legend = "".join(
-        f'<li><span class="swatch" style="background:{PALETTE[i % len(PALETTE)]}"></span>'
+        f'<li><svg class="swatch" viewBox="0 0 1 1" aria-hidden="true">'
+        f'<path d="M0 0h1v1H0z" fill="{PALETTE[i % len(PALETTE)]}"/></svg>'
         f"{html.escape(name)}</li>"
         for i, (name, _) in enumerate(layers)
     )
@@ -165,7 +179,14 @@ def make_templates() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(reltime=reltime, badge=badge, duration=duration, short_sha=short_sha)
+    env.filters.update(
+        reltime=reltime,
+        badge=badge,
+        duration=duration,
+        short_sha=short_sha,
+        link=safe_link,
+        fill_bar=fill_bar,
+    )
     env.globals.update(query_string=query_string, urlquote=quote)
     return env
 
@@ -188,7 +209,7 @@ class Dashboard:
         self.auth = auth
         self.settings = service.settings
         self.templates = make_templates()
-        self._flash = URLSafeTimedSerializer(stored_secret(self.settings), salt="runbot-flash")
+        self._flash = signer(self.settings, "runbot-flash")
 
     # ----- rendering ---------------------------------------------------------------------------
 
@@ -341,9 +362,10 @@ class Dashboard:
         async def logout(request: Request) -> Response:
             form = await request.form()
             session = self.auth.read_session(request)
-            if session is None or str(form.get("csrf_token", "")) != session.csrf:
+            provided = str(form.get("csrf_token", ""))
+            if session is None or not hmac.compare_digest(provided, session.csrf):
                 return RedirectResponse("/", status_code=303)
-            self.auth.forget(session)
+            await self.auth.revoke(session)
             response = RedirectResponse("/login", status_code=303)
             response.delete_cookie(SESSION_COOKIE)
             return response

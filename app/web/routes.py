@@ -13,18 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.github.gateway import Gateway
 from app.runtime import Runtime
 from app.web.api import api_router
-from app.web.auth import Authenticator
+from app.web.auth import Authenticator, bearer_ok
 from app.web.dashboard import Dashboard
 from app.web.metrics import Metrics
 from app.web.service import Service
+from app.web.surface import SurfaceGuard
 
 STATIC = Path(__file__).parent / "static"
 
@@ -48,7 +49,7 @@ class WebHooks:
 def mount_web(app: FastAPI, rt: Runtime, hooks: WebHooks) -> Web:
     """Add `/`, `/api`, `/docs`, `/metrics`, `/static` and sign-in routes to `app`."""
     gateway, wake, worker_id = hooks.gateway, hooks.wake, hooks.worker_id
-    auth = Authenticator(rt.settings, gateway)
+    auth = Authenticator(rt.settings, gateway, rt.db)
     service = Service(rt, auth, wake)
     metrics = Metrics(rt.db, worker_id)
     dashboard = Dashboard(service, auth)
@@ -57,10 +58,20 @@ def mount_web(app: FastAPI, rt: Runtime, hooks: WebHooks) -> Web:
     app.include_router(auth.router(dashboard.login_page))
     app.include_router(dashboard.router())
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(SurfaceGuard, settings=rt.settings)
+    metrics_token = rt.settings.metrics_token
 
     @app.get("/metrics", tags=["health"], response_class=Response)
-    def prometheus() -> Response:
-        """Prometheus text format (no authentication: it carries no repository names)."""
+    def prometheus(request: Request) -> Response:
+        """Prometheus text format; with RUNBOT_METRICS_TOKEN set, only for that bearer token
+        (the data carries no repository names, but counts and timings are still the
+        operator's)."""
+        if metrics_token and not bearer_ok(request.headers.get("authorization"), metrics_token):
+            return JSONResponse(
+                {"error": "send Authorization: Bearer <RUNBOT_METRICS_TOKEN> to read /metrics"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="runbot metrics"'},
+            )
         metrics.refresh()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

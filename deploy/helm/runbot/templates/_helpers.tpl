@@ -63,7 +63,7 @@ Refuse configurations that would run but lose data or misbehave. Rendered by dep
 {{- if and (not $postgres) (not .Values.persistence.existingClaim) -}}
 {{- fail "without PostgreSQL runbot keeps its SQLite database and the engine state in the data dir, and an emptyDir loses them on every restart (the cloud resources stay, unmanaged). Use PostgreSQL, or set persistence.existingClaim with replicaCount=1." -}}
 {{- end -}}
-{{- range $key := list "githubPrivateKey" "githubWebhookSecret" "githubClientSecret" "apiToken" "sessionSecret" -}}
+{{- range $key := list "githubPrivateKey" "githubWebhookSecret" "githubClientSecret" "apiToken" "sessionSecret" "metricsToken" -}}
 {{- if index $.Values.config $key -}}
 {{- fail (printf "config.%s would put a secret into a ConfigMap: store it in existingSecret and name its key in secretKeys.%s." $key $key) -}}
 {{- end -}}
