@@ -412,15 +412,15 @@ def test_metrics_require_the_bearer_token_when_one_is_set(start: Start) -> None:
 # ----- the migration ---------------------------------------------------------------------------
 
 
-def test_migration_0014_adds_and_removes_the_revoked_session_table(database_url: str) -> None:
+def test_migration_0011_adds_and_removes_the_revoked_session_table(database_url: str) -> None:
     db = Database(database_url)
     config = db._alembic_config()
     with db.engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0014")
+        command.upgrade(config, "0011")
     assert "revokedsession" in inspect(db.engine).get_table_names()
     with db.engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.downgrade(config, "0007")
+        command.downgrade(config, "0010")
     assert "revokedsession" not in inspect(db.engine).get_table_names()
     db.dispose()

@@ -22,9 +22,9 @@ from app.db.session import Database
 from app.lifecycle.lease import Claim, Mutate
 from app.lifecycle.outputs import plain_values, public_values, secret_values, sensitive_values
 from app.lifecycle.states import LIVE, Action, Desired, Status, status_after_apply
+from app.links import safe_link
 from app.stacks.mapping import instance_inputs, silo_inputs
 from app.stacks.model import Stack, Template
-from app.stacks.urls import web_url
 
 T = TypeVar("T", Silo, Environment)
 
@@ -300,7 +300,9 @@ class EnvironmentKind(Kind[Environment]):
 
     def output_warnings(self, outputs: dict[str, Any]) -> list[str]:
         url = outputs.get("url", {}).get("value")
-        if url is None or web_url(url) is not None or outputs["url"].get("sensitive"):
+        if url is None or outputs["url"].get("sensitive"):
+            return []
+        if isinstance(url, str) and safe_link(url) is not None:
             return []
         return [
             "runbot: warning: the output `url` is not an http(s) URL, so runbot shows no link"
@@ -321,7 +323,8 @@ class EnvironmentKind(Kind[Environment]):
                 head_sha,
                 claim.generation,
             )
-            row.url = None if outputs["url"].get("sensitive") else web_url(url)
+            shown = isinstance(url, str) and not outputs["url"].get("sensitive") and safe_link(url)
+            row.url = url if shown else None
             row.attempts = 0
             # A newer change that arrived during this run may carry a "wait until the
             # pushes stop" time (intent's burst coalescing); keep it. Anything else in

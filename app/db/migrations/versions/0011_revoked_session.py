@@ -3,8 +3,8 @@
 A signed cookie stays valid until it expires; logout records its session id here, so a copy
 of the cookie no longer signs anyone in, on any replica.
 
-Revision ID: 0014
-Revises: 0007
+Revision ID: 0011
+Revises: 0010
 """
 
 from collections.abc import Sequence
@@ -14,8 +14,8 @@ from alembic import op
 
 from app.db.models import UTCDateTime
 
-revision: str = "0014"
-down_revision: str | None = "0007"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
