@@ -36,7 +36,15 @@ GIT_HTTP_BACKEND = (
 
 
 def _certificate(directory: Path) -> tuple[Path, Path, Path]:
-    """(CA bundle, server certificate, server key) for 127.0.0.1 and localhost."""
+    """(CA bundle, server certificate, server key) for 127.0.0.1 and localhost, made once per
+    directory (servers sharing a directory share a CA)."""
+    ca_file, cert_file, key_file = (
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+    if key_file.exists():
+        return ca_file, cert_file, key_file
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "runbot test CA")])

@@ -100,17 +100,17 @@ def fetch_git_stack(
         os.utime(mirror)  # in use: the cache pruning keeps it
         try:
             resolved = _resolve_locked(runner, mirror, url, ref, env, commit)
+            # Keep the commit reachable in the mirror so neither a force-push nor
+            # git's garbage collection can take away code a target was built from.
+            runner.run(
+                ["--git-dir", str(mirror), "update-ref", f"refs/runbot/pins/{resolved}", resolved]
+            )
+            tree = _export(runner, mirror, resolved, cache_dir / "trees")
         except StackError as exc:
-            # Don't keep an empty mirror for a URL that never worked, nor a pack cut short.
+            # Don't keep an empty mirror for a URL that never worked, nor an oversize one.
             if created or isinstance(exc, GitTooLarge):
                 shutil.rmtree(mirror, ignore_errors=True)
             raise
-        # Keep the commit reachable in the mirror so neither a force-push nor
-        # git's garbage collection can take away code a target was built from.
-        runner.run(
-            ["--git-dir", str(mirror), "update-ref", f"refs/runbot/pins/{resolved}", resolved]
-        )
-        tree = _export(runner, mirror, resolved, cache_dir / "trees")
     return _stack_dir(tree, subpath, path, url, env, resolved)
 
 

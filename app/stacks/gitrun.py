@@ -155,22 +155,31 @@ class GitRunner:
         while True:
             try:
                 out, err = process.communicate(timeout=_POLL_SECONDS)
-                return subprocess.CompletedProcess(argv, process.returncode, out, err)
             except subprocess.TimeoutExpired:
                 pass
+            else:
+                # Also after the end: git may write more than the cap between two looks.
+                self._check_size(watch, baseline, what)
+                return subprocess.CompletedProcess(argv, process.returncode, out, err)
             if time.monotonic() > deadline:
                 self._kill(process)
                 raise StackError(
                     f"{what or 'git'} took longer than {self.limits.timeout:g}s "
                     "(RUNBOT_GIT_TIMEOUT): check the repository URL and network"
                 )
-            if watch is not None and tree_size(watch) - baseline > self.limits.max_bytes:
+            try:
+                self._check_size(watch, baseline, what)
+            except GitTooLarge:
                 self._kill(process)
-                raise GitTooLarge(
-                    f"{what or 'git'} was stopped: the repository is larger than "
-                    f"{self.limits.max_bytes} bytes (RUNBOT_GIT_MAX_BYTES); keep stacks in a "
-                    "smaller repository, or raise the setting"
-                )
+                raise
+
+    def _check_size(self, watch: Path | None, baseline: int, what: str) -> None:
+        if watch is not None and tree_size(watch) - baseline > self.limits.max_bytes:
+            raise GitTooLarge(
+                f"{what or 'git'} was stopped: the repository is larger than "
+                f"{self.limits.max_bytes} bytes (RUNBOT_GIT_MAX_BYTES); keep stacks in a "
+                "smaller repository, or raise the setting"
+            )
 
     @staticmethod
     def _kill(process: subprocess.Popen[str]) -> None:
