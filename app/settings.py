@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # Handled deliveries are kept this long, then deleted: their ids are what recognises a
     # redelivery, and GitHub lets people redeliver the past 3 days' deliveries.
     delivery_retention_days: float = Field(default=14.0, ge=3, le=3650)
+    # Finished runs (with their logs), the local outbox and the command ledger are deleted after
+    # this, except each target's newest `run_retention_keep` runs (docs/operating.md).
+    run_retention_days: float = Field(default=30.0, ge=1, le=3650)
+    run_retention_keep: int = Field(default=5, ge=1, le=1000)
     default_capacity: int = Field(default=20, ge=1, le=100000)
 
     # Git stacks (docs/security.md, "Git stacks"): what one fetch may cost, and how git reaches

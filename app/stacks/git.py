@@ -28,7 +28,7 @@ from app.stacks.catalog import load_stack
 from app.stacks.gitrun import GitLimits, GitRunner, GitTooLarge
 from app.stacks.model import Stack, StackError, StackSource
 
-__all__ = ["GitLimits", "check_git_url", "fetch_git_stack", "load_git_stack"]
+__all__ = ["GitLimits", "check_git_url", "fetch_git_stack", "load_git_stack", "prune_git_cache"]
 
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _SHORT_SHA = re.compile(r"[0-9a-f]{7,64}")
@@ -106,6 +106,7 @@ def fetch_git_stack(
                 ["--git-dir", str(mirror), "update-ref", f"refs/runbot/pins/{resolved}", resolved]
             )
             tree = _export(runner, mirror, resolved, cache_dir / "trees")
+            os.utime(tree)  # in use: the cache pruning keeps it
         except StackError as exc:
             # Don't keep an empty mirror for a URL that never worked, nor an oversize one.
             if created or isinstance(exc, GitTooLarge):
@@ -365,3 +366,33 @@ def _locked(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prune_git_cache(cache_dir: Path, keep: frozenset[str], older_than: float) -> int:
+    """Delete exported trees and mirrors last used before `older_than` (a UNIX time), except
+    the trees of the commits in `keep` (what live targets were built from: their destroy needs
+    that code). Returns how many went. A mirror is only deleted under its lock, so never in
+    the middle of a fetch; a deleted one is fetched again, shallowly, when next needed."""
+    removed = 0
+    trees = Path(cache_dir) / "trees"
+    if trees.is_dir():
+        for tree in trees.iterdir():
+            if tree.name in keep or not _unused_since(tree, older_than):
+                continue
+            shutil.rmtree(tree, ignore_errors=True)
+            removed += 1
+    mirrors = Path(cache_dir) / "mirrors"
+    if mirrors.is_dir():
+        for mirror in mirrors.glob("*.git"):
+            with _locked(mirror.with_suffix(".lock")):
+                if _unused_since(mirror, older_than):
+                    shutil.rmtree(mirror, ignore_errors=True)
+                    removed += 1
+    return removed
+
+
+def _unused_since(path: Path, moment: float) -> bool:
+    try:
+        return path.stat().st_mtime < moment
+    except OSError:
+        return False
