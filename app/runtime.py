@@ -9,9 +9,11 @@ from app.db.session import Database
 from app.engine.runner import EngineRunner
 from app.lifecycle.reconcile import Reconciler
 from app.lifecycle.service import Lifecycle
+from app.policy.merge import git_hosts_anywhere
 from app.policy.store import PolicyStore
 from app.settings import Settings
 from app.stacks.catalog import Catalog
+from app.stacks.gitrun import GitLimits
 
 
 @dataclass
@@ -29,9 +31,23 @@ class Runtime:
             "worker_concurrency": self.settings.worker_concurrency,
             "lease_seconds": self.settings.lease_seconds,
             "default_capacity": self.settings.default_capacity,
+            "git_limits": self.git_limits,
         }
         options.update(overrides)
         return Reconciler(self.db, self.catalog, self.runner, self.settings.data_dir, **options)
+
+    def git_limits(self) -> GitLimits:
+        """The RUNBOT_GIT_* settings, with the hosts of the policy in force right now."""
+        settings = self.settings
+        return GitLimits(
+            max_bytes=settings.git_max_bytes,
+            low_speed_limit=settings.git_low_speed_limit,
+            low_speed_time=settings.git_low_speed_time,
+            timeout=settings.git_timeout,
+            ca_file=str(settings.git_ca_file.absolute()) if settings.git_ca_file else None,
+            ssh_command=settings.git_ssh_command,
+            allowed_hosts=git_hosts_anywhere(self.policy.current),
+        )
 
 
 def build_runtime(settings: Settings, migrate: bool = True) -> Runtime:

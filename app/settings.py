@@ -61,7 +61,21 @@ class Settings(BaseSettings):
     # Handled deliveries are kept this long, then deleted: their ids are what recognises a
     # redelivery, and GitHub lets people redeliver the past 3 days' deliveries.
     delivery_retention_days: float = Field(default=14.0, ge=3, le=3650)
+    # Finished runs (with their logs), the local outbox and the command ledger are deleted after
+    # this, except each target's newest `run_retention_keep` runs (docs/operating.md).
+    run_retention_days: float = Field(default=30.0, ge=1, le=3650)
+    run_retention_keep: int = Field(default=5, ge=1, le=1000)
     default_capacity: int = Field(default=20, ge=1, le=100000)
+
+    # Git stacks (docs/security.md, "Git stacks"): what one fetch may cost, and how git reaches
+    # a private server. The hosts come from the operator policy (`git_stacks`/`git_hosts`).
+    git_max_bytes: int = Field(default=100_000_000, ge=1_000_000)
+    git_low_speed_limit: int = Field(default=1000, ge=1)  # bytes/s ...
+    git_low_speed_time: int = Field(default=30, ge=1, le=3600)  # ... for this many seconds
+    git_timeout: float = Field(default=600.0, gt=0, le=86400)
+    git_ca_file: Path | None = None  # a CA bundle for a git server with an internal CA
+    git_ssh_command: str = "ssh -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15"
+    git_cache_days: float = Field(default=14.0, ge=1, le=3650)
     lease_seconds: float = Field(default=30.0, gt=1)
     worker_poll_interval: float = Field(default=1.0, gt=0)
     # The least repository role that may run `/runbot` commands other than help and status
@@ -86,6 +100,13 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("git_ca_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("must be a PEM file of CA certificates that exists")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -30,6 +30,7 @@ from app.intent.processor import IntentProcessor
 from app.lifecycle.reconcile import Reconciler, default_worker_id
 from app.lifecycle.states import Status
 from app.runtime import Runtime
+from app.schedule.retention import Retention
 from app.schedule.ticks import Ticks, register_ticks
 from app.settings import Settings, SettingsError
 
@@ -129,6 +130,16 @@ class Workers:
             lease_grace=timedelta(seconds=settings.lease_seconds),
             delivery_lease=intent.lease,
             delivery_retention=timedelta(days=settings.delivery_retention_days),
+            retention=Retention(
+                rt.db,
+                settings.data_dir,
+                run_retention=timedelta(days=settings.run_retention_days),
+                keep_runs=settings.run_retention_keep,
+                ledger_retention=timedelta(
+                    days=max(settings.run_retention_days, settings.delivery_retention_days)
+                ),
+                cache_retention=timedelta(days=settings.git_cache_days),
+            ),
         )
         workers = cls(
             rt=rt,

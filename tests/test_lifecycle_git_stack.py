@@ -1,4 +1,5 @@
-"""A stack from a git repository: every run records the commit, later runs reuse it."""
+"""A stack from a git repository (served over loopback HTTPS): every run records the commit,
+later runs reuse it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.lifecycle.states import Status
 from app.runtime import build_runtime
 from app.stacks.catalog import StackSource
 from tests.conftest import TEMPLATES, make_settings
+from tests.gitserver import GitServer
 from tests.helpers import converge_sync, env_settled, fetch, silo_ready
 
 pytestmark = pytest.mark.engine
@@ -50,10 +52,15 @@ def test_git_stack_is_pinned_to_the_commit_that_created_it(tmp_path: Path, port_
     git(repo, "init", "-q", "-b", "main")
     first = set_greeting(repo, "Greetings from v1")
 
-    rt = build_runtime(make_settings(tmp_path))
-    source = StackSource(kind="git", url=f"file://{repo}", ref="main", path="stacks/web")
-    rt.lifecycle.create_silo("web", "web", {"port_base": port_base}, source)
-    converge_sync(rt, silo_ready(rt, "web"))
+    with GitServer(tmp_path, tmp_path / "tls") as server:
+        policy = tmp_path / "policy.yml"
+        policy.write_text(f'default:\n  git_stacks: ["{server.url("")}"]\n')
+        settings = make_settings(tmp_path, policy_file=policy, git_ca_file=server.ca_file)
+        rt = build_runtime(settings)
+        source = StackSource(kind="git", url=server.url(repo.name), ref="main", path="stacks/web")
+        rt.lifecycle.create_silo("web", "web", {"port_base": port_base}, source)
+        converge_sync(rt, silo_ready(rt, "web"))
+    # The server is gone: everything below runs from the exported tree of the pinned commit.
     silo = rt.lifecycle.get_silo("web")
     assert silo.status == Status.READY, silo.reason
     assert silo.stack_source["commit"] == first

@@ -7,6 +7,7 @@ other rows come last. What differs by kind is in `kinds.py`.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from app.lifecycle.runs import LineEcho, PhaseEcho, Runs
 from app.lifecycle.states import Action, Desired, Status, plan_action, status_during_apply
 from app.stacks.catalog import Catalog, Stack, StackError, StackSource, load_stack
 from app.stacks.git import fetch_git_stack
+from app.stacks.gitrun import GitLimits
 
 Operation = Literal["apply", "destroy"]
 
@@ -49,6 +51,7 @@ class Converger:
         *,
         default_capacity: int,
         more_work: Callable[[], None],
+        git_limits: Callable[[], GitLimits] = GitLimits,
         echo_line: LineEcho | None = None,
         echo_phase: PhaseEcho | None = None,
     ) -> None:
@@ -58,6 +61,7 @@ class Converger:
         self.data_dir = data_dir
         self.lease = lease
         self.more_work = more_work  # wakes the claim loop: follow-ups made targets claimable
+        self.git_limits = git_limits  # read per fetch: the policy's hosts follow its reloads
         self.runs = Runs(db, runner, lease, echo_line, echo_phase)
         self.kinds: dict[str, Kind[Any]] = {
             "silo": SiloKind(default_capacity),
@@ -89,7 +93,11 @@ class Converger:
         name = kind.engine_target(target)
         workspace = self.data_dir / "workspace" / name
         try:
-            stack, commit = self._load_stack(target.stack, target.stack_source)
+            # Off the event loop: a git fetch may take minutes, and intake, the dashboard and
+            # lease heartbeats share this loop.
+            stack, commit = await asyncio.to_thread(
+                self._load_stack, target.stack, target.stack_source
+            )
             template, inputs = kind.inputs(stack, subject, workspace)
         except StackError as exc:
             self.lease.fail(claim, str(exc), None)
@@ -153,6 +161,7 @@ class Converger:
                 self.data_dir / "stacks-cache",
                 env=None,
                 commit=source.get("commit") or None,
+                limits=self.git_limits(),
             )
             return load_stack(
                 name,

@@ -33,6 +33,7 @@ from app.lifecycle.service import mark_pull_dirty
 from app.lifecycle.states import Status, check_transition
 from app.logging import log_context
 from app.stacks.catalog import Catalog
+from app.stacks.gitrun import GitLimits
 
 log = logging.getLogger("runbot.reconcile")
 
@@ -74,6 +75,7 @@ class Reconciler:
         echo_line: LineEcho | None = None,
         echo_phase: PhaseEcho | None = None,
         listeners: list[Listener] | None = None,
+        git_limits: Callable[[], GitLimits] = GitLimits,
     ) -> None:
         self.db = db
         self.max_concurrent_runs = max_concurrent_runs
@@ -95,6 +97,7 @@ class Reconciler:
             self,
             default_capacity=default_capacity,
             more_work=self.wakeup.set,
+            git_limits=git_limits,
             echo_line=echo_line,
             echo_phase=echo_phase,
         )

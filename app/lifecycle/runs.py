@@ -83,7 +83,7 @@ class Runs:
     ) -> None:
         """The run's outcome and the last of its log, in one transaction."""
         with self.db.session() as session:
-            chunk = writer.take_chunk()
+            chunk = writer.take_chunk(final=True)
             if chunk is not None:
                 session.add(chunk)
             row = session.get(Run, run.id)

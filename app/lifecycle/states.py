@@ -83,10 +83,13 @@ BUSY = frozenset({Status.CREATING, Status.UPDATING, Status.DESTROYING})
 
 # Allowed status transitions; the reconciler asserts every move against this table.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
+    # FAILED from PENDING/QUEUED: the stack could not be loaded (e.g. its git fetch failed).
     Status.PENDING: frozenset(
-        {Status.QUEUED, Status.CREATING, Status.DESTROYED, Status.DESTROYING}
+        {Status.QUEUED, Status.CREATING, Status.FAILED, Status.DESTROYED, Status.DESTROYING}
     ),
-    Status.QUEUED: frozenset({Status.QUEUED, Status.CREATING, Status.DESTROYED, Status.DESTROYING}),
+    Status.QUEUED: frozenset(
+        {Status.QUEUED, Status.CREATING, Status.FAILED, Status.DESTROYED, Status.DESTROYING}
+    ),
     Status.CREATING: frozenset(
         {Status.CREATING, Status.READY, Status.SLEEPING, Status.FAILED, Status.DESTROYING}
     ),

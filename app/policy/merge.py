@@ -15,7 +15,7 @@ from typing import Any
 
 from app.policy.model import KEYS, Entry, Policy, PolicyFile
 
-__all__ = ["Layer", "effective_policy", "layers", "matches", "merge_layers"]
+__all__ = ["Layer", "effective_policy", "git_hosts_anywhere", "layers", "matches", "merge_layers"]
 
 _DEFAULTS = Policy()
 
@@ -62,3 +62,14 @@ def merge_layers(applied: Iterator[Layer] | list[Layer]) -> Policy:
 def effective_policy(policy_file: PolicyFile, repository: str) -> Policy:
     """The policy in force for owner/name."""
     return merge_layers(layers(policy_file, repository))
+
+
+def git_hosts_anywhere(policy_file: PolicyFile) -> frozenset[str]:
+    """Every host some repository may fetch git stacks from: `default` alone, and `default`
+    under each `repos` entry. The fetch refuses any other host before touching the network
+    (which repository may use which host is decided, exactly, when its request is checked)."""
+    default = Layer(None, policy_file.document.default)
+    chains = [[default]] + [
+        [default, Layer(glob, entry)] for glob, entry in policy_file.document.repos.items()
+    ]
+    return frozenset(host for chain in chains for host in merge_layers(chain).allowed_git_hosts())

@@ -26,6 +26,7 @@ from app.github.comment import render_expiry_warning
 from app.github.gateway import GitHubError, RetryLater
 from app.lifecycle.service import lifetime_limit, pull_id, ttl_policy_of
 from app.lifecycle.states import Desired, Status
+from app.schedule.retention import Pruned, Retention
 from app.ttl.policy import is_expired, needs_warning
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ log = logging.getLogger("runbot.schedule")
 
 #: Counters for metrics: ``reaped``, ``warned`` (expiries marked), ``warnings_posted``,
 #: ``warnings_deferred`` (GitHub unavailable, retried next tick), ``expired_leases:<kind>``,
-#: ``released_leases``, ``pruned_deliveries``.
+#: ``released_leases``, ``pruned_deliveries``, ``pruned_<what>`` for each field of ``Pruned``.
 TICK_STATS: Counter[str] = Counter()
 #: A warning comment being posted right now carries this prefix in ``warned_digest``.
 POSTING = "posting:"
@@ -117,6 +118,7 @@ class Ticks:
         lease_grace: timedelta = timedelta(seconds=30),
         delivery_lease: timedelta = timedelta(seconds=60),
         delivery_retention: timedelta = timedelta(days=14),
+        retention: Retention | None = None,
     ) -> None:
         self.db = db
         self.lifecycle = lifecycle
@@ -125,6 +127,7 @@ class Ticks:
         self.lease_grace = lease_grace
         self.delivery_lease = delivery_lease
         self.delivery_retention = delivery_retention
+        self.retention = retention
 
     # ----- TTL ---------------------------------------------------------------------------------
 
@@ -322,6 +325,15 @@ class Ticks:
             log.info("pruned %d handled delivery(ies) older than %s", deleted, cutoff.date())
         return deleted
 
+    async def prune_retained(self, now: datetime | None = None) -> Pruned:
+        """Old runs and logs, the outbox, the command ledger and the caches (`retention`)."""
+        if self.retention is None:
+            return Pruned()
+        pruned = await self.retention.prune(now)
+        for name, count in vars(pruned).items():
+            TICK_STATS[f"pruned_{name}"] += count
+        return pruned
+
     # ----- one replica at a time ---------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -361,6 +373,7 @@ def register_ticks(
         ("recover_leases", ticks.recover_leases, interval),
         ("resync", resync_once, max(interval * 10, 60.0)),
         ("prune_deliveries", ticks.prune_deliveries, 3600.0),
+        ("prune_retained", ticks.prune_retained, 3600.0),
     ]
     for job_id, func_, seconds in jobs:
         scheduler.add_job(
