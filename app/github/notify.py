@@ -18,7 +18,9 @@ them where people look (measured by `python -m bench --only lifecycle`, see the 
   one still shows "creating" after a few seconds.
 
 A PR waiting for its write slot or its settle time is set aside in memory, and the loop serves
-other PRs (other installations) meanwhile, waking exactly when the first one is due.
+other PRs (other installations) meanwhile, waking exactly when the first one is due. Only when
+no PR has a write it could send does the loop do its `idle_work` (the capped answers to
+commenters below triage): a flood of commands never stands between a PR and its status comment.
 """
 
 from __future__ import annotations
@@ -122,10 +124,11 @@ class Notifier:
         self._held: dict[str, tuple[int, float]] = {}
         #: PRs in the middle of a pass: their comment went out and their deployment writes
         #: follow, after other PRs' comments.
-        #: PRs in the middle of a pass: their comment went out and their deployment writes
-        #: follow, after other PRs' comments.
         self._passing: dict[str, _Pass] = {}
         self._no_comment: set[str] = set()  # looked up on GitHub: no status comment yet
+        #: Lower-priority writes, done one per call when no PR sync is claimable; True when it
+        #: did one (the command handler's answers to limited commenters).
+        self.idle_work: Callable[[], Awaitable[bool]] | None = None
 
     def _set_aside(self, key: str, version: int, until: float) -> None:
         self._held[key] = (version, until)
@@ -296,7 +299,7 @@ class Notifier:
     async def run(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
         while not stop.is_set():
             self.wakeup.clear()
-            while not stop.is_set() and await self.sync_one():
+            while not stop.is_set() and (await self.sync_one() or await self._idle()):
                 pass
             due = self._next_due()
             timeout = poll_interval if due is None else min(poll_interval, due)
@@ -304,6 +307,15 @@ class Notifier:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
+
+    async def _idle(self) -> bool:
+        if self.idle_work is None:
+            return False
+        try:
+            return await self.idle_work()
+        except Exception:
+            log.exception("the notifier's idle work failed")
+            return False
 
     # ----- rendering ---------------------------------------------------------------------------
 
