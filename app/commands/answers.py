@@ -14,13 +14,23 @@ from collections.abc import Callable
 
 from app.commands.ledger import Ledger
 from app.commands.limits import FloodLimits, Step, plan_answer
+from app.commands.replies import mention
 from app.db.models import CommentCommand, utcnow
 from app.db.session import Database
 from app.github.gateway import Gateway, GitHubError, NotFoundOnGitHub, RetryLater
 
-__all__ = ["LimitedAnswers"]
+__all__ = ["LimitedAnswers", "folded_note"]
 
 log = logging.getLogger("runbot.commands")
+
+
+def folded_note(author: str, limits: FloodLimits) -> str:
+    """The line under a reply that was edited to answer a newer command."""
+    minutes = max(1, round(limits.reply_interval.total_seconds() / 60))
+    return (
+        f"_This reply was edited to answer {mention(author)}'s latest command: runbot posts at "
+        f"most one new reply per person and pull request every {minutes} min._"
+    )
 
 
 class LimitedAnswers:
@@ -86,8 +96,9 @@ class LimitedAnswers:
                 continue
             assert row.reply is not None
             if step is Step.EDIT_REPLY and recent is not None:
+                body = f"{row.reply}\n\n{folded_note(row.author, self.limits)}"
                 try:
-                    await self.gateway.update_comment(None, row.repository, recent, row.reply)
+                    await self.gateway.update_comment(None, row.repository, recent, body)
                     writes += 1
                     self.ledger.set(row.comment_id, reply_id=recent, writes=writes)
                     continue
