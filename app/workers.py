@@ -104,6 +104,8 @@ class Workers:
             worker_id=worker_id,
             commands_help=VOCABULARY.usage(),
             lease_seconds=settings.lease_seconds,
+            policy_for=rt.policy.policy_for,
+            host_paths=(str(settings.data_dir.absolute()), str(settings.templates_dir.absolute())),
         )
         commands = CommandHandler(
             rt.db,

@@ -29,6 +29,7 @@ from app.db.models import CommentCommand
 from app.github.comment import render_reply
 from app.github.gateway import GitHubError, NotFoundOnGitHub, RetryLater
 from app.github.payloads import CommentEvent, comment_event
+from app.github.public import public_text
 from app.lifecycle.service import LifecycleError
 
 if TYPE_CHECKING:
@@ -193,11 +194,12 @@ class CommandHandler:
         try:
             return await command.run(ctx)
         except LifecycleError as exc:
-            return failed(f"Could not {parsed.name}", str(exc))
+            return failed(f"Could not {parsed.name}", public_text(str(exc)))
         except RetryLater:
             raise
         except GitHubError as exc:
-            return failed(f"Could not {parsed.name}", f"GitHub refused a request: {exc}")
+            text = public_text(f"GitHub refused a request: {exc}")
+            return failed(f"Could not {parsed.name}", text)
 
     async def _role(self, event: CommentEvent) -> Role:
         """The commenter's role, cached briefly: a burst of commands costs one API call."""

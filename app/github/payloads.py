@@ -86,6 +86,16 @@ class PullFacts:
     draft: bool
     fork: bool
     labels: tuple[str, ...]
+    #: The repository is public (``visibility``, else ``private``); None when not said.
+    public: bool | None = None
+
+
+def _public(repo: Any) -> bool | None:
+    visibility = at(repo, "visibility")
+    if isinstance(visibility, str) and visibility:
+        return visibility == "public"
+    private = at(repo, "private")
+    return (not private) if isinstance(private, bool) else None
 
 
 def pull_facts(item: Any, *, closed: bool = False) -> PullFacts | None:
@@ -110,6 +120,7 @@ def pull_facts(item: Any, *, closed: bool = False) -> PullFacts | None:
         draft=bool(at(item, "draft", default=False)),
         fork=head_repo is None or str(head_repo).lower() != str(base_repo).lower(),
         labels=tuple(_text(label, "name") for label in at(item, "labels", default=[])),
+        public=_public(at(item, "base", "repo")),
     )
 
 

@@ -247,6 +247,8 @@ class IntentProcessor:
                 pull.base_sha = facts.base_sha
             pull.state, pull.draft, pull.fork = facts.state, facts.draft, facts.fork
             pull.labels = list(facts.labels)
+            if facts.public is not None:
+                pull.public = facts.public
             if updated_at:
                 pull.pr_updated_at = updated_at
             if installation_id:
