@@ -150,7 +150,7 @@ def test_case_the_budget_is_per_person_across_prs_and_spares_triage_and_authors(
 
         for _ in range(2):
             tess = comment(server, fake, "/runbot help", "tess", 2)
-            wait_for(lambda c=tess: len(fake.reactions(c)) == 2, timeout=60)  # type: ignore[misc]
+            wait_for(lambda c=tess: len(fake.reactions(c)) == 2, timeout=60)
             assert [r["content"] for r in fake.reactions(tess)] == ["eyes", "+1"]
         author = comment(server, fake, "/runbot help", "alice", 2)
         wait_for(lambda: len(fake.reactions(author)) == 2, timeout=60)

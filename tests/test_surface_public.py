@@ -96,8 +96,8 @@ def test_case_public_repos_link_the_log_and_no_comment_shows_a_secret_or_a_host_
         for repo in (PUBLIC, PRIVATE, OPTED_IN, TYPO):
             open_pull(server, fake, repo)
         for repo in (PUBLIC, PRIVATE, OPTED_IN):
-            wait_for(lambda r=repo: failed_env(server, r) is not None, timeout=120)  # type: ignore[misc]
-            wait_for(lambda r=repo: "Failed" in status_body(fake, r), timeout=60)  # type: ignore[misc]
+            wait_for(lambda r=repo: failed_env(server, r) is not None, timeout=120)
+            wait_for(lambda r=repo: "Failed" in status_body(fake, r), timeout=60)
         wait_for(lambda: "unknown stack" in status_body(fake, TYPO), timeout=60)
 
         host_paths = (str(tmp_path), str(settings.data_dir.absolute()), str(STACKS))
