@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     # The least repository role that may run `/runbot` commands other than help and status
     # (a PR's author may also extend, destroy, sleep and wake its own environment).
     command_permission: Literal["admin", "maintain", "write", "triage", "read"] = "write"
+    # What runbot writes in answer to commenters below triage (not the PR's author): one reply
+    # per PR per interval (later ones edit it) and a write budget per person across PRs.
+    command_reply_interval: float = Field(default=600.0, ge=0)
+    command_write_budget: int = Field(default=10, ge=0, le=10000)
+    command_budget_window: float = Field(default=3600.0, gt=0)
     api_token: str | None = None
     # One secret, or several separated by commas or spaces, newest first: the newest signs new
     # sessions, the others still verify theirs (rotation); a secret removed revokes its cookies.

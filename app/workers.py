@@ -20,6 +20,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from app.access.roles import Role
 from app.commands.handlers import CommandHandler
+from app.commands.limits import FloodLimits
 from app.commands.registry import VOCABULARY
 from app.db.models import Environment
 from app.github.appgateway import GitHubAppGateway
@@ -105,6 +106,8 @@ class Workers:
             worker_id=worker_id,
             commands_help=VOCABULARY.usage(),
             lease_seconds=settings.lease_seconds,
+            policy_for=rt.policy.policy_for,
+            host_paths=(str(settings.data_dir.absolute()), str(settings.templates_dir.absolute())),
         )
         commands = CommandHandler(
             rt.db,
@@ -114,7 +117,13 @@ class Workers:
             notifier,
             app_slug=settings.github_app_slug,
             permission_needed=Role.named(settings.command_permission) or Role.WRITE,
+            limits=FloodLimits(
+                reply_interval=timedelta(seconds=settings.command_reply_interval),
+                budget=settings.command_write_budget,
+                window=timedelta(seconds=settings.command_budget_window),
+            ),
         )
+        notifier.idle_work = commands.answers.send_one
         reconciler = rt.reconciler(worker_id=worker_id)
 
         def wake_all() -> None:
@@ -206,9 +215,7 @@ class Workers:
             asyncio.create_task(self.notifier.run(self.stop, poll_interval=poll), name="notify"),
         ]
         # TTL reaper, expiry warnings, resync, stale-lease recovery
-        register_ticks(
-            self.scheduler, self.ticks, self.resync, self.rt.settings.scheduler_interval
-        )
+        register_ticks(self.scheduler, self.ticks, self.resync, self.rt.settings.scheduler_interval)
         self.scheduler.start()
         # The operator policy: reread when its file changes, and on SIGHUP.
         self.tasks.append(asyncio.create_task(self.rt.policy.watch(self.stop), name="policy"))

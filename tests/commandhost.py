@@ -75,6 +75,7 @@ class CommandHost:
 
     async def deliver(self, payload: dict[str, Any]) -> None:
         await self.workers.intent.handle("issue_comment", payload)
+        await self.workers.commands.answers.drain()  # the notifier loop would send them
 
     # ----- what happened -----------------------------------------------------------------------
 

@@ -25,6 +25,9 @@ pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 
 ACK_OK = ["eyes", "+1"]
 ACK_FAIL = ["eyes", "confused"]
+#: Someone below triage on another's PR gets one reaction, no 👀 (app.commands.limits).
+LIMITED_OK = ["+1"]
+LIMITED_FAIL = ["confused"]
 
 
 @pytest.fixture
@@ -51,14 +54,14 @@ async def deployed(host: CommandHost) -> CommandHost:
 
 async def test_help_replies_with_usage(deployed: CommandHost) -> None:
     cid = await deployed.comment("/runbot help", "rita")
-    assert deployed.reactions(cid) == ACK_OK
+    assert deployed.reactions(cid) == LIMITED_OK
     [reply] = deployed.replies()
     assert "extend <duration>" in reply and VOCABULARY.usage().splitlines()[0] in reply
 
 
 async def test_status_reply_has_state_url_sha_expiry_and_last_run(deployed: CommandHost) -> None:
     cid = await deployed.comment("/runbot status", "bob")  # anyone may ask
-    assert deployed.reactions(cid) == ACK_OK
+    assert deployed.reactions(cid) == LIMITED_OK
     [reply] = deployed.replies()
     env = deployed.live()
     assert env is not None and env.expires_at is not None
@@ -227,7 +230,9 @@ async def test_permission_matrix_over_the_real_api(
     assert env is not None
     cid = await host.comment(f"/runbot {command}", login)
     allowed = login in ALLOWED[command]
-    assert host.reactions(cid) == (ACK_OK if allowed else ACK_FAIL)
+    limited = PERSONAS[login] in ("read", "none") and login != author
+    expected = (LIMITED_OK, LIMITED_FAIL) if limited else (ACK_OK, ACK_FAIL)
+    assert host.reactions(cid) == (expected[0] if allowed else expected[1])
     if not allowed:
         reply = host.replies()[-1]
         assert "**write** permission" in reply and f"**{PERSONAS[login]}**" in reply
@@ -268,7 +273,7 @@ async def test_closed_pr_refuses_all_but_status_and_help(deployed: CommandHost) 
     assert "closed" in deployed.replies()[-1]
     assert deployed.unchanged(env)
     cid = await deployed.comment("/runbot status", "rita")
-    assert deployed.reactions(cid) == ACK_OK
+    assert deployed.reactions(cid) == LIMITED_OK
 
 
 # --- exactly once --------------------------------------------------------------------------
@@ -371,7 +376,7 @@ async def test_60kb_single_line_command_gets_a_short_reply(deployed: CommandHost
 async def test_reader_trying_destroy_is_refused(deployed: CommandHost) -> None:
     env = deployed.live()
     cid = await deployed.comment("/runbot destroy", "rita")
-    assert deployed.reactions(cid) == ACK_FAIL
+    assert deployed.reactions(cid) == LIMITED_FAIL
     [reply] = deployed.replies()
     assert "@rita" in reply and "**write** permission" in reply and "**read**" in reply
     assert deployed.unchanged(env)

@@ -4,7 +4,9 @@ The grammar decides what a comment says; the registry says who may ask for it an
 action does it; this module runs that flow for each `issue_comment` delivery. A comment is
 acted on once even when its delivery is retried (GitHub outage, worker killed): the ledger
 remembers what was decided and replied. People see 👀 when runbot picked the command up, then
-👍 or 😕; a reply comment is posted only when there is something to say.
+👍 or 😕; a reply comment is posted only when there is something to say. Someone below triage
+(not the PR's author) gets a capped answer instead, sent later by `answers.py`: no 👀, one
+reaction, one reply per PR per interval, within a per-person budget (`limits.py`).
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from typing import TYPE_CHECKING, Any
 from app.access.roles import Role
 from app.access.rules import authorize
 from app.commands.actions import CommandContext
+from app.commands.answers import LimitedAnswers
 from app.commands.grammar import Command, CommandError
 from app.commands.ledger import Ledger
+from app.commands.limits import FloodLimits, is_limited
 from app.commands.registry import VOCABULARY, spec
 from app.commands.replies import Outcome, failed, mention, refusal_text
 from app.db.models import CommentCommand
 from app.github.comment import render_reply
 from app.github.gateway import GitHubError, NotFoundOnGitHub, RetryLater
 from app.github.payloads import CommentEvent, comment_event
+from app.github.public import public_text
 from app.lifecycle.service import LifecycleError
 
 if TYPE_CHECKING:
@@ -56,6 +61,7 @@ class CommandHandler:
         permission_needed: Role = Role.WRITE,
         cache_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        limits: FloodLimits | None = None,
     ) -> None:
         if permission_needed == Role.NONE:
             raise ValueError("commands need at least read permission")
@@ -70,6 +76,8 @@ class CommandHandler:
         self.cache_seconds = cache_seconds
         self.clock = clock
         self._permissions: dict[tuple[str, str], tuple[Role, float]] = {}
+        #: Limited commenters' answers: the notifier sends them when it has nothing more urgent.
+        self.answers = LimitedAnswers(db, gateway, limits or FloodLimits())
 
     # ----- the flow ----------------------------------------------------------------------------
 
@@ -87,10 +95,34 @@ class CommandHandler:
         record: CommentCommand = self.ledger.begin(event, name)
         if record.status == "done":
             return
+        if record.status in ("received", "executing"):
+            role = await self._role(event)
+            is_author = bool(event.pr_author) and event.author.lower() == event.pr_author.lower()
+            if is_limited(role, is_author=is_author) != record.limited:
+                record = self.ledger.set(event.comment_id, limited=not record.limited)
+        if record.limited:
+            await self._execute(event, parsed, record)
+            self.notifier.wakeup.set()  # its answer goes out in the notifier's spare slots
+            return
         await self._react(event, "eyes")
+        record = await self._execute(event, parsed, record)
+        if record.status != "executed":
+            return  # another worker is executing it right now and will finish it
+        if record.reply and record.reply_id is None:
+            reply_id = await self.gateway.create_comment(
+                event.installation_id, event.repository, event.number, record.reply
+            )
+            self.ledger.set(event.comment_id, reply_id=reply_id)
+        await self._react(event, "+1" if record.outcome == "ok" else "confused")
+        self.ledger.set(event.comment_id, status="done")
+
+    async def _execute(
+        self, event: CommentEvent, parsed: Command | CommandError, record: CommentCommand
+    ) -> CommentCommand:
+        """Decide and act, once: the outcome and the reply are in the ledger afterwards."""
         if record.status != "executed":
             if not self.ledger.claim(event.comment_id):
-                return  # another worker is executing it right now and will finish it
+                return record  # another worker is executing it right now and will finish it
             try:
                 outcome = await self._outcome(event, parsed)
             except BaseException:
@@ -110,13 +142,7 @@ class CommandHandler:
                 event.number,
                 outcome.kind,
             )
-        if record.reply and record.reply_id is None:
-            reply_id = await self.gateway.create_comment(
-                event.installation_id, event.repository, event.number, record.reply
-            )
-            self.ledger.set(event.comment_id, reply_id=reply_id)
-        await self._react(event, "+1" if record.outcome == "ok" else "confused")
-        self.ledger.set(event.comment_id, status="done")
+        return record
 
     async def _react(self, event: CommentEvent, content: str) -> None:
         """Reactions are courtesy: a deleted comment or a refused reaction must not stop a
@@ -154,8 +180,7 @@ class CommandHandler:
             verdict = authorize(
                 command.access,
                 role,
-                is_author=bool(event.pr_author)
-                and event.author.lower() == event.pr_author.lower(),
+                is_author=bool(event.pr_author) and event.author.lower() == event.pr_author.lower(),
                 pr_state=event.pr_state,
                 is_fork=pull.fork if pull else True,
                 required=self.permission_needed,
@@ -169,11 +194,12 @@ class CommandHandler:
         try:
             return await command.run(ctx)
         except LifecycleError as exc:
-            return failed(f"Could not {parsed.name}", str(exc))
+            return failed(f"Could not {parsed.name}", public_text(str(exc)))
         except RetryLater:
             raise
         except GitHubError as exc:
-            return failed(f"Could not {parsed.name}", f"GitHub refused a request: {exc}")
+            text = public_text(f"GitHub refused a request: {exc}")
+            return failed(f"Could not {parsed.name}", text)
 
     async def _role(self, event: CommentEvent) -> Role:
         """The commenter's role, cached briefly: a burst of commands costs one API call."""

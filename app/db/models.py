@@ -198,6 +198,8 @@ class PullRequest(SQLModel, table=True):
     state: str = Field(default="open", max_length=20)
     draft: bool = False
     fork: bool = False
+    #: The repository is public (its comments are world-readable); None until an event said.
+    public: bool | None = None
     labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     approved_sha: str | None = Field(default=None, max_length=64)  # fork approval (/runbot deploy)
     enabled: bool = False  # the default branch has a valid .runbot.yml
@@ -233,6 +235,8 @@ class CommentCommand(SQLModel, table=True):
     executed (outcome and reply decided, state changed) → done (reply posted, reaction set).
     """
 
+    __table_args__ = (Index("ix_commentcommand_author", "author", "created_at"),)
+
     comment_id: int = Field(primary_key=True, sa_type=BigInteger)
     repository: str = Field(max_length=200)
     pr_number: int
@@ -242,6 +246,11 @@ class CommentCommand(SQLModel, table=True):
     outcome: str | None = Field(default=None, max_length=20)  # ok | refused | failed
     reply: str | None = Field(default=None, sa_column=Column(Text))
     reply_id: int | None = Field(default=None, sa_type=BigInteger)
+    #: The commenter is below triage and not the PR's author: runbot's answer is capped
+    #: (`app.commands.limits`) and sent by the notifier when no status comment is owed.
+    limited: bool = False
+    writes: int = 0  # GitHub writes runbot made in answer (what the per-user budget counts)
+    replied_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # posted a new reply
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

@@ -109,6 +109,9 @@ class EngineFailed(EngineError):
         super().__init__(message)
         self.phase = phase
         self.exit_code = exit_code
+        #: What a failed apply left in runbot's own local state (its log must not show the
+        #: sensitive ones either); empty when unknown.
+        self.outputs: dict[str, dict[str, Any]] = {}
 
 
 class EngineCancelled(EngineFailed):
@@ -343,6 +346,10 @@ class EngineRunner:
                     else await self._read_outputs(prefix, workdir, env, deadline, redact, on_line)
                 )
             return EngineResult(outputs=outputs)
+        except EngineFailed as exc:
+            if job.operation == "apply" and not exc.outputs:
+                exc.outputs = _local_state_outputs(self.data_dir, job, backend) or {}
+            raise
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -125,6 +125,8 @@ class StatusView:
     warning: bool = False
     log_url: str | None = None
     log_tail: tuple[str, ...] = ()
+    #: False on a public repository (unless the policy's `quote_logs`): link, do not quote.
+    quote_log: bool = True
     app_slug: str | None = None
     commands_available: bool = True
     #: The commands' help, shown folded under the comment (the commands room renders it).
@@ -350,10 +352,19 @@ def _commands_footer(view: StatusView) -> list[str]:
     return lines
 
 
-def _failure_details(lines: list[str], budget: int, log_url: str | None) -> list[str]:
-    """The last log lines in a collapsed, fenced block, trimmed from the top to ``budget``."""
+def _failure_details(
+    lines: list[str], budget: int, log_url: str | None, *, quote: bool = True
+) -> list[str]:
+    """The last log lines in a collapsed, fenced block, trimmed from the top to ``budget``;
+    without ``quote`` (a public repository), only the link to the run log."""
     link = _link("full run log", log_url)
     more = f"See the {link}." if link else ""
+    if not quote:
+        where = f"the {_link('run log', log_url)}" if log_url else "runbot's dashboard"
+        return [
+            f"This repository is public, so the engine's output is not quoted here: it is in "
+            f"{where}, for people who may see it."
+        ]
     if not lines:
         body = ["No engine output was captured."]
         if more:
@@ -387,7 +398,10 @@ def render_status_comment(view: StatusView) -> str:
     if view.state == "failed":
         fixed = len("\n".join(head)) + len("\n".join(foot)) + 2
         details = _failure_details(
-            _tail_lines(view.log_tail), TARGET_COMMENT_CHARS - fixed, view.log_url
+            _tail_lines(view.log_tail),
+            TARGET_COMMENT_CHARS - fixed,
+            view.log_url,
+            quote=view.quote_log,
         )
         head += ["", *details]
     return "\n".join(head + foot)

@@ -18,15 +18,18 @@ them where people look (measured by `python -m bench --only lifecycle`, see the 
   one still shows "creating" after a few seconds.
 
 A PR waiting for its write slot or its settle time is set aside in memory, and the loop serves
-other PRs (other installations) meanwhile, waking exactly when the first one is due.
+other PRs (other installations) meanwhile, waking exactly when the first one is due. Only when
+no PR has a write it could send does the loop do its `idle_work` (the capped answers to
+commenters below triage): a flood of commands never stands between a PR and its status comment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -47,6 +50,7 @@ from app.github.comment import (
 )
 from app.github.gateway import Gateway, GitHubError, NotFoundOnGitHub, RetryLater
 from app.github.installations import WriteGate, cutoff, record_of, write_gate
+from app.github.public import public_text
 from app.github.status import status_view
 from app.github.writes import (
     IN_FLUX,
@@ -58,6 +62,7 @@ from app.github.writes import (
     next_write,
 )
 from app.lifecycle.states import Status
+from app.policy.model import Policy
 
 log = logging.getLogger("runbot.notify")
 
@@ -109,8 +114,14 @@ class Notifier:
         worker_id: str,
         commands_help: str,
         lease_seconds: float = 60.0,
+        policy_for: Callable[[str], Policy] | None = None,
+        host_paths: Sequence[str] = (),
     ) -> None:
         self.db = db
+        #: The operator policy in force for a repository (its `quote_logs`).
+        self.policy_for = policy_for or (lambda repository: Policy())
+        #: Never named in a comment: the data dir, the catalog, working directories.
+        self.host_paths = tuple(host_paths)
         self.gateway = gateway
         self.public_url = public_url.rstrip("/")
         self.app_slug = app_slug
@@ -128,6 +139,9 @@ class Notifier:
         #: follow, after other PRs' comments.
         self._passing: dict[str, _Pass] = {}
         self._no_comment: set[str] = set()  # looked up on GitHub: no status comment yet
+        #: Lower-priority writes, done one per call when no PR sync is claimable; True when it
+        #: did one (the command handler's answers to limited commenters).
+        self.idle_work: Callable[[], Awaitable[bool]] | None = None
 
     def _set_aside(self, key: str, version: int, until: float) -> None:
         self._held[key] = (version, until)
@@ -334,7 +348,7 @@ class Notifier:
     async def run(self, stop: asyncio.Event, poll_interval: float = 1.0) -> None:
         while not stop.is_set():
             self.wakeup.clear()
-            while not stop.is_set() and await self.sync_one():
+            while not stop.is_set() and (await self.sync_one() or await self._idle()):
                 pass
             due = self._next_due()
             timeout = poll_interval if due is None else min(poll_interval, due)
@@ -342,6 +356,15 @@ class Notifier:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
+
+    async def _idle(self) -> bool:
+        if self.idle_work is None:
+            return False
+        try:
+            return await self.idle_work()
+        except Exception:
+            log.exception("the notifier's idle work failed")
+            return False
 
     # ----- rendering ---------------------------------------------------------------------------
 
@@ -362,16 +385,30 @@ class Notifier:
         text, _ = read_log(self.db, env.last_run_id)
         return tuple(text.splitlines()[-30:])
 
+    def may_quote_logs(self, pull: PullRequest) -> bool:
+        """May a failed run's comment quote its log? Not on a public repository (or one not
+        known to be private), unless the operator policy's `quote_logs` allows it."""
+        if self.gateway.local or pull.public is False:
+            return True
+        return self.policy_for(pull.repository).quote_logs
+
     def view(self, pull: PullRequest, env: Environment | None) -> StatusView | None:
-        log_tail = self._log_tail(env) if env is not None and env.status == Status.FAILED else ()
-        return status_view(
+        """What the PR's comments show: no host path or catalog listing in any of it."""
+        failed = env is not None and env.status == Status.FAILED
+        quote = self.may_quote_logs(pull)
+        log_tail = self._log_tail(env) if env is not None and failed and quote else ()
+        view = status_view(
             pull,
             env,
             public_url=self.public_url,
             app_slug=self.app_slug,
             commands_help=self.commands_help,
-            log_tail=log_tail,
+            log_tail=tuple(public_text(line, self.host_paths) for line in log_tail),
         )
+        if view is None:
+            return None
+        reason = public_text(view.reason, self.host_paths) if view.reason else view.reason
+        return dataclasses.replace(view, reason=reason, quote_log=quote)
 
     # ----- syncing -----------------------------------------------------------------------------
 
@@ -464,7 +501,11 @@ class Notifier:
             pull,
             env,
             view,
-            config_body=render_config_error(pull.config_error) if pull.config_error else None,
+            config_body=(
+                render_config_error(public_text(pull.config_error, self.host_paths))
+                if pull.config_error
+                else None
+            ),
             status_body=render_status_comment(view) if view is not None else None,
             settling=settle_left > 0,
         )

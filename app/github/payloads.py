@@ -89,6 +89,16 @@ class PullFacts:
     #: The repository's default branch as GitHub reports it ("" when a payload omits it):
     #: `.runbot.yml` and repository stacks are read from it, never from the PR's base.
     default_branch: str = ""
+    #: The repository is public (``visibility``, else ``private``); None when not said.
+    public: bool | None = None
+
+
+def _public(repo: Any) -> bool | None:
+    visibility = at(repo, "visibility")
+    if isinstance(visibility, str) and visibility:
+        return visibility == "public"
+    private = at(repo, "private")
+    return (not private) if isinstance(private, bool) else None
 
 
 def pull_facts(item: Any, *, closed: bool = False) -> PullFacts | None:
@@ -114,6 +124,7 @@ def pull_facts(item: Any, *, closed: bool = False) -> PullFacts | None:
         fork=head_repo is None or str(head_repo).lower() != str(base_repo).lower(),
         labels=tuple(_text(label, "name") for label in at(item, "labels", default=[])),
         default_branch=_text(item, "base", "repo", "default_branch"),
+        public=_public(at(item, "base", "repo")),
     )
 
 

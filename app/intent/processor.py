@@ -266,6 +266,8 @@ class IntentProcessor:
                 pull.default_branch = facts.default_branch
             pull.state, pull.draft, pull.fork = facts.state, facts.draft, facts.fork
             pull.labels = list(facts.labels)
+            if facts.public is not None:
+                pull.public = facts.public
             if updated_at:
                 pull.pr_updated_at = updated_at
             if installation_id:

@@ -30,6 +30,7 @@ from app.lifecycle.kinds import (
 )
 from app.lifecycle.lease import Claim, Lease
 from app.lifecycle.runs import LineEcho, PhaseEcho, Runs
+from app.lifecycle.scrub import scrub_run_log
 from app.lifecycle.states import Action, Desired, Status, plan_action, status_during_apply
 from app.stacks.catalog import Catalog, Stack, StackError, StackSource, load_stack
 from app.stacks.git import fetch_git_stack
@@ -126,6 +127,7 @@ class Converger:
         self.lease.save(claim, begin, start_run=run)
         workspace.mkdir(parents=True, exist_ok=True)
         outputs, error, _tail = await self.runs.execute(claim, run, kind.label(target), job)
+        scrub_run_log(self.db, run.id, outputs)  # before the outcome shows: comments quote it
         if error is not None:
             self.lease.fail(claim, error, run.id, retry=operation == "destroy")
             return

@@ -134,7 +134,8 @@ class Runs:
             return None, f"the engine {exc}", writer.tail
         except EngineFailed as exc:
             self._finish(run, writer, "failed", str(exc), exc.exit_code)
-            return None, f"the engine's {exc}", writer.tail
+            # Outputs the failed apply left: the caller scrubs their sensitive values.
+            return exc.outputs or None, f"the engine's {exc}", writer.tail
         except (EngineError, StackError, OSError) as exc:
             writer.line(f"runbot: {exc}")
             self._finish(run, writer, "failed", str(exc))
