@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import update
 from sqlmodel import col, select
 
 from app.db.leases import kept_alive
@@ -52,9 +52,9 @@ from app.github.gateway import Gateway, GitHubError, NotFoundOnGitHub, RetryLate
 from app.github.installations import WriteGate, cutoff, record_of, write_gate
 from app.github.public import public_text
 from app.github.status import status_view
+from app.github.syncqueue import SyncQueue
 from app.github.writes import (
     IN_FLUX,
-    IN_FLUX_STATUSES,
     PlannedWrite,
     WriteKind,
     digest,
@@ -133,8 +133,7 @@ class Notifier:
         self.write_interval = float(getattr(gateway, "min_write_interval", 0.0) or 0.0)
         self.settle = SETTLE_INTERVALS * self.write_interval
         self._last_write: dict[Any, float] = {}  # installation (or repo) -> monotonic time
-        #: PR key -> (sync_version, monotonic time): set aside until then, for that version.
-        self._held: dict[str, tuple[int, float]] = {}
+        self.queue = SyncQueue(db, worker_id, self.lease)
         #: PRs in the middle of a pass: their comment went out and their deployment writes
         #: follow, after other PRs' comments.
         self._passing: dict[str, _Pass] = {}
@@ -143,142 +142,8 @@ class Notifier:
         #: did one (the command handler's answers to limited commenters).
         self.idle_work: Callable[[], Awaitable[bool]] | None = None
 
-    def _set_aside(self, key: str, version: int, until: float) -> None:
-        self._held[key] = (version, until)
-
-    def _next_due(self) -> float | None:
-        """Seconds until the first PR set aside is due again, if any."""
-        clock = time.monotonic()
-        # Entries of PRs another replica synced meanwhile are never claimed here again: drop
-        # them once long past, so the in-memory bookkeeping stays bounded.
-        for key in [k for k, (_, until) in self._held.items() if until < clock - 300]:
-            del self._held[key]
-        if len(self._passing) > 10_000:
-            self._passing.clear()  # only an ordering hint: safe to forget
-        if len(self._no_comment) > 10_000:
-            self._no_comment.clear()  # only saves a lookup: safe to forget
-        upcoming = [until for _, until in self._held.values() if until > clock]
-        return min(upcoming) - clock if upcoming else None
-
-    def claim(self) -> tuple[str, int] | None:
-        """Lease the PR that most needs a sync: owed comments first, then deployment writes.
-
-        Candidates are read without locks, then leased one by one with a conditional UPDATE,
-        which exactly one replica wins (PostgreSQL re-checks the WHERE after a concurrent
-        writer commits), so replicas stay safe without holding row locks while choosing.
-        """
-        now = utcnow()
-        clock = time.monotonic()
-        with self.db.session() as session:
-            query = (
-                select(PullRequest.id, PullRequest.sync_version)
-                .where(PullRequest.sync_version != PullRequest.synced_version)
-                .where(
-                    or_(
-                        col(PullRequest.next_sync_at).is_(None),
-                        col(PullRequest.next_sync_at) <= now,
-                    )
-                )
-                .where(
-                    or_(
-                        col(PullRequest.sync_lease_expires_at).is_(None),
-                        col(PullRequest.sync_lease_expires_at) < now,
-                    )
-                )
-                .order_by(col(PullRequest.updated_at))
-                .limit(200)
-            )
-            found = []
-            for key, version in session.exec(query).all():
-                held = self._held.get(key)
-                if held is not None and held[0] == version and held[1] > clock:
-                    continue
-                self._held.pop(key, None)
-                found.append((key, version))
-            settled = self._settled_pulls(session, [key for key, _ in found])
-
-            # Most wanted first: a comment showing an outcome (a URL, a failure, the end),
-            # then other comments, then the deployment writes of PRs whose comment went out;
-            # oldest first within each (the sort is stable).
-            def rank(item: tuple[str, int]) -> int:
-                return 2 if item[0] in self._passing else (0 if item[0] in settled else 1)
-
-            candidates = sorted(found, key=rank)
-            for key, version in candidates:
-                result = session.exec(
-                    update(PullRequest)
-                    .where(col(PullRequest.id) == key)
-                    .where(
-                        or_(
-                            col(PullRequest.sync_lease_expires_at).is_(None),
-                            col(PullRequest.sync_lease_expires_at) < now,
-                        )
-                    )
-                    .values(sync_lease_owner=self.worker_id, sync_lease_expires_at=now + self.lease)
-                )
-                session.commit()
-                if result.rowcount == 1:
-                    return key, version
-        return None
-
-    @staticmethod
-    def _settled_pulls(session: Any, keys: list[str]) -> set[str]:
-        """Of these PRs, those whose newest environment reached an outcome and rests there."""
-        if not keys:
-            return set()
-        wanted = {key: tuple(key.rsplit("#", 1)) for key in keys}
-        repositories = {repo for repo, _ in wanted.values()}
-        numbers = {int(number) for _, number in wanted.values() if number.isdigit()}
-        newest: dict[tuple[str, int], Environment] = {}
-        for env in session.exec(
-            select(Environment)
-            .where(col(Environment.repository).in_(repositories))
-            .where(col(Environment.pr_number).in_(numbers))
-            .order_by(col(Environment.created_at))
-        ):
-            newest[(env.repository, env.pr_number)] = env
-        settled = set()
-        for key, (repo, number) in wanted.items():
-            env = newest.get((repo, int(number))) if number.isdigit() else None
-            if (
-                env is not None
-                and env.generation == env.observed_generation
-                and env.status not in IN_FLUX_STATUSES
-            ):
-                settled.add(key)
-        return settled
-
-    def _renew(self, key: str) -> None:
-        """Extend this worker's lease on a PR's sync while the sync is still going."""
-        with self.db.session() as session:
-            session.exec(
-                update(PullRequest)
-                .where(
-                    col(PullRequest.id) == key,
-                    col(PullRequest.sync_lease_owner) == self.worker_id,
-                )
-                .values(sync_lease_expires_at=utcnow() + self.lease)
-            )
-            session.commit()
-
-    def _release(
-        self, key: str, *, synced: int | None = None, retry_in: float | None = None
-    ) -> None:
-        with self.db.session() as session:
-            pull = session.get(PullRequest, key)
-            if pull is None or pull.sync_lease_owner != self.worker_id:
-                return
-            pull.sync_lease_owner, pull.sync_lease_expires_at = None, None
-            if synced is not None:
-                pull.synced_version, pull.sync_attempts, pull.next_sync_at = synced, 0, None
-            if retry_in is not None:
-                pull.sync_attempts += 1
-                pull.next_sync_at = utcnow() + timedelta(seconds=retry_in)
-            session.add(pull)
-            session.commit()
-
     async def sync_one(self) -> bool:
-        claimed = self.claim()
+        claimed = self.queue.claim(self._passing)
         if claimed is None:
             return False
         key, version = claimed
@@ -287,11 +152,11 @@ class Notifier:
             self._hold_back(key, version, gate)
             return True
         try:
-            async with kept_alive(lambda: self._renew(key), self.lease.total_seconds() / 3):
+            async with kept_alive(lambda: self.queue.renew(key), self.lease.total_seconds() / 3):
                 outcome = await self.sync(key, version)
         except RetryLater as exc:
             log.warning("sync of %s postponed %.0fs: %s", key, exc.retry_after, exc)
-            self._release(key, retry_in=max(exc.retry_after, 1.0))
+            self.queue.release(key, retry_in=max(exc.retry_after, 1.0))
             return True
         except GitHubError as exc:
             with self.db.session() as session:
@@ -299,18 +164,18 @@ class Notifier:
                 attempts = pull.sync_attempts if pull else 0
             delay = BACKOFF[min(attempts, len(BACKOFF) - 1)]
             log.warning("sync of %s failed, retrying in %.0fs: %s", key, delay, exc)
-            self._release(key, retry_in=delay)
+            self.queue.release(key, retry_in=delay)
             return True
         except Exception:
             log.exception("sync of %s failed unexpectedly", key)
-            self._release(key, retry_in=BACKOFF[-1])
+            self.queue.release(key, retry_in=BACKOFF[-1])
             return True
         if outcome == DONE:
             self._passing.pop(key, None)
             self._no_comment.discard(key)
-            self._release(key, synced=version)
+            self.queue.release(key, synced=version)
         else:  # newer state to render, or set aside in memory: claimable again right away
-            self._release(key)
+            self.queue.release(key)
         return True
 
     def _gate(self, key: str) -> WriteGate:
@@ -328,7 +193,7 @@ class Notifier:
         self._passing.pop(key, None)
         if gate is WriteGate.DROP:
             log.info("%s: the App's access is withdrawn; its GitHub writes are dropped", key)
-            self._release(key, synced=version)
+            self.queue.release(key, synced=version)
             return
         log.info("%s: the App's installation is suspended; its GitHub writes wait", key)
         with self.db.session() as session:
@@ -356,6 +221,13 @@ class Notifier:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
+
+    def _next_due(self) -> float | None:
+        if len(self._passing) > 10_000:
+            self._passing.clear()  # only an ordering hint: safe to forget
+        if len(self._no_comment) > 10_000:
+            self._no_comment.clear()  # only saves a lookup: safe to forget
+        return self.queue.next_due()
 
     async def _idle(self) -> bool:
         if self.idle_work is None:
@@ -447,7 +319,7 @@ class Notifier:
                 if version is None:  # called directly (CLI, tests): just wait
                     await asyncio.sleep(wait)
                     continue
-                self._set_aside(key, version, time.monotonic() + wait)
+                self.queue.set_aside(key, version, time.monotonic() + wait)
                 return DEFERRED
             try:
                 await write.send()
@@ -512,7 +384,7 @@ class Notifier:
         if planned is None:
             return None
         if planned.kind == WriteKind.SETTLE:
-            self._set_aside(pull.id, pull.sync_version, time.monotonic() + settle_left)
+            self.queue.set_aside(pull.id, pull.sync_version, time.monotonic() + settle_left)
         if (
             planned.kind == WriteKind.SETTLE
             and pull.comment_id is None
