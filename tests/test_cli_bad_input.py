@@ -29,6 +29,7 @@ def templates(tmp_path: Path) -> Path:
     (root / "needy" / "instance" / "needs.tf").write_text(
         'variable "api_key" {\n  type = string\n}\n'
     )
+    (root / "needy" / "runbot.yml").write_text("repo_vars: [greeting, api_key]\n")
     return root
 
 

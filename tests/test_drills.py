@@ -47,6 +47,14 @@ pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 DRILL_POINTS = int(os.environ.get("RUNBOT_DRILL_POINTS", "20"))
 
 
+def room_for(tmp_path: Path, environments: int) -> Path:
+    """An operator policy that lets the drill's repository have this many environments (the
+    default ceiling of 10 would rightly refuse a config asking more)."""
+    path = tmp_path / "policy.yml"
+    path.write_text(f"default:\n  max_environments: {max(environments, 10)}\n")
+    return path
+
+
 @pytest.mark.engine
 def test_kill_9_at_random_points_of_pr_lifecycles(
     tmp_path: Path, fake_github: FakeGitHub, port_base: int
@@ -68,6 +76,7 @@ def test_kill_9_at_random_points_of_pr_lifecycles(
             script.append((number, "closed"))
     kills_left = DRILL_POINTS
     env_vars, log, port = process_env(tmp_path, fake, None), tmp_path / "serve.log", free_port()
+    env_vars["RUNBOT_POLICY_FILE"] = str(room_for(tmp_path, prs))
     url = f"http://127.0.0.1:{port}/webhooks/github"
     heads: dict[int, str] = {}
     step = 0
@@ -315,6 +324,7 @@ def test_two_serve_replicas_on_postgres_apply_each_change_once(
         urls = []
         for name in ("a", "b"):
             env_vars, port = process_env(tmp_path / name, fake, postgres_url), free_port()
+            env_vars["RUNBOT_POLICY_FILE"] = str(room_for(tmp_path, REPLICA_PRS))
             log = tmp_path / f"serve-{name}.log"
             serve = replicas.enter_context(runbot(["serve", "--port", str(port)], env_vars, log))
             wait_healthy(port, serve, log)

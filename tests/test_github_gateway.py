@@ -346,6 +346,7 @@ async def test_list_open_pulls_reads_every_page(
         labels=("preview", "big"),
         state="open",
         default_branch="main",
+        public=True,
     )
     assert len(by_number[200].base_sha) == 40
     assert by_number[1].fork is False and by_number[1].author == "octocat"

@@ -24,6 +24,7 @@ from app.stacks.mapping import (
     RUNBOT_INSTANCE_VARIABLES,
     MappingError,
     check_type,
+    refused_message,
     refused_repo_vars,
 )
 from app.ttl.policy import (
@@ -222,12 +223,7 @@ class Lifecycle:
         provided = stack.provided_names() | silo_outputs
         refused = refused_repo_vars(repo_vars, stack.repo_vars, provided)
         if refused:
-            raise MappingError(
-                "this repository may not set "
-                + ", ".join(f"`vars.{name}`" for name in refused)
-                + f": runbot and the silo decide those values for the stack '{silo.stack}'"
-                "; remove them from `vars`"
-            )
+            raise MappingError(refused_message(refused, provided, stack.repo_vars))
         for name, variable in stack.instance.variables.items():
             if name in repo_vars:
                 check_type(variable, repo_vars[name])

@@ -29,6 +29,7 @@ __all__ = [
     "MappingError",
     "check_type",
     "instance_inputs",
+    "refused_message",
     "refused_repo_vars",
     "silo_inputs",
     "undeclared_names",
@@ -72,12 +73,8 @@ def instance_inputs(
         repo_vars, settable, RUNBOT_INSTANCE_VARIABLES | set(silo_outputs) | set(provided)
     )
     if refused:
-        raise MappingError(
-            "this repository may not set "
-            + ", ".join(f"`vars.{name}`" for name in refused)
-            + ": runbot and the silo decide those values; remove them from `vars` in "
-            ".runbot.yml (a stack's `runbot.yml` lists the variables repositories may set)"
-        )
+        provided_all = RUNBOT_INSTANCE_VARIABLES | set(silo_outputs) | set(provided)
+        raise MappingError(refused_message(refused, provided_all, settable))
     sources = (
         _Source(runbot, _RUNBOT_FIX, reveal=True),
         _Source(silo_outputs, "fix the silo output {name!r} or the variable's type", reveal=False),
@@ -101,6 +98,32 @@ def refused_repo_vars(
         name
         for name in repo_vars
         if name in provided or (settable is not None and name not in settable)
+    )
+
+
+def refused_message(
+    refused: list[str], provided: Set[str], settable: frozenset[str] | None
+) -> str:
+    """Why each refused `vars` name is refused, and what to do."""
+    decided = [name for name in refused if name in provided]
+    unlisted = [name for name in refused if name not in provided]
+    parts = []
+    if decided:
+        parts.append(
+            ", ".join(f"`vars.{name}`" for name in decided)
+            + ": runbot or the silo decides these values"
+        )
+    if unlisted:
+        listed = ", ".join(f"`{name}`" for name in sorted(settable or ())) or "none"
+        parts.append(
+            ", ".join(f"`vars.{name}`" for name in unlisted)
+            + f": the stack's `runbot.yml` does not list them under `repo_vars` (it lists {listed})"
+        )
+    return (
+        "this repository may not set "
+        + "; ".join(parts)
+        + ". Remove them from `vars` in .runbot.yml, or the stack's owner can list them under"
+        " `repo_vars`"
     )
 
 
