@@ -32,6 +32,8 @@ class Runtime:
             "lease_seconds": self.settings.lease_seconds,
             "default_capacity": self.settings.default_capacity,
             "git_limits": self.git_limits,
+            "destroy_retry_base": self.settings.destroy_retry_base,
+            "destroy_retry_max": self.settings.destroy_retry_max,
         }
         options.update(overrides)
         return Reconciler(self.db, self.catalog, self.runner, self.settings.data_dir, **options)

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     git_ssh_command: str = "ssh -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15"
     git_cache_days: float = Field(default=14.0, ge=1, le=3650)
     lease_seconds: float = Field(default=30.0, gt=1)
+    # A failed destroy is retried until it succeeds: the delay doubles from the base up to the
+    # max (seconds), with jitter (docs/reliability.md, "Failed destroys").
+    destroy_retry_base: float = Field(default=10.0, gt=0, le=86400)
+    destroy_retry_max: float = Field(default=1800.0, gt=0, le=86400)
     worker_poll_interval: float = Field(default=1.0, gt=0)
     # The least repository role that may run `/runbot` commands other than help and status
     # (a PR's author may also extend, destroy, sleep and wake its own environment).

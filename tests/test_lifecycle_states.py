@@ -7,8 +7,10 @@ import pytest
 from app.lifecycle.states import Status, check_transition, status_during_apply
 
 # What a target that is wanted present can be found in when a worker claims it. `destroying`
-# is not among them: a target asked to go away is never wanted present again (a new one is made).
-CLAIMABLE_FOR_APPLY = [s for s in Status if s not in (Status.DESTROYING, Status.DESTROYED)]
+# and `destroy_failed` are not among them: a target asked to go away is never wanted present
+# again (a new one is made).
+GONE_OR_GOING = (Status.DESTROYING, Status.DESTROY_FAILED, Status.DESTROYED)
+CLAIMABLE_FOR_APPLY = [s for s in Status if s not in GONE_OR_GOING]
 
 
 @pytest.mark.parametrize("found", CLAIMABLE_FOR_APPLY)

@@ -76,8 +76,8 @@ def converge(rt: Runtime, done: Callable[[], bool]) -> None:
 def _settled(row: Silo | Environment | None) -> bool:
     if row is None:
         return True
-    if row.status == Status.QUEUED and row.lease_owner is None:
-        return True
+    if row.status in (Status.QUEUED, Status.DESTROY_FAILED) and row.lease_owner is None:
+        return True  # queued, or a failed destroy that is retried later (`runbot doctor`)
     return row.observed_generation >= row.generation and row.lease_owner is None
 
 
@@ -98,7 +98,7 @@ def show_silo(rt: Runtime, silo: Silo) -> None:
     typer.echo(f"  capacity  {silo.capacity or '-'}")
     for name, value in public_outputs(silo.outputs).items():
         typer.echo(f"  output    {name} = {json.dumps(value)}")
-    if silo.status == Status.FAILED:
+    if silo.status in (Status.FAILED, Status.DESTROY_FAILED):
         raise typer.Exit(1)
 
 
@@ -113,7 +113,7 @@ def show_env(rt: Runtime, env: Environment) -> None:
         typer.echo(f"  expires   {env.expires_at.isoformat(timespec='seconds')}")
     for name, value in public_outputs(env.outputs).items():
         typer.echo(f"  output    {name} = {json.dumps(value)}")
-    if env.status == Status.FAILED:
+    if env.status in (Status.FAILED, Status.DESTROY_FAILED):
         typer.echo(f"  logs      runbot env logs {env.id}")
         raise typer.Exit(1)
 

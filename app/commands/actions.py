@@ -127,9 +127,13 @@ async def run_extend(ctx: CommandContext) -> Outcome:
 
 
 async def run_destroy(ctx: CommandContext) -> Outcome:
+    """Destroy the live environment; a destroy that failed is retried now."""
+    stuck = ctx.lifecycle.failed_destroys_for(ctx.event.repository, ctx.event.number)
+    for failed_env in stuck:
+        ctx.lifecycle.destroy_environment(failed_env.id, trigger="comment")
     env = ctx.live()
     if env is None:
-        return _nothing_to("destroy")
+        return Outcome() if stuck else _nothing_to("destroy")
     ctx.lifecycle.destroy_environment(
         env.id,
         reason=f"requested by {ctx.event.author} (`{PREFIX} destroy`)",

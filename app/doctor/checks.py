@@ -12,6 +12,7 @@ from app.doctor.local import (
 )
 from app.doctor.policy import check_policy
 from app.doctor.report import Row, fail, ok
+from app.doctor.stuck import check_stuck_destroys
 from app.settings import Settings
 
 
@@ -33,6 +34,7 @@ def run_checks(
     rows.append(check_engine(settings))
     rows.extend(check_database(settings))
     rows.append(check_processes(settings, replicas))
+    rows.append(check_stuck_destroys(settings))
     rows.extend(check_stacks(settings))
     rows.append(check_policy(settings))
     rows.extend(check_github_app(settings))

@@ -65,13 +65,16 @@ _STATES: dict[str, tuple[str, str, str]] = {
     "failed": ("🔴", "Preview environment failed", "Failed"),
     "sleeping": ("💤", "Preview environment sleeping", "Sleeping"),
     "destroying": ("🟡", "Destroying preview environment", "Destroying"),
+    "destroy_failed": ("🔴", "Preview environment could not be destroyed", "Destroy failed"),
     "destroyed": ("⚪", "Preview environment destroyed", "Destroyed"),
     "not_deployed": ("⚪", "Preview environment not deployed", "Not deployed"),
 }
 # States in which a head commit different from the deployed one is being rolled out.
 _ROLLING_OUT = frozenset({"queued", "creating", "updating", "waiting_ci"})
 # States with nothing left to expire.
-_NO_EXPIRY = frozenset({"destroying", "destroyed", "not_deployed"})
+_NO_EXPIRY = frozenset({"destroying", "destroy_failed", "destroyed", "not_deployed"})
+# States whose comment quotes the failed run's last log lines.
+_FAILED = frozenset({"failed", "destroy_failed"})
 
 # GitHub deployment status states; see deployment_state() for the reasoning.
 _DEPLOYMENT_STATES: dict[str, str] = {
@@ -80,6 +83,7 @@ _DEPLOYMENT_STATES: dict[str, str] = {
     "creating": "in_progress",
     "updating": "in_progress",
     "destroying": "in_progress",
+    "destroy_failed": "in_progress",
     "ready": "success",
     "failed": "failure",
     "sleeping": "inactive",
@@ -131,6 +135,8 @@ class StatusView:
     commands_available: bool = True
     #: The commands' help, shown folded under the comment (the commands room renders it).
     commands_help: str = ""
+    #: destroy_failed: when runbot tries the destroy again by itself.
+    retry_at: datetime | None = None
 
 
 # --- escaping -----------------------------------------------------------------------------
@@ -336,6 +342,17 @@ def _notes(view: StatusView) -> list[str]:
     if view.state == "destroyed" and (view.reason or "").strip().lower() == "expired":
         hint = f" Comment `{PREFIX} redeploy` to bring it back." if view.commands_available else ""
         notes.append(f"This environment expired and was destroyed.{hint}")
+    if view.state == "destroy_failed":
+        when = f" next at {_utc(view.retry_at)}" if view.retry_at is not None else ""
+        hint = (
+            f" Once the cause is fixed, comment `{PREFIX} destroy` to retry now."
+            if view.commands_available
+            else ""
+        )
+        notes.append(
+            "> ⚠️ **The destroy failed; runbot retries it by itself, less and less often"
+            f"{when}.** The environment keeps its slot until a destroy succeeds.{hint}"
+        )
     if view.state == "sleeping" and view.commands_available:
         notes.append(f"It has no live URL while asleep. Comment `{PREFIX} wake` to wake it.")
     return notes
@@ -395,7 +412,7 @@ def render_status_comment(view: StatusView) -> str:
     if notes:
         head += ["", "\n\n".join(notes)]
     foot = ["", *_commands_footer(view), "", f"<sub>Updated {_utc(view.now)}</sub>", ""]
-    if view.state == "failed":
+    if view.state in _FAILED:
         fixed = len("\n".join(head)) + len("\n".join(foot)) + 2
         details = _failure_details(
             _tail_lines(view.log_tail),
@@ -530,7 +547,9 @@ def deployment_state(view: StatusView) -> tuple[str, str]:
     """The GitHub deployment status ``state`` and a plain-text description (<= 140 chars).
 
     ``queued`` is GitHub's own "queued"; everything that is running or waiting to run
-    (waiting_ci, creating, updating, destroying) is ``in_progress``. ``sleeping`` maps to
+    (waiting_ci, creating, updating, destroying) is ``in_progress``, and so is
+    ``destroy_failed``: the deployment itself did not fail, its teardown is retried until it
+    succeeds, and only then is it ``inactive``. ``sleeping`` maps to
     ``inactive``, not ``success``: a sleeping environment has no live URL, and GitHub shows
     the URL of a successful deployment as "View deployment"; waking it posts a new
     ``in_progress`` then ``success``. Unknown states raise: a guessed state would mislead.

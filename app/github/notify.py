@@ -57,6 +57,7 @@ from app.github.writes import (
     IN_FLUX,
     PlannedWrite,
     WriteKind,
+    at_rest,
     digest,
     next_deployment_write,
     next_write,
@@ -266,7 +267,7 @@ class Notifier:
 
     def view(self, pull: PullRequest, env: Environment | None) -> StatusView | None:
         """What the PR's comments show: no host path or catalog listing in any of it."""
-        failed = env is not None and env.status == Status.FAILED
+        failed = env is not None and env.status in (Status.FAILED, Status.DESTROY_FAILED)
         quote = self.may_quote_logs(pull)
         log_tail = self._log_tail(env) if env is not None and failed and quote else ()
         view = status_view(
@@ -460,7 +461,7 @@ class Notifier:
         """
         if not self.settle or env is None or view is None:
             return 0.0
-        if view.state not in IN_FLUX and env.generation == env.observed_generation:
+        if view.state not in IN_FLUX and at_rest(env):
             return 0.0
         return max(0.0, self.settle - (utcnow() - env.updated_at).total_seconds())
 

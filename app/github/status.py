@@ -24,6 +24,7 @@ STATUS_TO_VIEW = {
     Status.SLEEPING: "sleeping",
     Status.FAILED: "failed",
     Status.DESTROYING: "destroying",
+    Status.DESTROY_FAILED: "destroy_failed",
     Status.DESTROYED: "destroyed",
 }
 
@@ -58,6 +59,7 @@ def status_view(
     if pull.hold_kind and env.status in (Status.READY, Status.SLEEPING):
         reason = pull.hold_reason  # e.g. checks failed: staying at the last good SHA
     expires = env.expires_at if env.status != Status.DESTROYED else None
+    failed = env.status in (Status.FAILED, Status.DESTROY_FAILED)
     run_link = f"{public_url}/environments/{env.id}"
     if env.last_run_id:
         run_link += f"#run-{env.last_run_id}"
@@ -76,7 +78,8 @@ def status_view(
         max_expires_at=lifetime_limit(env) if expires else None,
         warning=bool(expires and env.warned_for and env.warned_for == expires),
         log_url=run_link,
-        log_tail=log_tail if env.status == Status.FAILED else (),
+        log_tail=log_tail if failed else (),
+        retry_at=env.next_attempt_at if env.status == Status.DESTROY_FAILED else None,
         app_slug=app_slug,
         commands_help=commands_help,
     )

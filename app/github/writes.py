@@ -21,6 +21,7 @@ __all__ = [
     "IN_FLUX_STATUSES",
     "PlannedWrite",
     "WriteKind",
+    "at_rest",
     "digest",
     "next_deployment_write",
     "next_write",
@@ -57,6 +58,12 @@ class PlannedWrite:
     key: str = ""  # DEPLOYMENT: "<environment id>@<sha>", what the deployment belongs to
 
 
+def at_rest(env: Environment) -> bool:
+    """Its state lasts: the desired state is reached, or its destroy failed and waits for a
+    retry (however soon that retry comes, the failure is worth showing)."""
+    return env.generation == env.observed_generation or env.status == Status.DESTROY_FAILED
+
+
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -82,9 +89,7 @@ def next_write(
     if not (pull.comment_digest == digest(status_body) and pull.comment_id):
         if settling:
             return PlannedWrite(WriteKind.SETTLE)
-        outcome = view.state not in IN_FLUX and (
-            env is not None and env.generation == env.observed_generation
-        )
+        outcome = view.state not in IN_FLUX and env is not None and at_rest(env)
         return PlannedWrite(
             WriteKind.COMMENT,
             body=status_body,

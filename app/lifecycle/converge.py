@@ -101,10 +101,16 @@ class Converger:
             )
             template, inputs = kind.inputs(stack, subject, workspace)
         except StackError as exc:
-            self.lease.fail(claim, str(exc), None)
+            # A destroy whose code did not load is a failed destroy: retried, nothing leaks.
+            self.lease.fail(claim, str(exc), None, retry=operation == "destroy")
             return
         busy = status_during_apply(target.status) if operation == "apply" else Status.DESTROYING
-        clear_reason = busy is not Status.DESTROYING or not kind.keeps_reason_while_destroying
+        # A retried destroy drops the failure it retries: a success must not show it.
+        clear_reason = (
+            busy is not Status.DESTROYING
+            or not kind.keeps_reason_while_destroying
+            or target.status == Status.DESTROY_FAILED
+        )
 
         def begin(row: Any) -> None:
             row.status = busy

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from sqlmodel import col, select
 from app.db.models import Environment, Run, Silo, utcnow
 from app.db.session import Database
 from app.engine.runner import EngineRunner
+from app.lifecycle.backoff import destroy_retry_delay
 from app.lifecycle.converge import Converger
 from app.lifecycle.lease import Claim, LeaseLost, Mutate
 from app.lifecycle.runs import LineEcho, PhaseEcho
@@ -39,8 +41,6 @@ log = logging.getLogger("runbot.reconcile")
 
 Target = Silo | Environment
 Listener = Callable[[str, str, str], None]  # (kind, id, status): after every visible change
-
-RETRY_DELAYS = (10.0, 60.0, 300.0)  # automatic retries of failed destroys: nothing may leak
 
 
 def _key_column(model: type[Target]) -> Any:
@@ -76,8 +76,13 @@ class Reconciler:
         echo_phase: PhaseEcho | None = None,
         listeners: list[Listener] | None = None,
         git_limits: Callable[[], GitLimits] = GitLimits,
+        destroy_retry_base: float = 10.0,
+        destroy_retry_max: float = 1800.0,
     ) -> None:
         self.db = db
+        # A failed destroy is retried until it succeeds (nothing may leak), ever more slowly.
+        self.destroy_retry_base = destroy_retry_base
+        self.destroy_retry_max = destroy_retry_max
         self.max_concurrent_runs = max_concurrent_runs
         # Runs this process takes at once; the global cap still bounds all processes together.
         self.worker_concurrency = min(
@@ -350,18 +355,30 @@ class Reconciler:
         self.save(claim, mutate, release=True)
 
     def fail(self, claim: Claim, error: str, run_id: int | None, retry: bool = False) -> None:
+        """Record a failure. `retry` (a destroy): DESTROY_FAILED, and tried again after a
+        backoff, leaving the generation unobserved, until it succeeds or someone acts."""
+        delay = 0.0
+
         def mutate(row: Any) -> None:
-            row.status, row.reason = Status.FAILED, error
+            nonlocal delay
+            row.status, row.reason = (Status.DESTROY_FAILED if retry else Status.FAILED), error
             row.attempts += 1
             if run_id is not None and isinstance(row, Environment):
                 row.last_run_id = run_id
-            if retry and row.attempts <= len(RETRY_DELAYS):
-                # Leave the generation unobserved so the destroy is tried again later.
-                row.next_attempt_at = utcnow() + timedelta(seconds=RETRY_DELAYS[row.attempts - 1])
+            if retry:
+                delay = destroy_retry_delay(
+                    row.attempts,
+                    self.destroy_retry_base,
+                    self.destroy_retry_max,
+                    random.random(),
+                )
+                row.next_attempt_at = utcnow() + timedelta(seconds=delay)
             else:
                 row.observed_generation = claim.generation
 
         self.save(claim, mutate, release=True)
+        if retry:
+            log.warning("destroy of %s %s failed; retrying in %.1f s", claim.kind, claim.id, delay)
 
 
 async def cancel_quietly(task: asyncio.Task[Any]) -> None:

@@ -92,6 +92,13 @@ def _touch(target: Silo | Environment, session: Any) -> None:
         mark_pull_dirty(session, target.repository, target.pr_number)
 
 
+def _retry_destroy_now(target: Silo | Environment, session: Any) -> None:
+    """Someone asked again: a failed destroy runs at once, its backoff started afresh."""
+    target.attempts = 0
+    _touch(target, session)
+    session.add(target)
+
+
 class Lifecycle:
     def __init__(self, db: Database, catalog: Catalog, default_capacity: int = 20) -> None:
         self.db = db
@@ -163,6 +170,11 @@ class Lifecycle:
 
     def destroy_silo(self, name: str, force: bool = False) -> Silo:
         with self.db.session() as session:
+            failed = session.get(Silo, name)
+            if failed is not None and failed.status == Status.DESTROY_FAILED:
+                _retry_destroy_now(failed, session)  # asking again retries it now
+                session.commit()
+                return failed
             silo = self._live_silo(session, name)
             live = self._live_environments(session, name)
             if live and not force:
@@ -172,7 +184,9 @@ class Lifecycle:
                     " first, or pass --force to destroy them and then the silo"
                 )
             for env in live:
-                if env.desired != Desired.ABSENT:
+                if env.status == Status.DESTROY_FAILED:
+                    _retry_destroy_now(env, session)
+                elif env.desired != Desired.ABSENT:
                     env.desired, env.reason, env.trigger = (
                         Desired.ABSENT,
                         "silo destroyed",
@@ -489,9 +503,9 @@ class Lifecycle:
         with self.db.session() as session:
             env = self._load_env(session, env_id)
             if env.desired == Desired.ABSENT:
-                if env.status == Status.FAILED:  # a failed destroy: asking again retries it
-                    _touch(env, session)
-                    session.add(env)
+                # A failed destroy: asking again retries it now.
+                if env.status in (Status.FAILED, Status.DESTROY_FAILED):
+                    _retry_destroy_now(env, session)
                     session.commit()
                 return env
             env.desired, env.reason, env.trigger = Desired.ABSENT, reason, trigger
@@ -524,6 +538,16 @@ class Lifecycle:
                 .order_by(col(Environment.created_at).desc())
             )
             return session.exec(query).first()
+
+    def failed_destroys_for(self, repository: str, pr_number: int) -> list[Environment]:
+        """The PR's environments whose destroy failed and is being retried."""
+        with self.db.session() as session:
+            query = select(Environment).where(
+                Environment.repository == repository,
+                Environment.pr_number == pr_number,
+                Environment.status == Status.DESTROY_FAILED,
+            )
+            return list(session.exec(query))
 
     def live_environment_for(self, repository: str, pr_number: int) -> Environment | None:
         """The PR's current environment: not destroyed and not on its way out."""

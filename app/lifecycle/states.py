@@ -24,6 +24,8 @@ class Status(StrEnum):
     SLEEPING = "sleeping"
     FAILED = "failed"
     DESTROYING = "destroying"
+    #: A destroy failed: retried with backoff until it succeeds; the slot stays taken.
+    DESTROY_FAILED = "destroy_failed"
     DESTROYED = "destroyed"
 
 
@@ -65,6 +67,7 @@ MAY_HOLD_RESOURCES = frozenset(
         Status.SLEEPING,
         Status.FAILED,
         Status.DESTROYING,
+        Status.DESTROY_FAILED,
     }
 )
 LIVE = frozenset(
@@ -77,6 +80,7 @@ LIVE = frozenset(
         Status.SLEEPING,
         Status.FAILED,
         Status.DESTROYING,
+        Status.DESTROY_FAILED,
     }
 )
 BUSY = frozenset({Status.CREATING, Status.UPDATING, Status.DESTROYING})
@@ -99,9 +103,18 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     ),
     Status.SLEEPING: frozenset({Status.UPDATING, Status.DESTROYING, Status.SLEEPING}),
     Status.FAILED: frozenset({Status.CREATING, Status.UPDATING, Status.DESTROYING, Status.FAILED}),
-    Status.DESTROYING: frozenset({Status.DESTROYING, Status.DESTROYED, Status.FAILED}),
+    Status.DESTROYING: frozenset(
+        {Status.DESTROYING, Status.DESTROYED, Status.DESTROY_FAILED, Status.FAILED}
+    ),
+    # Retried until it succeeds; FAILED only for runbot's own internal errors.
+    Status.DESTROY_FAILED: frozenset(
+        {Status.DESTROYING, Status.DESTROY_FAILED, Status.DESTROYED, Status.FAILED}
+    ),
     Status.DESTROYED: frozenset({Status.DESTROYED}),
 }
+# A destroy whose stack did not even load (a git fetch failed) fails before it is DESTROYING.
+for _status in MAY_HOLD_RESOURCES:
+    TRANSITIONS[_status] = TRANSITIONS[_status] | {Status.DESTROY_FAILED}
 
 
 class TransitionError(Exception):

@@ -38,10 +38,13 @@ RUN_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
 class RunObserver:
     """Counts the runs one worker finished, each exactly once, without touching the worker."""
 
-    def __init__(self, db: Database, runs: Counter, durations: Histogram) -> None:
+    def __init__(
+        self, db: Database, runs: Counter, durations: Histogram, destroy_failures: Counter
+    ) -> None:
         self.db = db
         self.runs = runs
         self.durations = durations
+        self.destroy_failures = destroy_failures
         self._after = 0  # every run id <= this was seen, finished or in `_open`
         self._open: set[int] = set()
         self._lock = threading.Lock()
@@ -66,6 +69,8 @@ class RunObserver:
             self._open.discard(run.id)
             stack = stacks.get((run.target_kind, run.target_id), "")
             self.runs.labels(run.operation, stack, run.status).inc()
+            if run.operation == "destroy" and run.status == "failed":
+                self.destroy_failures.labels(run.target_kind, stack).inc()
             seconds = max((run.finished_at - run.started_at).total_seconds(), 0.0)
             self.durations.labels(run.operation, stack).observe(seconds)
 
@@ -113,7 +118,19 @@ class StateCollector(Collector):
             "Age of the oldest waiting item per queue",
             labels=["queue"],
         )
+        stuck = GaugeMetricFamily(
+            "runbot_destroy_stuck",
+            "Environments and silos whose destroy failed and is being retried (destroy_failed)",
+            labels=["kind"],
+        )
         with self.db.session() as session:
+            for kind, model in (("environment", Environment), ("silo", Silo)):
+                n = session.exec(
+                    select(func.count())
+                    .select_from(model)
+                    .where(model.status == Status.DESTROY_FAILED)
+                ).one()
+                stuck.add_metric([kind], n)
             counts = dict(
                 session.exec(
                     select(Environment.status, func.count())
@@ -155,7 +172,7 @@ class StateCollector(Collector):
             ).one()
             depth.add_metric(["notify"], n)
             age.add_metric(["notify"], _age(_aware(first), now))
-        yield from (envs, silos, depth, age)
+        yield from (envs, silos, depth, age, stuck)
 
 
 def _aware(value: datetime | str | None) -> datetime | None:
@@ -217,7 +234,14 @@ class Metrics:
             buckets=RUN_BUCKETS,
             registry=self.registry,
         )
-        self.observer = RunObserver(db, runs, durations)
+        destroy_failures = Counter(
+            "runbot_destroy_failures",
+            "Destroys that failed in runs finished by this process, by target kind and stack"
+            " (each is retried until it succeeds)",
+            ["kind", "stack"],
+            registry=self.registry,
+        )
+        self.observer = RunObserver(db, runs, durations, destroy_failures)
         self.worker_id = worker_id
         self.registry.register(StateCollector(db))
         self.registry.register(GitHubCollector())

@@ -131,6 +131,8 @@ class Service:
             destroyed_at=env.destroyed_at,
             last_run_id=env.last_run_id,
             outputs=public_outputs(env.outputs),
+            retry_at=_retry_at(env),
+            failed_attempts=env.attempts,
         )
 
     def _silo_out(self, session: Any, silo: Silo, principal: Principal) -> SiloOut:
@@ -160,6 +162,8 @@ class Service:
             created_at=silo.created_at,
             updated_at=silo.updated_at,
             outputs=public_outputs(silo.outputs),
+            retry_at=_retry_at(silo),
+            failed_attempts=silo.attempts,
         )
 
     @staticmethod
@@ -555,6 +559,10 @@ class Service:
         self.wake()
         silo = await run_in_threadpool(self.get_silo, principal, name)
         return ActionOut(message=message, silo=silo)
+
+
+def _retry_at(target: Environment | Silo) -> datetime | None:
+    return target.next_attempt_at if target.status == Status.DESTROY_FAILED else None
 
 
 def _duration_arg(by: str | None) -> timedelta:

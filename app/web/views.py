@@ -61,6 +61,10 @@ class EnvironmentOut(BaseModel):
     destroyed_at: datetime | None
     last_run_id: int | None
     outputs: dict[str, Any] = Field(description="Instance outputs; sensitive values masked")
+    retry_at: datetime | None = Field(
+        default=None, description="destroy_failed: when the destroy is retried by itself"
+    )
+    failed_attempts: int = Field(default=0, description="Failed runs in a row")
 
 
 class SiloOut(BaseModel):
@@ -75,6 +79,10 @@ class SiloOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     outputs: dict[str, Any] = Field(description="Silo outputs; sensitive values masked")
+    retry_at: datetime | None = Field(
+        default=None, description="destroy_failed: when the destroy is retried by itself"
+    )
+    failed_attempts: int = Field(default=0, description="Failed runs in a row")
 
 
 class RunOut(BaseModel):
