@@ -12,17 +12,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import delete, text
+from alembic import command
+from sqlalchemy import delete, inspect, text
 from sqlmodel import select
 from typer.testing import CliRunner
 
 from app.cli.main import cli
 from app.db.models import Environment, Run, Silo, TargetRecord
+from app.db.session import Database
 from app.engine.backends import local_state_file, schema_name
 from app.lifecycle.orphans import (
     FoundProcess,
@@ -289,7 +290,8 @@ def test_kill_9_between_an_apply_and_its_record(tmp_path: Path, port_base: int) 
 def test_the_tick_shows_orphans_on_the_dashboard_and_in_metrics(
     tmp_path: Path, fake_github: FakeGitHub, port_base: int
 ) -> None:
-    settings = app_settings(tmp_path, fake_github, orphan_sweep_interval=5)
+    token = "orphans-operator-token-0123456789"
+    settings = app_settings(tmp_path, fake_github, api_token=token, orphan_sweep_interval=5)
     with AppServer(settings) as server:
         rt = server.runtime
         env = up(rt, "tick", port_base)
@@ -307,10 +309,26 @@ def test_the_tick_shows_orphans_on_the_dashboard_and_in_metrics(
             )
 
         wait_for(lambda: gauge().endswith(" 1.0"), timeout=30)
-        page = server.operator_get("/orphans")
+        page = httpx.get(
+            f"{server.url}/orphans", headers={"Authorization": f"Bearer {token}"}, timeout=5
+        )
         assert page.status_code == 200
         assert f"env-{env.id}" in page.text and "state-without-target" in page.text
-        time.sleep(0)  # the tick never destroys: the server still runs
+        # The tick only lists: the server still runs until the operator destroys it.
         assert len(processes_matching(f"--instance-id {env.id}")) == 1
         code, out = orphans_cli(rt, "--destroy")
         assert code == 0, out
+
+
+def test_migration_0014_adds_and_removes_the_target_record_table(database_url: str) -> None:
+    db = Database(database_url)
+    config = db._alembic_config()
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0014")
+    assert "targetrecord" in inspect(db.engine).get_table_names()
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0012")
+    assert "targetrecord" not in inspect(db.engine).get_table_names()
+    db.dispose()
