@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from app.db.session import Database
 from app.engine.runner import EngineRunner
 from app.lifecycle.reconcile import Reconciler
 from app.lifecycle.service import Lifecycle
+from app.lifecycle.sweep import OrphanSweep
 from app.policy.merge import git_hosts_anywhere
 from app.policy.store import PolicyStore
 from app.settings import Settings
@@ -37,6 +39,18 @@ class Runtime:
         }
         options.update(overrides)
         return Reconciler(self.db, self.catalog, self.runner, self.settings.data_dir, **options)
+
+    @cached_property
+    def orphans(self) -> OrphanSweep:
+        """The orphan sweep; one per runtime, so its latest report is what the tick found."""
+        return OrphanSweep(
+            self.db,
+            self.catalog,
+            self.runner,
+            self.lifecycle,
+            self.settings.data_dir,
+            self.git_limits,
+        )
 
     def git_limits(self) -> GitLimits:
         """The RUNBOT_GIT_* settings, with the hosts of the policy in force right now."""

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)  # across all replicas
     worker_concurrency: int | None = Field(default=None, ge=1, le=256)  # per process
     scheduler_interval: float = Field(default=30.0, gt=0, le=86400)
+    # How often the orphan sweep compares state and local-stack processes with the targets.
+    orphan_sweep_interval: float = Field(default=300.0, ge=5, le=86400)
     # Handled deliveries are kept this long, then deleted: their ids are what recognises a
     # redelivery, and GitHub lets people redeliver the past 3 days' deliveries.
     delivery_retention_days: float = Field(default=14.0, ge=3, le=3650)

@@ -199,6 +199,12 @@ class Workers:
         self.reconciler.wakeup.set()
         self.notifier.wakeup.set()
 
+    async def sweep_orphans(self) -> None:
+        try:
+            await self.rt.orphans.tick()
+        except Exception:
+            log.exception("orphan sweep failed")
+
     async def resync(self) -> None:
         try:
             await self.intent.resync()
@@ -215,7 +221,13 @@ class Workers:
             asyncio.create_task(self.notifier.run(self.stop, poll_interval=poll), name="notify"),
         ]
         # TTL reaper, expiry warnings, resync, stale-lease recovery
-        register_ticks(self.scheduler, self.ticks, self.resync, self.rt.settings.scheduler_interval)
+        register_ticks(
+            self.scheduler,
+            self.ticks,
+            self.resync,
+            self.rt.settings.scheduler_interval,
+            orphans=(self.sweep_orphans, self.rt.settings.orphan_sweep_interval),
+        )
         self.scheduler.start()
         # The operator policy: reread when its file changes, and on SIGHUP.
         self.tasks.append(asyncio.create_task(self.rt.policy.watch(self.stop), name="policy"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from app.cli import install, process
+from app.cli.orphans import orphans
 from app.cli.policy import policy_cli
 from app.cli.targets import env_cli, silo_cli
 
@@ -25,6 +26,7 @@ cli.command("receive")(process.receive)
 cli.command("demo")(process.demo)
 cli.command("setup")(install.setup)
 cli.command("doctor")(install.doctor)
+cli.command("orphans")(orphans)
 
 
 def main() -> None:

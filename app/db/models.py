@@ -293,6 +293,29 @@ class Run(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class TargetRecord(SQLModel, table=True):
+    """What runbot applied to one engine target, kept until its state is destroyed.
+
+    Written before each apply, so neither a `kill -9` mid-apply nor a target row deleted by
+    hand loses the template and inputs that the orphan sweep (`app.lifecycle.sweep`) needs
+    to destroy what the state still holds.
+    """
+
+    name: str = Field(primary_key=True, max_length=80)  # the engine target: "env-pr-42-k3x9q"
+    kind: str = Field(max_length=20)  # "silo" | "environment"
+    target_id: str = Field(max_length=63)
+    stack: str = Field(max_length=200)
+    #: The stack's source as applied, its commit pinned (`Silo.stack_source`).
+    stack_source: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    variables: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: Names of variables whose values are secret: scrubbed from the destroy's log.
+    sensitive: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    declared_backend: str | None = Field(default=None, max_length=40)
+    recorded_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 class RunLogChunk(SQLModel, table=True):
     """Log lines are appended in chunks so a run's log can be tailed while it is still going."""
 

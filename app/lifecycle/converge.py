@@ -29,6 +29,7 @@ from app.lifecycle.kinds import (
     Wait,
 )
 from app.lifecycle.lease import Claim, Lease
+from app.lifecycle.records import drop_record, record_apply
 from app.lifecycle.runs import LineEcho, PhaseEcho, Runs
 from app.lifecycle.scrub import scrub_run_log
 from app.lifecycle.states import Action, Desired, Status, plan_action, status_during_apply
@@ -131,6 +132,19 @@ class Converger:
         config_sha = getattr(target, "config_sha", None)  # environments only
         run = self.runs.new(claim, operation, trigger, head_sha, commit, config_sha)
         self.lease.save(claim, begin, start_run=run)
+        if operation == "apply":
+            pinned = {**target.stack_source, "commit": commit} if commit else target.stack_source
+            record_apply(
+                self.db,
+                name,
+                claim.kind,
+                claim.id,
+                target.stack,
+                pinned,
+                inputs,
+                sorted(k for k, v in inputs.items() if v in job.redact),
+                template.backend,
+            )
         workspace.mkdir(parents=True, exist_ok=True)
         outputs, error, _tail = await self.runs.execute(claim, run, kind.label(target), job)
         scrub_run_log(self.db, run.id, outputs)  # before the outcome shows: comments quote it
@@ -145,6 +159,7 @@ class Converger:
         else:
             self.runner.forget(name)
             shutil.rmtree(workspace, ignore_errors=True)
+            drop_record(self.db, name)
             self._conclude(claim, subject, kind.destroyed(subject, claim))
 
     def _conclude(self, claim: Claim, subject: Subject[Any], outcome: Outcome) -> None:
@@ -157,41 +172,7 @@ class Converger:
                 self._kick_queued(subject.silo.name)
 
     def _load_stack(self, name: str, source: dict[str, Any]) -> tuple[Stack, str]:
-        """The stack's code, pinned to the recorded commit for git stacks."""
-        kind = source.get("kind", "catalog")
-        if kind == "catalog":
-            return self.catalog.get(name), ""  # parsed once per template change
-        if kind == "git":
-            path, commit = fetch_git_stack(
-                source["url"],
-                source.get("ref", ""),
-                source.get("path", ""),
-                self.data_dir / "stacks-cache",
-                env=None,
-                commit=source.get("commit") or None,
-                limits=self.git_limits(),
-            )
-            return load_stack(
-                name,
-                path,
-                StackSource(
-                    kind="git",
-                    url=source["url"],
-                    ref=source.get("ref", ""),
-                    path=source.get("path", ""),
-                    commit=commit,
-                ),
-            ), commit
-        if kind == "repo":
-            # A stack stored in the PR's repository, fetched at the config's commit into `url`.
-            source_record = StackSource(
-                kind="repo",
-                url=source["url"],
-                path=source.get("path", ""),
-                commit=source.get("commit", ""),
-            )
-            return load_stack(name, Path(source["url"]), source_record), source_record.commit
-        raise StackError(f"unknown stack source kind '{kind}'")
+        return load_pinned_stack(self.catalog, self.data_dir, name, source, self.git_limits())
 
     def _refresh_instances(self, silo_name: str) -> None:
         """Silo outputs feed instance inputs: re-apply live instances when they change."""
@@ -221,3 +202,43 @@ class Converger:
             )
             session.commit()
         self.more_work()
+
+
+def load_pinned_stack(
+    catalog: Catalog, data_dir: Path, name: str, source: dict[str, Any], limits: GitLimits
+) -> tuple[Stack, str]:
+    """The stack's code, pinned to the recorded commit for git stacks."""
+    kind = source.get("kind", "catalog")
+    if kind == "catalog":
+        return catalog.get(name), ""  # parsed once per template change
+    if kind == "git":
+        path, commit = fetch_git_stack(
+            source["url"],
+            source.get("ref", ""),
+            source.get("path", ""),
+            data_dir / "stacks-cache",
+            env=None,
+            commit=source.get("commit") or None,
+            limits=limits,
+        )
+        return load_stack(
+            name,
+            path,
+            StackSource(
+                kind="git",
+                url=source["url"],
+                ref=source.get("ref", ""),
+                path=source.get("path", ""),
+                commit=commit,
+            ),
+        ), commit
+    if kind == "repo":
+        # A stack stored in the PR's repository, fetched at the config's commit into `url`.
+        source_record = StackSource(
+            kind="repo",
+            url=source["url"],
+            path=source.get("path", ""),
+            commit=source.get("commit", ""),
+        )
+        return load_stack(name, Path(source["url"]), source_record), source_record.commit
+    raise StackError(f"unknown stack source kind '{kind}'")

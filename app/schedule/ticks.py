@@ -359,6 +359,7 @@ def register_ticks(
     ticks: Ticks,
     resync: Callable[[], Awaitable[None]],
     interval: float,
+    orphans: tuple[Callable[[], Awaitable[object]], float] | None = None,
 ) -> None:
     """Add the ticks to the process's scheduler (`runbot serve` and `runbot worker` alike)."""
 
@@ -375,6 +376,8 @@ def register_ticks(
         ("prune_deliveries", ticks.prune_deliveries, 3600.0),
         ("prune_retained", ticks.prune_retained, 3600.0),
     ]
+    if orphans is not None:
+        jobs.append(("orphan_sweep", orphans[0], orphans[1]))  # state and processes vs targets
     for job_id, func_, seconds in jobs:
         scheduler.add_job(
             func_,

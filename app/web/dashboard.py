@@ -477,6 +477,20 @@ class Dashboard:
 
             return await guarded(request, show)
 
+        @router.get("/orphans", response_class=HTMLResponse)
+        async def orphans(request: Request) -> Response:
+            async def show(principal: Principal, session: Session, new: bool) -> Response:
+                if not principal.operator:
+                    return self.error_page(
+                        request, session, new, 403, "orphans are for operators (RUNBOT_ADMINS)"
+                    )
+                report = service.rt.orphans.latest
+                return self.render(
+                    request, "orphans.html", principal, session, new, report=report, now=utcnow()
+                )
+
+            return await guarded(request, show)
+
         @router.get("/silos/{name}", response_class=HTMLResponse)
         async def silo(request: Request, name: str) -> Response:
             async def show(principal: Principal, session: Session, new: bool) -> Response:

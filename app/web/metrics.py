@@ -16,6 +16,7 @@ Each app gets its own registry, so several apps in one process (tests) never col
 from __future__ import annotations
 
 import threading
+from collections import Counter as Counter_
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
@@ -29,7 +30,9 @@ from app.db.models import Delivery, Environment, PullRequest, Run, Silo, utcnow
 from app.db.session import Database
 from app.github.intake import HANDLED_EVENTS
 from app.github.transport import GATEWAY_STATS
+from app.lifecycle.orphans import OrphanKind
 from app.lifecycle.states import Status
+from app.lifecycle.sweep import SweepReport
 
 KNOWN_EVENTS = HANDLED_EVENTS | {"push", "check_run", "deployment", "deployment_status"}
 RUN_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
@@ -184,6 +187,32 @@ def _aware(value: datetime | str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=utcnow().tzinfo)
 
 
+class OrphanCollector(Collector):
+    """The orphans the latest sweep on this host found, by kind (absent before the first)."""
+
+    def __init__(self, latest: Callable[[], SweepReport | None]) -> None:
+        self.latest = latest
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.latest()
+        if report is None:
+            return
+        gauge = GaugeMetricFamily(
+            "runbot_orphans",
+            "Orphans the latest sweep found on this host: state no live target owns, targets"
+            " whose state vanished, local-stack servers of no live environment",
+            labels=["kind"],
+        )
+        counts = Counter_(o.kind for o in report.orphans)
+        for kind in OrphanKind:
+            gauge.add_metric([kind.value], counts.get(kind, 0))
+        swept = GaugeMetricFamily(
+            "runbot_orphan_sweep_timestamp_seconds", "When the latest orphan sweep ran"
+        )
+        swept.add_metric([], report.at.timestamp())
+        yield from (gauge, swept)
+
+
 class GitHubCollector(Collector):
     """The gateway's process-wide call counters, as Prometheus counters."""
 
@@ -213,7 +242,12 @@ class GitHubCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, db: Database, worker_id: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        worker_id: Callable[[], str | None],
+        orphans: Callable[[], SweepReport | None] = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.deliveries = Counter(
             "runbot_deliveries",
@@ -245,6 +279,7 @@ class Metrics:
         self.worker_id = worker_id
         self.registry.register(StateCollector(db))
         self.registry.register(GitHubCollector())
+        self.registry.register(OrphanCollector(orphans))
 
     def count_delivery(self, event: str, outcome: str) -> None:
         # The event header is unauthenticated until the signature is checked: bound the labels.

@@ -51,7 +51,7 @@ def mount_web(app: FastAPI, rt: Runtime, hooks: WebHooks) -> Web:
     gateway, wake, worker_id = hooks.gateway, hooks.wake, hooks.worker_id
     auth = Authenticator(rt.settings, gateway, rt.db)
     service = Service(rt, auth, wake)
-    metrics = Metrics(rt.db, worker_id)
+    metrics = Metrics(rt.db, worker_id, lambda: rt.orphans.latest)
     dashboard = Dashboard(service, auth)
 
     app.include_router(api_router(service, auth))
