@@ -116,8 +116,10 @@ def test_wait_for_ci_does_not_wait_for_runbots_own_check_suite(
         assert deliver(server.webhook_url, "check_suite", suite, WEBHOOK_SECRET).status_code < 300
         lifecycle = server.runtime.lifecycle
         wait_for(
-            lambda: (env := lifecycle.live_environment_for(REPO, 1)) is not None
-            and env.status == Status.READY,
+            lambda: (
+                (env := lifecycle.live_environment_for(REPO, 1)) is not None
+                and env.status == Status.READY
+            ),
             timeout=90,
         )
         wait_for(lambda: concluded(fake, A, "success"), timeout=30)
