@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     github_app_slug: str | None = None
     github_client_id: str | None = None
     github_client_secret: str | None = None
+    #: Opt-in: delete a closed PR's GitHub environment too (needs `administration: write`).
+    github_delete_environments: bool = False
 
     # Storage and templates
     database_url: str | None = None

@@ -69,8 +69,9 @@ PERMISSIONS: dict[str, tuple[str, str]] = {
         "create a Deployment per environment and set its status and URL",
     ),
     "checks": (
-        "read",
-        "`wait_for_ci`: read the head commit's check suites and receive `check_suite` events",
+        "write",
+        "keep the `runbot` check run on each PR's head commit; `wait_for_ci`: read the head"
+        " commit's check suites and receive `check_suite` events",
     ),
     "statuses": (
         "read",

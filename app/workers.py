@@ -108,6 +108,7 @@ class Workers:
             lease_seconds=settings.lease_seconds,
             policy_for=rt.policy.policy_for,
             host_paths=(str(settings.data_dir.absolute()), str(settings.templates_dir.absolute())),
+            delete_environments=settings.github_delete_environments,
         )
         commands = CommandHandler(
             rt.db,

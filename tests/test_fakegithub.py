@@ -428,7 +428,7 @@ def test_schema_invalid_request_is_recorded(fake: FakeGitHub) -> None:
 
 
 def test_unsupported_endpoint_is_a_violation(fake: FakeGitHub) -> None:
-    response = httpx.delete(f"{fake.url}/repos/octo-org/hello/deployments/1")
+    response = httpx.delete(f"{fake.url}/repos/octo-org/hello/labels/bug")
     assert response.status_code == 404
     assert [v.kind for v in fake.violations] == ["unsupported"]
 

@@ -83,7 +83,7 @@ def test_manifest_asks_for_the_minimal_permissions_and_events() -> None:
         "pull_requests": "write",
         "issues": "write",
         "deployments": "write",
-        "checks": "read",
+        "checks": "write",
         "statuses": "read",
     }
     assert manifest["default_events"] == ["pull_request", "issue_comment", "check_suite", "status"]

@@ -216,6 +216,17 @@ class PullRequest(SQLModel, table=True):
     deployment_id: int | None = Field(default=None, sa_type=BigInteger)
     deployment_key: str | None = Field(default=None, max_length=140)  # env id + sha it belongs to
     deployment_state: str | None = Field(default=None, max_length=20)
+    #: The `runbot` check run on a head commit: its id, commit, what it last showed
+    #: (`app.github.writes.CheckRunWant.digest`) and whether it was completed.
+    check_run_id: int | None = Field(default=None, sa_type=BigInteger)
+    check_run_sha: str | None = Field(default=None, max_length=64)
+    check_run_digest: str | None = Field(default=None, max_length=64)
+    check_run_done: bool | None = None
+    #: `.runbot.yml` `comments: quiet` and `deployments: keep`, as last read.
+    quiet: bool | None = None
+    keep_deployments: bool | None = None
+    #: The environment whose inactive deployments were deleted after the PR closed.
+    tidied_env: str | None = Field(default=None, max_length=63)
     warned_digest: str | None = Field(default=None, max_length=64)
     sync_version: int = 1
     synced_version: int = 0

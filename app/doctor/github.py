@@ -15,7 +15,7 @@ from app.setup import EVENTS, PERMISSIONS
 #: GitHub's manifest flow generates 40 characters; anything much shorter is guessable.
 MIN_WEBHOOK_SECRET_LENGTH = 32
 #: Permissions and events only `wait_for_ci` needs: missing ones are a warning, not a failure.
-CI_PERMISSIONS = frozenset({"checks", "statuses"})
+CI_PERMISSIONS = frozenset({"statuses"})
 CI_EVENTS = frozenset({"check_suite", "status"})
 _LEVELS = ("none", "read", "write", "admin")
 

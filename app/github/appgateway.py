@@ -13,9 +13,13 @@ from githubkit.utils import UNSET
 
 from app.access.roles import Role, role_from_permission
 from app.github.gateway import (
+    CHECK_NAME,
     REACTIONS,
+    CheckRunFields,
     GitHubError,
     NotFoundOnGitHub,
+    RetryLater,
+    check_run_body,
     check_tree_limits,
     fit_comment,
     fit_status_description,
@@ -73,6 +77,8 @@ class GitHubAppGateway:
     def __init__(self, settings: Settings, **options: Unpack[TransportOptions]) -> None:
         self._transport = GitHubTransport(settings, **options)
         self._slug = settings.github_app_slug
+        #: runbot's own App: its check suite is never something `wait_for_ci` waits for.
+        self._app_id = settings.github_app_id
 
     @property
     def min_write_interval(self) -> float:
@@ -326,6 +332,103 @@ class GitHubAppGateway:
             ),
         )
 
+    async def list_deployments(
+        self, installation_id: int | None, repo: str, environment: str
+    ) -> list[int]:
+        owner, name = split_repo(repo)
+        bot = (await self._bot_login()).lower()
+        found: list[int] = []
+        pages = self._transport.pages(
+            installation_id,
+            repo,
+            f"list the deployments of {repo} to {environment}",
+            lambda gh, page: gh.rest.repos.async_list_deployments(
+                owner, name, environment=environment, per_page=PER_PAGE, page=page
+            ),
+        )
+        async for response in pages:
+            for item in _payload(response):
+                if str(at(item, "creator", "login", default="")).lower() == bot:
+                    found.append(int(at(item, "id")))
+        return found
+
+    async def delete_deployment(
+        self, installation_id: int | None, repo: str, deployment_id: int
+    ) -> None:
+        owner, name = split_repo(repo)
+
+        async def delete() -> None:
+            await self._transport.call(
+                installation_id,
+                repo,
+                f"delete deployment {deployment_id} of {repo}",
+                "DELETE",
+                lambda gh: gh.arequest(
+                    "DELETE", f"/repos/{owner}/{name}/deployments/{deployment_id}"
+                ),
+            )
+
+        try:
+            await delete()
+        except NotFoundOnGitHub:
+            return  # already gone
+        except GitHubError as exc:
+            if isinstance(exc, RetryLater):
+                raise
+            # 422: GitHub only deletes inactive deployments. Make it inactive, then retry.
+            await self.create_deployment_status(
+                installation_id, repo, deployment_id, "inactive", None, None, "PR closed"
+            )
+            await delete()
+
+    async def delete_environment(
+        self, installation_id: int | None, repo: str, environment: str
+    ) -> None:
+        owner, name = split_repo(repo)
+        try:
+            await self._transport.call(
+                installation_id,
+                repo,
+                f"delete the environment {environment} of {repo} (needs administration: write)",
+                "DELETE",
+                lambda gh: gh.arequest(
+                    "DELETE", f"/repos/{owner}/{name}/environments/{quote(environment, safe='')}"
+                ),
+            )
+        except NotFoundOnGitHub:
+            return
+
+    # ------------------------------------------------------------------ check runs
+
+    async def create_check_run(
+        self, installation_id: int | None, repo: str, sha: str, fields: CheckRunFields
+    ) -> int:
+        owner, name = split_repo(repo)
+        body = {"name": CHECK_NAME, "head_sha": sha, **check_run_body(fields)}
+        response = await self._transport.call(
+            installation_id,
+            repo,
+            f"create the runbot check run on {repo}@{sha[:12]} (needs checks: write)",
+            "POST",
+            lambda gh: gh.arequest("POST", f"/repos/{owner}/{name}/check-runs", json=body),
+        )
+        return int(at(_payload(response), "id"))
+
+    async def update_check_run(
+        self, installation_id: int | None, repo: str, check_run_id: int, fields: CheckRunFields
+    ) -> None:
+        owner, name = split_repo(repo)
+        body = check_run_body(fields)
+        await self._transport.call(
+            installation_id,
+            repo,
+            f"update check run {check_run_id} of {repo}",
+            "PATCH",
+            lambda gh: gh.arequest(
+                "PATCH", f"/repos/{owner}/{name}/check-runs/{check_run_id}", json=body
+            ),
+        )
+
     # ------------------------------------------------------------------ people, pulls, CI
 
     async def permission(self, installation_id: int | None, repo: str, username: str) -> Role:
@@ -399,7 +502,8 @@ class GitHubAppGateway:
     async def ci_state(self, installation_id: int | None, repo: str, sha: str) -> str:
         """``success``, ``pending`` or ``failure`` over check suites and commit statuses.
 
-        A failure anywhere wins over pending (no point waiting for the rest). Suites that
+        runbot's own suite (its `runbot` check run) is left out. A failure anywhere wins
+        over pending (no point waiting for the rest). Suites that
         are queued with no runs belong to apps that never run on this repository; GitHub
         leaves them queued forever, so they are ignored. A combined status of ``pending``
         with zero statuses means no status was ever set, so it counts as success.
@@ -416,6 +520,8 @@ class GitHubAppGateway:
         )
         async for response in pages:
             for suite in at(_payload(response), "check_suites") or []:
+                if self._own_suite(suite):
+                    continue  # runbot's own check run: waiting for it would wait forever
                 status = at(suite, "status")
                 conclusion = at(suite, "conclusion")
                 if status == "completed":
@@ -442,6 +548,12 @@ class GitHubAppGateway:
         if "failure" in states:
             return "failure"
         return "pending" if "pending" in states else "success"
+
+    def _own_suite(self, suite: Any) -> bool:
+        app_id, slug = at(suite, "app", "id"), at(suite, "app", "slug")
+        if self._app_id is not None and app_id is not None:
+            return str(app_id) == str(self._app_id)
+        return bool(self._slug) and slug == self._slug
 
     # ------------------------------------------------------------------ the App itself
 

@@ -291,6 +291,11 @@ class RepoConfig(BaseModel):
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
     max_environments: Annotated[int, Field(strict=True, ge=1, le=1000)] = 10
     wait_for_ci: Annotated[bool, Field(strict=True)] = False
+    #: `quiet`: no status comment, only replies to commands and failures (the check run and
+    #: the deployment carry the status).
+    comments: Literal["all", "quiet"] = "all"
+    #: `keep`: leave a closed PR's inactive deployments on GitHub instead of deleting them.
+    deployments: Literal["delete", "keep"] = "delete"
 
     @field_validator("stack", mode="before")
     @classmethod

@@ -36,6 +36,8 @@ _EXAMPLES: dict[str, str] = {
     "labels": "stack: local\nlabels:\n  require: [preview]",
     "max_environments": "stack: local\nmax_environments: 10  # between 1 and 1000",
     "wait_for_ci": "stack: local\nwait_for_ci: false",
+    "comments": "stack: local\ncomments: quiet  # or: all (the default)",
+    "deployments": "stack: local\ndeployments: keep  # or: delete (the default)",
 }
 _DOCUMENT_EXAMPLE = "stack: local\nttl:\n  idle: 48h\n  max: 7d\nmax_environments: 10"
 

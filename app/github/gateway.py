@@ -18,23 +18,27 @@ Failure contract for callers (the notifier and the webhook workers):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeGuard, get_args, runtime_checkable
 
 from app.access.roles import Role
 from app.github.payloads import PullFacts
 
 __all__ = [
+    "CHECK_NAME",
     "DEPLOYMENT_STATES",
     "MAX_COMMENT_CHARS",
     "MAX_TREE_BYTES",
     "MAX_TREE_FILES",
     "REACTIONS",
+    "CheckRunFields",
     "DeploymentState",
     "Gateway",
     "GitHubError",
     "NotFoundOnGitHub",
     "Reaction",
     "RetryLater",
+    "check_run_body",
     "check_tree_limits",
     "fit_comment",
     "fit_status_description",
@@ -48,6 +52,8 @@ logger = logging.getLogger(__name__)
 #: (a monorepo root) fails fast instead of downloading the world.
 MAX_TREE_FILES = 200
 MAX_TREE_BYTES = 1_000_000
+#: The name of runbot's check run on a PR's head commit.
+CHECK_NAME = "runbot"
 #: GitHub rejects issue comments longer than 65,536 characters.
 MAX_COMMENT_CHARS = 65_536
 #: GitHub rejects deployment status descriptions longer than 140 characters.
@@ -85,6 +91,17 @@ class RetryLater(GitHubError):
 
 class NotFoundOnGitHub(GitHubError):
     """The repository, comment, file or installation does not exist (any more)."""
+
+
+@dataclass(frozen=True)
+class CheckRunFields:
+    """What a check run shows; ``conclusion`` only with ``status="completed"``."""
+
+    status: str  # queued | in_progress | completed
+    title: str
+    summary: str
+    conclusion: str | None = None
+    details_url: str | None = None
 
 
 @runtime_checkable
@@ -136,6 +153,30 @@ class Gateway(Protocol):
         description: str,
     ) -> None: ...
 
+    async def list_deployments(
+        self, installation_id: int | None, repo: str, environment: str
+    ) -> list[int]:
+        """The ids of the App's own deployments to ``environment``."""
+        ...
+
+    async def delete_deployment(
+        self, installation_id: int | None, repo: str, deployment_id: int
+    ) -> None:
+        """Delete it, marking it inactive first if GitHub says it is still active."""
+        ...
+
+    async def delete_environment(
+        self, installation_id: int | None, repo: str, environment: str
+    ) -> None: ...
+
+    async def create_check_run(
+        self, installation_id: int | None, repo: str, sha: str, fields: CheckRunFields
+    ) -> int: ...
+
+    async def update_check_run(
+        self, installation_id: int | None, repo: str, check_run_id: int, fields: CheckRunFields
+    ) -> None: ...
+
     async def permission(self, installation_id: int | None, repo: str, username: str) -> Role: ...
 
     async def list_open_pulls(self, installation_id: int | None, repo: str) -> list[PullFacts]: ...
@@ -165,6 +206,19 @@ def fit_comment(body: str) -> str:
     note = "\n\n… (truncated: the full text is in runbot's run log)"
     logger.warning("comment of %d characters truncated to GitHub's limit", len(body))
     return body[: MAX_COMMENT_CHARS - len(note)] + note
+
+
+def check_run_body(fields: CheckRunFields) -> dict[str, Any]:
+    """The Checks API body of a check run's state (title and summary within GitHub's limits)."""
+    body: dict[str, Any] = {
+        "status": fields.status,
+        "output": {"title": fields.title[:255], "summary": fields.summary[:65_535]},
+    }
+    if fields.conclusion is not None:
+        body["conclusion"] = fields.conclusion
+    if fields.details_url is not None:
+        body["details_url"] = fields.details_url
+    return body
 
 
 def fit_status_description(description: str) -> str:

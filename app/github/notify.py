@@ -26,6 +26,7 @@ commenters below triage): a flood of commands never stands between a PR and its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -48,7 +49,13 @@ from app.github.comment import (
     render_config_error,
     render_status_comment,
 )
-from app.github.gateway import Gateway, GitHubError, NotFoundOnGitHub, RetryLater
+from app.github.gateway import (
+    CheckRunFields,
+    Gateway,
+    GitHubError,
+    NotFoundOnGitHub,
+    RetryLater,
+)
 from app.github.installations import WriteGate, cutoff, record_of, write_gate
 from app.github.public import public_text
 from app.github.status import status_view
@@ -59,7 +66,7 @@ from app.github.writes import (
     WriteKind,
     at_rest,
     digest,
-    next_deployment_write,
+    next_followup_write,
     next_write,
 )
 from app.lifecycle.states import Status
@@ -67,7 +74,16 @@ from app.policy.model import Policy
 
 log = logging.getLogger("runbot.notify")
 
-_DEPLOYMENT_KINDS = frozenset({WriteKind.DEPLOYMENT, WriteKind.DEPLOYMENT_STATUS})
+#: The writes that follow the status comment (after other PRs' comments).
+_DEPLOYMENT_KINDS = frozenset(
+    {
+        WriteKind.DEPLOYMENT,
+        WriteKind.DEPLOYMENT_STATUS,
+        WriteKind.CHECK_RUN,
+        WriteKind.CHECK_RUN_UPDATE,
+        WriteKind.TIDY,
+    }
+)
 
 BACKOFF = (2.0, 5.0, 15.0, 60.0, 300.0)
 #: How long a state in flux is held before it is shown, in write intervals (pacing). Without
@@ -117,8 +133,11 @@ class Notifier:
         lease_seconds: float = 60.0,
         policy_for: Callable[[str], Policy] | None = None,
         host_paths: Sequence[str] = (),
+        delete_environments: bool = False,
     ) -> None:
         self.db = db
+        #: The operator's opt-in: delete a closed PR's GitHub environment (`administration`).
+        self.delete_environments = delete_environments
         #: The operator policy in force for a repository (its `quote_logs`).
         self.policy_for = policy_for or (lambda repository: Policy())
         #: Never named in a comment: the data dir, the catalog, working directories.
@@ -345,8 +364,6 @@ class Notifier:
             return self._deployment(pull, current.env, current.view)
         env = self._environment_of(pull)
         view = self.view(pull, env)
-        if env is None or view is None:
-            return None
         just_created = pull.deployment_id is not None and pull.deployment_state is None
         if pull.sync_version != current.version and not just_created:
             return None
@@ -408,8 +425,10 @@ class Notifier:
             view=view if outcome else None,
         )
 
-    def _deployment(self, pull: PullRequest, env: Environment, view: StatusView) -> _Write | None:
-        planned = next_deployment_write(pull, env, view)
+    def _deployment(
+        self, pull: PullRequest, env: Environment | None, view: StatusView | None
+    ) -> _Write | None:
+        planned = next_followup_write(pull, env, view)
         return None if planned is None else _Write(planned, self._sender(pull, planned))
 
     def _sender(self, pull: PullRequest, planned: PlannedWrite) -> Callable[[], Awaitable[None]]:
@@ -450,7 +469,60 @@ class Notifier:
                 self._save(pull.id, deployment_state=planned.state)
 
             return status
+        if planned.kind in (WriteKind.CHECK_RUN, WriteKind.CHECK_RUN_UPDATE):
+            return lambda: self._sync_check_run(pull, planned)
+        if planned.kind == WriteKind.TIDY:
+            return lambda: self._tidy(pull, planned)
         return _nothing
+
+    async def _sync_check_run(self, pull: PullRequest, planned: PlannedWrite) -> None:
+        """Create or edit the `runbot` check run and record what it shows."""
+        want = planned.check
+        assert want is not None
+        fields = CheckRunFields(
+            status=want.status,
+            conclusion=want.conclusion,
+            title=want.title,
+            summary=want.summary,
+            details_url=want.details_url,
+        )
+        if planned.kind == WriteKind.CHECK_RUN_UPDATE and planned.check_run_id is not None:
+            # Gone with its commit (a force-push): nothing left to complete.
+            with contextlib.suppress(NotFoundOnGitHub):
+                await self.gateway.update_check_run(
+                    pull.installation_id, pull.repository, planned.check_run_id, fields
+                )
+            if want.sha != pull.head_sha:  # the superseded run: done, the head's is next
+                self._save(pull.id, check_run_done=True, check_run_digest=want.digest)
+                return
+            self._save(pull.id, check_run_digest=want.digest, check_run_done=want.done)
+            return
+        created = await self.gateway.create_check_run(
+            pull.installation_id, pull.repository, want.sha, fields
+        )
+        self._save(
+            pull.id,
+            check_run_id=created,
+            check_run_sha=want.sha,
+            check_run_digest=want.digest,
+            check_run_done=want.done,
+        )
+
+    async def _tidy(self, pull: PullRequest, planned: PlannedWrite) -> None:
+        """Delete a closed PR's deployments (each made inactive first if need be) and, when
+        the operator opted in, its GitHub environment."""
+        environment = planned.description
+        for deployment_id in await self.gateway.list_deployments(
+            pull.installation_id, pull.repository, environment
+        ):
+            await self.gateway.delete_deployment(
+                pull.installation_id, pull.repository, deployment_id
+            )
+        if self.delete_environments:
+            await self.gateway.delete_environment(
+                pull.installation_id, pull.repository, environment
+            )
+        self._save(pull.id, tidied_env=planned.key)
 
     def _settle_left(self, env: Environment | None, view: StatusView | None) -> float:
         """Seconds a state in flux is still too new to be worth a write (0: write now).

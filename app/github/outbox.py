@@ -21,10 +21,13 @@ from app.access.roles import Role
 from app.db.models import OutboxMessage
 from app.github.config_errors import CONFIG_FILENAME
 from app.github.gateway import (
+    CHECK_NAME,
     DEPLOYMENT_STATES,
     REACTIONS,
+    CheckRunFields,
     GitHubError,
     NotFoundOnGitHub,
+    check_run_body,
     check_tree_limits,
     fit_comment,
     fit_status_description,
@@ -235,6 +238,47 @@ class OutboxGateway:
         if log_url is not None:
             body["log_url"] = log_url
         await self._store("POST", f"/repos/{repo}/deployments/{deployment_id}/statuses", body)
+
+    async def list_deployments(
+        self, installation_id: int | None, repo: str, environment: str
+    ) -> list[int]:
+        created = await self._messages("POST", [f"/repos/{repo}/deployments"])
+        gone = {
+            m.path
+            for m in await self._messages(
+                "DELETE", [f"/repos/{repo}/deployments/{m.id}" for m in created]
+            )
+        }
+        return [
+            m.id
+            for m in created
+            if m.id is not None
+            and m.body.get("environment") == environment
+            and f"/repos/{repo}/deployments/{m.id}" not in gone
+        ]
+
+    async def delete_deployment(
+        self, installation_id: int | None, repo: str, deployment_id: int
+    ) -> None:
+        await self._store("DELETE", f"/repos/{repo}/deployments/{deployment_id}", {})
+
+    async def delete_environment(
+        self, installation_id: int | None, repo: str, environment: str
+    ) -> None:
+        await self._store("DELETE", f"/repos/{repo}/environments/{environment}", {})
+
+    async def create_check_run(
+        self, installation_id: int | None, repo: str, sha: str, fields: CheckRunFields
+    ) -> int:
+        body = {"name": CHECK_NAME, "head_sha": sha, **check_run_body(fields)}
+        return await self._store("POST", f"/repos/{repo}/check-runs", body)
+
+    async def update_check_run(
+        self, installation_id: int | None, repo: str, check_run_id: int, fields: CheckRunFields
+    ) -> None:
+        await self._store(
+            "PATCH", f"/repos/{repo}/check-runs/{check_run_id}", check_run_body(fields)
+        )
 
     async def aclose(self) -> None:
         """Nothing to release: the database belongs to the caller."""

@@ -8,11 +8,13 @@ deployment made inactive before a new one) testable without GitHub.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 
 from app.db.models import Environment, PullRequest
+from app.github.checkrun import CheckRunWant, CheckStatus, desired_check_run, superseded
 from app.github.comment import StatusView, deployment_state
 from app.lifecycle.states import Status
 
@@ -23,7 +25,9 @@ __all__ = [
     "WriteKind",
     "at_rest",
     "digest",
+    "next_check_run_write",
     "next_deployment_write",
+    "next_followup_write",
     "next_write",
 ]
 
@@ -40,6 +44,9 @@ class WriteKind(StrEnum):
     SETTLE = "settle"  # nothing yet: the state is in flux, write once it settles
     DEPLOYMENT = "deployment"  # create the deployment of the environment's commit
     DEPLOYMENT_STATUS = "deployment_status"  # add a status to the current deployment
+    CHECK_RUN = "check_run"  # create the check run on the PR's head commit
+    CHECK_RUN_UPDATE = "check_run_update"  # edit (or complete) the existing check run
+    TIDY = "tidy"  # delete a closed PR's inactive deployments (and its GitHub environment)
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,9 @@ class PlannedWrite:
     log_url: str | None = None  # DEPLOYMENT_STATUS: where the run log is
     description: str = ""
     sha: str = ""  # DEPLOYMENT: its commit; COMMENT: the PR head it was rendered for
-    key: str = ""  # DEPLOYMENT: "<environment id>@<sha>", what the deployment belongs to
+    key: str = ""  # DEPLOYMENT: "<environment id>@<sha>"; TIDY: the environment id
+    check: CheckRunWant | None = None  # CHECK_RUN, CHECK_RUN_UPDATE: what it shows
+    check_run_id: int | None = None  # CHECK_RUN_UPDATE
 
 
 def at_rest(env: Environment) -> bool:
@@ -85,8 +94,10 @@ def next_write(
     if config_body is not None and pull.config_comment_digest != digest(config_body):
         return PlannedWrite(WriteKind.CONFIG_ERROR, body=config_body)
     if view is None or status_body is None:
-        return None
-    if not (pull.comment_digest == digest(status_body) and pull.comment_id):
+        return next_check_run_write(pull, env, None)
+    # Quiet: no status comment, unless the environment failed (or one is already there).
+    quiet = pull.quiet and view.state != "failed" and not pull.comment_id
+    if not quiet and not (pull.comment_digest == digest(status_body) and pull.comment_id):
         if settling:
             return PlannedWrite(WriteKind.SETTLE)
         outcome = view.state not in IN_FLUX and env is not None and at_rest(env)
@@ -96,9 +107,66 @@ def next_write(
             shows_outcome=outcome,
             sha=pull.head_sha,
         )
-    if env is not None:
-        return next_deployment_write(pull, env, view)
-    return None
+    return next_followup_write(pull, env, view)
+
+
+def next_followup_write(
+    pull: PullRequest, env: Environment | None, view: StatusView | None
+) -> PlannedWrite | None:
+    """What follows the comment: the check run, then the deployment, then the tidy-up."""
+    check = next_check_run_write(pull, env, view)
+    if check is not None or env is None or view is None:
+        return check
+    return next_deployment_write(pull, env, view) or next_tidy_write(pull, env)
+
+
+def next_check_run_write(
+    pull: PullRequest, env: Environment | None, view: StatusView | None
+) -> PlannedWrite | None:
+    """Complete the check run of a superseded commit, then create or edit the head's."""
+    want = desired_check_run(pull, env, view)
+    if (
+        pull.check_run_id is not None
+        and not pull.check_run_done
+        and (want is None or want.sha != pull.check_run_sha)
+    ):
+        return PlannedWrite(
+            WriteKind.CHECK_RUN_UPDATE,
+            check=superseded(pull, pull.head_sha),
+            check_run_id=pull.check_run_id,
+        )
+    if want is None:
+        return None
+    if pull.check_run_id is None or pull.check_run_sha != want.sha:
+        if want.conclusion in ("success", "failure"):
+            # Like the deployment: a run on a new commit always shows that it started.
+            want = dataclasses.replace(
+                want,
+                status=CheckStatus.IN_PROGRESS,
+                conclusion=None,
+                title="Deploying",
+                summary="runbot is deploying this commit.",
+            )
+        return PlannedWrite(WriteKind.CHECK_RUN, check=want)
+    if pull.check_run_digest == want.digest:
+        return None
+    if pull.check_run_done:  # a completed run is not reopened: a new run on the commit
+        return PlannedWrite(WriteKind.CHECK_RUN, check=want)
+    return PlannedWrite(WriteKind.CHECK_RUN_UPDATE, check=want, check_run_id=pull.check_run_id)
+
+
+def next_tidy_write(pull: PullRequest, env: Environment) -> PlannedWrite | None:
+    """A closed PR whose environment is gone: delete its (inactive) deployments, once."""
+    if (
+        pull.state == "open"
+        or env.status != Status.DESTROYED
+        or pull.keep_deployments
+        or pull.deployment_id is None
+        or pull.deployment_state != "inactive"
+        or pull.tidied_env == env.id
+    ):
+        return None
+    return PlannedWrite(WriteKind.TIDY, key=env.id, description=f"pr-{pull.number}")
 
 
 def next_deployment_write(

@@ -321,6 +321,9 @@ class IntentProcessor:
             if config_sha != pull.config_sha:
                 self._update_pull(key, config_sha=config_sha)
                 pull.config_sha = config_sha
+            flags = notify_flags(config) if isinstance(config, RepoConfig) else {}
+            if any(getattr(pull, name) != value for name, value in flags.items()):
+                self._update_pull(key, **flags)
         state = pull_state(pull)
         # Only a usable config goes on to these rules: a closed PR, a missing or broken
         # config decides without them (each is a query on the path of every delivery).
@@ -574,3 +577,8 @@ class IntentProcessor:
 
 
 _NO_HOLD: dict[str, Any] = {"config_error": None, "hold_kind": None, "hold_reason": None}
+
+
+def notify_flags(config: RepoConfig) -> dict[str, bool]:
+    """What the notifier needs of `.runbot.yml`: `comments: quiet`, `deployments: keep`."""
+    return {"quiet": config.comments == "quiet", "keep_deployments": config.deployments == "keep"}

@@ -62,7 +62,7 @@ SECONDARY_RATE_LIMIT_DOCS = (
     "rate-limits-for-the-rest-api#about-secondary-rate-limits"
 )
 DEFAULT_INSTALLATION_PERMISSIONS: dict[str, str] = {
-    "checks": "read",
+    "checks": "write",
     "contents": "read",
     "deployments": "write",
     "issues": "write",
@@ -260,6 +260,22 @@ class _Deployment:
 
 
 @dataclass
+class _CheckRun:
+    id: int
+    repo: str
+    sha: str
+    name: str
+    status: str
+    conclusion: str | None
+    title: str
+    summary: str
+    details_url: str | None
+    suite_id: int
+    started_at: str
+    completed_at: str | None = None
+
+
+@dataclass
 class _Installation:
     id: int
     account: str
@@ -423,6 +439,9 @@ class FakeGitHub:
         self._reactions: dict[int, list[_Reaction]] = {}
         self._issue_reactions: dict[tuple[str, int], list[_Reaction]] = {}
         self._deployments: dict[int, _Deployment] = {}
+        self._check_runs: dict[int, _CheckRun] = {}
+        #: (repository, name) of every GitHub environment deleted through the API.
+        self.deleted_environments: list[tuple[str, str]] = []
         self._installations: dict[int, _Installation] = {}
         self._tokens: dict[str, _Token] = {}
         self._refresh_tokens: dict[str, str] = {}  # refresh token -> login
@@ -919,6 +938,15 @@ class FakeGitHub:
                 raise KeyError(f"deployment {deployment_id} is not in {repo}")
             return [self._deployment_status_obj(dep, s) for s in dep.statuses]
 
+    def check_runs(self, repo: str, sha: str | None = None) -> list[dict[str, Any]]:
+        """The App's check runs on ``repo`` (on ``sha``), oldest first, as GitHub shows them."""
+        with self._lock:
+            return [
+                self._check_run_obj(run)
+                for run in sorted(self._check_runs.values(), key=lambda r: r.id)
+                if run.repo == self._repo(repo).full_name and sha in (None, run.sha)
+            ]
+
     def pull(self, repo: str, number: int) -> dict[str, Any]:
         """A pull request as ``GET .../pulls/{n}`` returns it."""
         with self._lock:
@@ -1182,6 +1210,7 @@ class FakeGitHub:
                 "check_suites"
             ][0],
             "combined": ex("GET", "/repos/{owner}/{repo}/commits/{ref}/status"),
+            "check_run": ex("POST", "/repos/{owner}/{repo}/check-runs", "201"),
             "private_user": ex(
                 "GET", "/user", "200", "response-with-public-and-private-profile-information"
             ),
@@ -1551,6 +1580,35 @@ class FakeGitHub:
         )
         return body
 
+    def _check_run_obj(self, run: _CheckRun) -> dict[str, Any]:
+        api = f"{self.url}/repos/{run.repo}"
+        body = self._tpl("check_run")
+        body.update(
+            id=run.id,
+            head_sha=run.sha,
+            node_id=_node_id("CheckRun", run.id),
+            external_id="",
+            url=f"{api}/check-runs/{run.id}",
+            html_url=f"{self.web_url}/{run.repo}/runs/{run.id}",
+            details_url=run.details_url,
+            status=run.status,
+            conclusion=run.conclusion,
+            started_at=run.started_at,
+            completed_at=run.completed_at,
+            output={
+                "title": run.title,
+                "summary": run.summary,
+                "text": None,
+                "annotations_count": 0,
+                "annotations_url": f"{api}/check-runs/{run.id}/annotations",
+            },
+            name=run.name,
+            check_suite={"id": run.suite_id},
+            app=self._app_obj(),
+            pull_requests=[],
+        )
+        return body
+
     # ------------------------------------------------------------------ HTTP plumbing
 
     def _build_app(self) -> FastAPI:
@@ -1655,6 +1713,35 @@ class FakeGitHub:
                 (("deployments",), "write"),
             ),
             (
+                "DELETE",
+                f"{rp}/deployments/{{deployment_id}}",
+                self._h_delete_deployment,
+                writes,
+                (("deployments",), "write"),
+            ),
+            (
+                "DELETE",
+                f"{rp}/environments/{{environment_name}}",
+                self._h_delete_environment,
+                writes,
+                (("administration",), "write"),
+            ),
+            ("POST", f"{rp}/check-runs", self._h_create_check_run, inst, (("checks",), "write")),
+            (
+                "PATCH",
+                f"{rp}/check-runs/{{check_run_id}}",
+                self._h_update_check_run,
+                inst,
+                (("checks",), "write"),
+            ),
+            (
+                "GET",
+                f"{rp}/commits/{{ref}}/check-runs",
+                self._h_list_check_runs,
+                reads,
+                (("checks",), "read"),
+            ),
+            (
                 "GET",
                 f"{rp}/collaborators/{{username}}/permission",
                 self._h_permission,
@@ -1703,6 +1790,7 @@ class FakeGitHub:
         starlette_path = {
             f"{rp}/contents/{{path}}": f"{rp}/contents/{{path:path}}",
             f"{rp}/commits/{{ref}}/check-suites": f"{rp}/commits/{{ref:path}}/check-suites",
+            f"{rp}/commits/{{ref}}/check-runs": f"{rp}/commits/{{ref:path}}/check-runs",
             f"{rp}/commits/{{ref}}/status": f"{rp}/commits/{{ref:path}}/status",
             f"{rp}/git/ref/{{ref}}": f"{rp}/git/ref/{{ref:path}}",
         }
@@ -2472,6 +2560,115 @@ class FakeGitHub:
         out = self._deployment_status_obj(dep, status)
         return _Resp(201, out, {"location": out["url"]})
 
+    def _h_delete_deployment(self, ctx: _Ctx) -> _Resp:
+        """GitHub deletes only inactive deployments, or the only one of its environment."""
+        dep = self._deployment_in(ctx)
+        active = not dep.statuses or dep.statuses[-1].state != "inactive"
+        siblings = [
+            d
+            for d in self._deployments.values()
+            if d.repo == dep.repo and d.environment == dep.environment and d.id != dep.id
+        ]
+        if active and siblings:
+            raise _GitHubError(
+                422,
+                "We cannot delete an active deployment unless it is the only deployment in a"
+                " given environment.",
+            )
+        del self._deployments[dep.id]
+        return _Resp(204)
+
+    def _h_delete_environment(self, ctx: _Ctx) -> _Resp:
+        repo = self._ctx_repo(ctx)
+        self.deleted_environments.append((repo.full_name, ctx.params["environment_name"]))
+        return _Resp(204)
+
+    def _suite_id(self, repo: str, sha: str) -> int:
+        """The App's own check suite on a commit: GitHub groups its check runs there."""
+        return int(_fake_sha(repo, sha, "app", self.app_id)[:8], 16)
+
+    @staticmethod
+    def _check_state(run: _CheckRun, body: Mapping[str, Any]) -> None:
+        if "status" in body:
+            run.status = body["status"]
+        if body.get("conclusion"):
+            run.conclusion, run.status = body["conclusion"], "completed"
+        if run.status == "completed" and not run.conclusion:
+            raise _GitHubError(422, "Invalid request.\n\nconclusion is required when completed.")
+        if run.status != "completed":
+            run.conclusion = None
+        output = body.get("output")
+        if isinstance(output, Mapping):
+            run.title = str(output.get("title", run.title))
+            run.summary = str(output.get("summary", run.summary))
+        if "details_url" in body:
+            run.details_url = body["details_url"]
+        run.completed_at = _now() if run.status == "completed" else None
+
+    def _h_create_check_run(self, ctx: _Ctx) -> _Resp:
+        repo = self._ctx_repo(ctx)
+        body = ctx.body
+        sha = body["head_sha"]
+        if self._resolve_ref(repo, sha) is None and not _SHA_RE.fullmatch(sha):
+            raise _GitHubError(422, "No commit found for SHA: " + sha)
+        run = _CheckRun(
+            id=next(_ids),
+            repo=repo.full_name,
+            sha=sha,
+            name=body["name"],
+            status="queued",
+            conclusion=None,
+            title="",
+            summary="",
+            details_url=None,
+            suite_id=self._suite_id(repo.full_name, sha),
+            started_at=_now(),
+        )
+        self._check_state(run, body)
+        self._check_runs[run.id] = run
+        return _Resp(201, self._check_run_obj(run))
+
+    def _h_update_check_run(self, ctx: _Ctx) -> _Resp:
+        repo = self._ctx_repo(ctx)
+        run = self._check_runs.get(self._int_param(ctx, "check_run_id"))
+        if run is None or run.repo != repo.full_name:
+            raise _GitHubError(404, "Not Found")
+        self._check_state(run, ctx.body)
+        return _Resp(200, self._check_run_obj(run))
+
+    def _h_list_check_runs(self, ctx: _Ctx) -> _Resp:
+        repo = self._ctx_repo(ctx)
+        sha = self._commit_sha(repo, ctx.params["ref"])
+        runs = [r for r in self._check_runs.values() if r.repo == repo.full_name and r.sha == sha]
+        if "check_name" in ctx.query:
+            runs = [r for r in runs if r.name == ctx.query["check_name"]]
+        runs.sort(key=lambda r: r.id, reverse=True)
+        page, headers = self._paginate(ctx, runs)
+        body = {"total_count": len(runs), "check_runs": [self._check_run_obj(r) for r in page]}
+        return _Resp(200, body, headers)
+
+    def _app_suite(self, repo: _Repo, sha: str) -> dict[str, Any] | None:
+        """The App's check suite on ``sha``, its state rolled up from its check runs."""
+        runs = [r for r in self._check_runs.values() if r.repo == repo.full_name and r.sha == sha]
+        if not runs:
+            return None
+        latest: dict[str, _CheckRun] = {}
+        for run in sorted(runs, key=lambda r: r.id):
+            latest[run.name] = run
+        states = [r.status for r in latest.values()]
+        conclusions = {r.conclusion for r in latest.values()}
+        if "in_progress" in states:
+            status, conclusion = "in_progress", None
+        elif "queued" in states:
+            status, conclusion = "queued", None
+        else:
+            status = "completed"
+            conclusion = next(
+                (c for c in ("failure", "cancelled", "success") if c in conclusions), "neutral"
+            )
+        ident = self._suite_id(repo.full_name, sha)
+        return {"id": ident, "status": status, "conclusion": conclusion, "count": len(latest)}
+
     def _h_permission(self, ctx: _Ctx) -> _Resp:
         repo = self._ctx_repo(ctx)
         login = ctx.params["username"]
@@ -2523,10 +2720,16 @@ class FakeGitHub:
         sha = self._commit_sha(repo, ctx.params["ref"])
         api = f"{self.url}/repos/{repo.full_name}"
         suites = []
-        for index, (status, conclusion) in enumerate(repo.check_suites.get(sha, [])):
-            ident = int(_fake_sha(repo.full_name, sha, index)[:8], 16)
+        rows: list[tuple[str, str | None, int | None, int]] = [
+            (status, conclusion, None, 1) for status, conclusion in repo.check_suites.get(sha, [])
+        ]
+        own = self._app_suite(repo, sha)
+        if own is not None:
+            rows.append((own["status"], own["conclusion"], own["id"], own["count"]))
+        for index, (status, conclusion, own_id, count) in enumerate(rows):
+            ident = own_id or int(_fake_sha(repo.full_name, sha, index)[:8], 16)
             # The suite's app is a third-party CI app from the example; keep it, but
-            # point its URLs at the fake.
+            # point its URLs at the fake. runbot's own suite is the App's.
             suite = _rebase(
                 self._tpl("check_suite"),
                 [("https://api.github.com", self.url), ("https://github.com", self.web_url)],
@@ -2547,8 +2750,10 @@ class FakeGitHub:
                 repository=self._repo_obj(repo),
                 check_runs_url=f"{api}/check-suites/{ident}/check-runs",
                 head_commit=head_commit,
-                latest_check_runs_count=1,
+                latest_check_runs_count=count,
             )
+            if own_id is not None:
+                suite["app"] = self._app_obj()
             suites.append(suite)
         if "app_id" in ctx.query:
             suites = [
