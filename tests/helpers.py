@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 from sqlalchemy import update
@@ -77,3 +78,14 @@ def wait_for(check: Callable[[], bool], timeout: float = 30.0, interval: float =
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+TERMINAL_DEPLOYMENT_STATES = frozenset({"success", "failure", "error", "inactive"})
+
+
+def nothing_pending(fake: Any, repo: str) -> bool:
+    """Issue 20's invariant: no check run is still queued or in progress, and every
+    deployment's last status is terminal (a closed PR's deployments are deleted: terminal too)."""
+    runs_done = all(run["status"] == "completed" for run in fake.check_runs(repo))
+    last = [fake.deployment_statuses(repo, d["id"])[-1:] for d in fake.deployments(repo)]
+    return runs_done and all(s and s[0]["state"] in TERMINAL_DEPLOYMENT_STATES for s in last)

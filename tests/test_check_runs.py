@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from app.lifecycle.states import Status
-from tests.apphost import INSTALLATION, REPO
-from tests.fakegithub.server import FakeGitHub
+from tests.apphost import INSTALLATION, REPO, AppServer, app_settings, seed_repo
+from tests.fakegithub.server import DEFAULT_INSTALLATION_PERMISSIONS, FakeGitHub
 from tests.fakegithub.webhooks import deliver
 from tests.helpers import wait_for
 from tests.test_trust import WEBHOOK_SECRET, pull_event, serving, the_pull
@@ -123,3 +123,35 @@ def test_wait_for_ci_does_not_wait_for_runbots_own_check_suite(
             timeout=90,
         )
         wait_for(lambda: concluded(fake, A, "success"), timeout=30)
+
+
+def test_an_installation_without_checks_permission_still_gets_its_deployment(
+    tmp_path: Path, fake_github: FakeGitHub, port_base: int
+) -> None:
+    """An installation that has not accepted `checks: write` answers 403 to check runs: the
+    comment and the deployment still reach their outcome, not held behind the refused write."""
+    fake = fake_github
+    seed_repo(fake, "stack: local\nsilo: trust\n")
+    permissions = {k: v for k, v in DEFAULT_INSTALLATION_PERMISSIONS.items() if k != "checks"}
+    fake.add_installation(INSTALLATION, REPO.split("/")[0], [REPO], permissions=permissions)
+    with AppServer(app_settings(tmp_path, fake)) as server:
+        lifecycle = server.runtime.lifecycle
+        lifecycle.create_silo("trust", "local", {"port_base": port_base})
+        fake.add_pull(REPO, 1, A, "feature")
+        pull_event(server, fake, "opened")
+
+        def deployed() -> bool:
+            deployments = fake.deployments(REPO)
+            return bool(deployments) and any(
+                s["state"] == "success"
+                for s in fake.deployment_statuses(REPO, deployments[-1]["id"])
+            )
+
+        wait_for(deployed, timeout=90)
+        assert fake.check_runs(REPO) == []
+        refused = [r for r in fake.requests if r.path.endswith("/check-runs")]
+        assert 1 <= len(refused) <= 2, f"{len(refused)} refused check-run writes: a retry loop"
+        env = lifecycle.live_environment_for(REPO, 1)
+        assert env is not None and env.status == Status.READY
+        lifecycle.destroy_environment(env.id)
+        wait_for(lambda: not lifecycle.list_environments(), timeout=90)

@@ -39,7 +39,14 @@ from tests.apphost import (
 from tests.conftest import free_port_range, make_settings
 from tests.fakegithub.server import FakeGitHub
 from tests.fakegithub.webhooks import deliver, sign
-from tests.helpers import converge_sync, fetch, processes_matching, silo_ready, wait_for
+from tests.helpers import (
+    converge_sync,
+    fetch,
+    nothing_pending,
+    processes_matching,
+    silo_ready,
+    wait_for,
+)
 from tests.test_processes import pr_event, process_env, runbot, wait_healthy
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
@@ -169,24 +176,13 @@ def test_kill_9_at_random_points_of_pr_lifecycles(
 
         wait_for(comments_right, timeout=120, interval=0.5)
         # Issue 20 must 6: every deployment and every check run ends in a terminal state.
-        wait_for(lambda: nothing_pending(fake), timeout=60, interval=0.5)
+        wait_for(lambda: nothing_pending(fake, REPO), timeout=60, interval=0.5)
         for env in envs:
             if env.status != Status.DESTROYED:
                 rt.lifecycle.destroy_environment(env.id)
         wait_for(lambda: not rt.lifecycle.list_environments(), timeout=120)
     for env in envs:
         assert processes_matching(env.id) == []
-
-
-TERMINAL_DEPLOYMENT_STATES = frozenset({"success", "failure", "error", "inactive"})
-
-
-def nothing_pending(fake: FakeGitHub) -> bool:
-    """No check run is still queued or in progress, and every deployment's last status is
-    terminal (a closed PR's deployments are deleted, which is terminal too)."""
-    runs_done = all(run["status"] == "completed" for run in fake.check_runs(REPO))
-    last = [fake.deployment_statuses(REPO, d["id"])[-1:] for d in fake.deployments(REPO)]
-    return runs_done and all(s and s[0]["state"] in TERMINAL_DEPLOYMENT_STATES for s in last)
 
 
 HEADER_NAMES = st.sampled_from(

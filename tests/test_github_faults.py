@@ -17,7 +17,7 @@ from app.lifecycle.states import Status
 from tests.apphost import INSTALLATION, REPO, WEBHOOK_SECRET, AppServer, app_settings, seed_repo
 from tests.fakegithub.server import FakeGitHub
 from tests.fakegithub.webhooks import deliver
-from tests.helpers import fetch, processes_matching, wait_for
+from tests.helpers import fetch, nothing_pending, processes_matching, wait_for
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 pytestmark = pytest.mark.engine
@@ -235,6 +235,31 @@ def test_github_502_then_secondary_rate_limits_delay_but_never_lose_the_comment(
     times = sorted(r.time for r in harness.fake.requests if r.method in ("POST", "PATCH"))
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(gap >= 1.0 for gap in gaps), gaps  # writes stay paced
+
+
+def test_an_outage_through_supersede_and_close_leaves_nothing_pending(harness: Harness) -> None:
+    """Issue 20 must 6: GitHub failing the check-run and deployment writes while a push
+    supersedes the deployed commit and the PR then closes: once GitHub is back, every check
+    run is completed and every deployment's last status is terminal."""
+    fake = harness.fake
+    harness.config("stack: local\nsilo: faults\n")
+    fake.add_pull(REPO, 1, "a" * 40, "feature")
+    harness.send(harness.event("opened"))
+    wait_for(lambda: [e.status for e in harness.envs()] == [Status.READY], timeout=60)
+    wait_for(lambda: bool(fake.check_runs(REPO)) and bool(fake.deployments(REPO)), timeout=60)
+    fake.outage(6, status=502, match=r"/check-runs|/deployments")
+    fake.update_pull(REPO, 1, head_sha="b" * 40)
+    harness.send(harness.event("synchronize"))
+    wait_for(lambda: harness.envs()[-1].deployed_sha == "b" * 40, timeout=60)
+    fake.update_pull(REPO, 1, state="closed")
+    harness.send(harness.event("closed"))
+    wait_for(lambda: all(e.status == Status.DESTROYED for e in harness.envs()), timeout=60)
+    wait_for(lambda: nothing_pending(fake, REPO), timeout=120, interval=0.5)
+    tried = [r for r in fake.requests if "/check-runs" in r.path or "/deployments" in r.path]
+    assert len(tried) > 2, "the check-run and deployment endpoints were never called"
+    superseded = [run for run in fake.check_runs(REPO) if run["head_sha"] == "a" * 40]
+    # It had completed as a success before the push; a completed run is never reopened.
+    assert superseded and all(run["conclusion"] in ("success", "neutral") for run in superseded)
 
 
 def test_missed_webhook_is_fixed_by_resync(harness: Harness) -> None:

@@ -93,6 +93,11 @@ class NotFoundOnGitHub(GitHubError):
     """The repository, comment, file or installation does not exist (any more)."""
 
 
+class ForbiddenOnGitHub(GitHubError):
+    """GitHub answered 403 (not a rate limit): the App lacks a permission, for example an
+    installation that has not yet accepted `checks: write`."""
+
+
 @dataclass(frozen=True)
 class CheckRunFields:
     """What a check run shows; ``conclusion`` only with ``status="completed"``."""

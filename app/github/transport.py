@@ -22,7 +22,7 @@ from githubkit import AppAuthStrategy, GitHub
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import GitHubException, RequestError, RequestFailed
 
-from app.github.gateway import GitHubError, NotFoundOnGitHub, RetryLater
+from app.github.gateway import ForbiddenOnGitHub, GitHubError, NotFoundOnGitHub, RetryLater
 from app.github.payloads import at
 
 if TYPE_CHECKING:
@@ -439,6 +439,12 @@ class GitHubTransport:
                     self._renew_client(installation_id)
                     continue
                 request = response.raw_request
+                if status == 403:
+                    raise ForbiddenOnGitHub(
+                        f"GitHub refused to let runbot {what}: 403 {github_message(response)}"
+                        f" ({request.method} {request.url.path}); the App may lack a permission"
+                        " this installation has not accepted yet."
+                    ) from None
                 if status == 404:
                     raise NotFoundOnGitHub(
                         f"GitHub could not find what runbot needed to {what}"

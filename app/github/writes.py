@@ -21,6 +21,7 @@ from app.lifecycle.states import Status
 __all__ = [
     "IN_FLUX",
     "IN_FLUX_STATUSES",
+    "CheckRunWant",
     "PlannedWrite",
     "WriteKind",
     "at_rest",
@@ -147,6 +148,9 @@ def next_check_run_write(
                 title="Deploying",
                 summary="runbot is deploying this commit.",
             )
+        refused = pull.check_run_id is None and pull.check_run_sha == want.sha
+        if refused and pull.check_run_digest == want.digest:
+            return None  # GitHub refused this commit's run (no `checks: write`): once is enough
         return PlannedWrite(WriteKind.CHECK_RUN, check=want)
     if pull.check_run_digest == want.digest:
         return None
