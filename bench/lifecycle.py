@@ -63,7 +63,8 @@ STEPS = ("create", "update", "destroy")
 
 
 def settle(fake: FakeGitHub, repo: str, number: int, deployment: str, sha: str) -> None:
-    """Let the previous step's GitHub side effects finish before timing the next step.
+    """Let the previous step's GitHub side effects finish before timing the next step
+    (deletes count: a closed PR's tidy-up takes write slots too).
 
     GitHub writes are paced (about one a second per installation), so the deployment statuses
     a step owes would otherwise delay the next step's comment: each step is measured alone.
@@ -73,9 +74,12 @@ def settle(fake: FakeGitHub, repo: str, number: int, deployment: str, sha: str) 
         writes = [
             r.time
             for r in fake.requests
-            if r.method in ("POST", "PATCH") and r.path.startswith(f"/repos/{repo}/")
+            if r.method in ("POST", "PATCH", "DELETE") and r.path.startswith(f"/repos/{repo}/")
         ]
+        quiet = not writes or time.monotonic() - max(writes) > 1.1
         mine = [d for d in fake.deployments(repo) if d["environment"] == f"pr-{number}"]
+        if not mine and deployment == "inactive":
+            return quiet  # a closed PR's inactive deployments are deleted: settled too
         if not mine or mine[-1]["sha"] != sha:
             return False
         statuses = fake.deployment_statuses(repo, mine[-1]["id"])
