@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from app.db.session import Database
+from app.engine.executor import Executor
 from app.engine.runner import EngineRunner
+from app.engine.sandbox import Sandbox, SandboxUnavailable
 from app.lifecycle.reconcile import Reconciler
 from app.lifecycle.service import Lifecycle
 from app.lifecycle.sweep import OrphanSweep
 from app.policy.merge import git_hosts_anywhere
 from app.policy.store import PolicyStore
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 from app.stacks.catalog import Catalog
 from app.stacks.gitrun import GitLimits
+
+log = logging.getLogger("runbot.runtime")
 
 
 @dataclass
@@ -23,7 +29,7 @@ class Runtime:
     settings: Settings
     db: Database
     catalog: Catalog
-    runner: EngineRunner
+    runner: Executor
     lifecycle: Lifecycle
     policy: PolicyStore = field(default_factory=PolicyStore)
 
@@ -66,6 +72,74 @@ class Runtime:
         )
 
 
+def engine_sandbox(settings: Settings) -> Sandbox | None:
+    """The sandbox for engine runs, hiding runbot's own secret files; None when it is off."""
+    if settings.sandbox == "off":
+        return None
+    secrets = [p for p in (settings.github_private_key_path, settings.silo_env_dir) if p]
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:///"):
+        database = url.removeprefix("sqlite:///")
+        secrets += [Path(database + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    return Sandbox(settings.sandbox_uid, tuple(p.absolute() for p in secrets))
+
+
+def require_sandbox(rt: Runtime) -> None:
+    """Refuse to run engines unsandboxed unless the operator said so (RUNBOT_SANDBOX=off).
+
+    Probes now, so `runbot serve` and `runbot worker` fail at start, not at the first run."""
+    sandbox = getattr(rt.runner, "sandbox", None)
+    if isinstance(sandbox, Sandbox):
+        try:
+            sandbox.mode  # noqa: B018 - the probe, which raises when no sandbox can start
+        except SandboxUnavailable as exc:
+            raise SettingsError(f"refusing to start: {exc}") from exc
+    elif rt.settings.sandbox == "off":
+        log.warning(
+            "the engine sandbox is off (RUNBOT_SANDBOX=off): templates can read runbot's"
+            " secrets and database; see docs/security.md"
+        )
+
+
+def build_executor(settings: Settings, db: Database) -> Executor:
+    """RUNBOT_EXECUTOR: the engine as runbot's child, or as one Kubernetes Job per run."""
+    database_url = settings.resolved_database_url if settings.is_postgres else None
+    if settings.executor == "kubernetes":
+        # Imported here: lightkube is the `kubernetes` extra, not needed for `local`.
+        from app.executor.kubernetes import KubernetesConfig, KubernetesExecutor
+
+        config = KubernetesConfig(
+            namespace=settings.k8s_namespace,
+            image=settings.k8s_image or "",
+            service_account=settings.k8s_service_account,
+            callback_url=settings.k8s_callback,
+            kubeconfig=settings.k8s_kubeconfig,
+            cpu=settings.k8s_cpu,
+            memory=settings.k8s_memory,
+            ttl_after_finished=settings.k8s_ttl_after_finished,
+            run_as_user=settings.k8s_run_as_user,
+        )
+        return KubernetesExecutor(
+            db,
+            config,
+            settings.engine_name,
+            settings.data_dir,
+            database_url,
+            timeout=settings.engine_timeout,
+            cancel_grace=settings.engine_cancel_grace,
+            silo_env_dir=settings.silo_env_dir,
+        )
+    return EngineRunner(
+        settings.engine_name,
+        settings.data_dir,
+        database_url,
+        timeout=settings.engine_timeout,
+        cancel_grace=settings.engine_cancel_grace,
+        sandbox=engine_sandbox(settings),
+        silo_env_dir=settings.silo_env_dir,
+    )
+
+
 def build_runtime(settings: Settings, migrate: bool = True) -> Runtime:
     policy = PolicyStore.open(settings.policy_file)  # a bad file stops here, before any work
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -73,13 +147,7 @@ def build_runtime(settings: Settings, migrate: bool = True) -> Runtime:
     if migrate:
         db.migrate()
     catalog = Catalog(settings.templates_dir)
-    runner = EngineRunner(
-        settings.engine_name,
-        settings.data_dir,
-        settings.resolved_database_url if settings.is_postgres else None,
-        timeout=settings.engine_timeout,
-        cancel_grace=settings.engine_cancel_grace,
-    )
+    runner = build_executor(settings, db)
     lifecycle = Lifecycle(db, catalog, settings.default_capacity)
     return Runtime(
         settings=settings,

@@ -21,7 +21,7 @@ from app.github.appgateway import GitHubAppGateway
 from app.github.gateway import Gateway
 from app.github.intake import WebhookIntake
 from app.logging import configure_logging
-from app.runtime import build_runtime
+from app.runtime import build_runtime, require_sandbox
 from app.settings import Settings, SettingsError
 from app.web.routes import WebHooks, mount_web
 from app.workers import Workers, acquire_sqlite_lock
@@ -59,6 +59,8 @@ def create_app(settings: Settings, *, background: bool = True) -> FastAPI:
     configure_logging(settings.log_level)
     lock = acquire_sqlite_lock(settings) if background else None
     rt = build_runtime(settings)
+    if background:
+        require_sandbox(rt)
     secret = webhook_secret(settings)
     #: The running workers, once the lifespan started them (never, with background=False).
     running: list[Workers] = []

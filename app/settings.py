@@ -54,6 +54,28 @@ class Settings(BaseSettings):
     engine: str | None = None
     engine_timeout: float = Field(default=3600.0, gt=0)
     engine_cancel_grace: float = Field(default=60.0, ge=0)
+    # The engine's sandbox (docs/security.md): `off` only on purpose, where namespaces cannot
+    # work; `runbot serve` refuses to start without it otherwise.
+    sandbox: Literal["on", "off"] = "on"
+    sandbox_uid: int = Field(default=65534, ge=1, le=2**31 - 1)  # who the engine runs as (root)
+    # Provider credentials per silo: `<dir>/<silo>.env`, KEY=VALUE lines, given to that silo's
+    # and its environments' engine runs only; the engine itself never sees the directory.
+    silo_env_dir: Path | None = None
+
+    # Executor: where engine runs happen. `local`: a child of runbot; `kubernetes`: one Job per
+    # run in RUNBOT_K8S_NAMESPACE, running RUNBOT_K8S_IMAGE (runbot's own image).
+    executor: Literal["local", "kubernetes"] = "local"
+    k8s_namespace: str = "default"
+    k8s_image: str | None = None
+    # Per silo, for workload identity: `{silo}` is replaced by the silo's name.
+    k8s_service_account: str = "runbot-engine-{silo}"
+    k8s_callback_url: str | None = None  # runbot's API as pods reach it; unset: RUNBOT_PUBLIC_URL
+    k8s_kubeconfig: Path | None = None  # unset: in-cluster (the pod's ServiceAccount)
+    k8s_cpu: str = "250m"
+    k8s_memory: str = "512Mi"
+    k8s_ttl_after_finished: int = Field(default=3600, ge=0, le=7 * 86400)
+    # The pods' uid: the image's user (deploy/Dockerfile); 0: whatever USER the image sets.
+    k8s_run_as_user: int = Field(default=10001, ge=0)
 
     # Runtime
     public_url: str = "http://127.0.0.1:8000"
@@ -114,6 +136,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("k8s_callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
     @field_validator("git_ca_file")
     @classmethod
     def _readable_file(cls, value: Path | None) -> Path | None:
@@ -134,7 +163,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "set RUNBOT_GITHUB_PRIVATE_KEY or RUNBOT_GITHUB_PRIVATE_KEY_PATH, not both"
             )
+        if self.executor == "kubernetes" and not self.k8s_image:
+            raise ValueError(
+                "RUNBOT_EXECUTOR=kubernetes needs RUNBOT_K8S_IMAGE, runbot's image for the pods"
+            )
         return self
+
+    @property
+    def k8s_callback(self) -> str:
+        """How the Kubernetes executor's pods reach runbot's API."""
+        return self.k8s_callback_url or self.public_url
 
     @property
     def resolved_database_url(self) -> str:

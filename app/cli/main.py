@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from app.cli import install, process
+from app.cli.engine import engine_cli
 from app.cli.orphans import orphans
 from app.cli.policy import policy_cli
 from app.cli.targets import env_cli, silo_cli
@@ -20,6 +21,7 @@ cli = typer.Typer(
 cli.add_typer(silo_cli, name="silo")
 cli.add_typer(env_cli, name="env")
 cli.add_typer(policy_cli, name="policy")
+cli.add_typer(engine_cli, name="engine")
 cli.command("serve")(process.serve)
 cli.command("worker")(process.worker)
 cli.command("receive")(process.receive)

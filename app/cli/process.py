@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from app.cli.common import EXPECTED_ERRORS, fail
-from app.runtime import build_runtime
+from app.runtime import build_runtime, require_sandbox
 from app.settings import load_settings
 
 
@@ -75,6 +75,7 @@ def worker() -> None:
             )
         acquire_sqlite_lock(settings)
         rt = build_runtime(settings)
+        require_sandbox(rt)
     except EXPECTED_ERRORS as exc:
         fail(str(exc))
 

@@ -246,9 +246,7 @@ class Vocabulary:
 
     def usage_line(self, name: str) -> str:
         word = self._by_name[name]
-        return (
-            f"- `{PREFIX} {word.syntax}` — {word.summary}. Example: `{PREFIX} {word.example}`"
-        )
+        return f"- `{PREFIX} {word.syntax}` — {word.summary}. Example: `{PREFIX} {word.example}`"
 
     def usage(self) -> str:
         """Markdown help listing every command with a one-line explanation and an example."""

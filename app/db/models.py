@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -72,9 +73,7 @@ class Silo(SQLModel, table=True):
     )
     #: Where the stack comes from ("catalog:local", "repo:owner/name:path", "git:URL#ref:path"):
     #: a silo is found by this, not by a folder name (`app.intent.sources.source_key`).
-    source_key: str = Field(
-        default="", sa_column=Column(Text, nullable=False, server_default="")
-    )
+    source_key: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     #: The repository whose configuration created the silo (None: the operator's).
     owner: str | None = Field(default=None, max_length=200, index=True)
     vars: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -337,6 +336,38 @@ class RunLogChunk(SQLModel, table=True):
     seq: int
     text: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class RunTicket(SQLModel, table=True):
+    """What a run executed elsewhere (a Kubernetes pod) may fetch and push, by a run token.
+
+    Only the token's sha256 is kept; the spec is signed with a key derived from the token, so
+    a pod can tell it was written by whoever minted its token. The spec and the template are
+    emptied once the result lands: provider credentials and the engine role's password do not
+    outlive the run.
+    """
+
+    run_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    target: str = Field(max_length=200)
+    token_hash: str = Field(max_length=64)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    spec: str = Field(default="", sa_column=Column(Text, nullable=False))
+    template: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    phase: str | None = Field(default=None, max_length=20)
+    #: {"status": succeeded|failed|cancelled, "outputs", "error", "phase", "exit_code"}
+    result: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True)
+    )
+    last_seq: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class RunTicketLine(SQLModel, table=True):
+    """A log line a pod pushed; (run_id, seq) is its key, so a resent batch changes nothing."""
+
+    run_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    text: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class Delivery(SQLModel, table=True):

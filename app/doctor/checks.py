@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from app.doctor.executor import check_executor
 from app.doctor.github import check_github_app, check_public_url, check_webhook_secret
 from app.doctor.local import (
     check_data_dir,
     check_database,
     check_engine,
     check_processes,
+    check_sandbox,
     check_stacks,
 )
 from app.doctor.policy import check_policy
@@ -32,6 +34,8 @@ def run_checks(
     rows = [ok("settings", f"{mode}; data dir {settings.data_dir.absolute()}")]
     rows.append(check_data_dir(settings))
     rows.append(check_engine(settings))
+    rows.append(check_executor(settings))
+    rows.append(check_sandbox(settings))
     rows.extend(check_database(settings))
     rows.append(check_processes(settings, replicas))
     rows.append(check_stuck_destroys(settings))

@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 from app.db.session import MIGRATIONS_DIR
 from app.doctor.report import Row, fail, ok, warn
 from app.engine.runner import EngineMissing, resolve_engine
+from app.engine.sandbox import probe
 from app.settings import Settings
 from app.stacks.catalog import Catalog, StackError
 
@@ -54,6 +55,27 @@ def check_data_dir(settings: Settings) -> Row:
 
 
 # -- engine
+
+
+def check_sandbox(settings: Settings) -> Row:
+    """Whether engine runs are sandboxed here, really tried (docs/security.md)."""
+    if settings.sandbox == "off":
+        return warn(
+            "sandbox",
+            "off (RUNBOT_SANDBOX=off): templates run as runbot's user and can read its key,"
+            " secrets and database",
+            "run runbot on Linux as root or where user namespaces are allowed, and remove"
+            " RUNBOT_SANDBOX=off",
+        )
+    found = probe(settings.sandbox_uid)
+    if found.mode is None:
+        return fail(
+            "sandbox",
+            f"cannot start: {found.reason}; `runbot serve` refuses to start",
+            "run runbot on Linux as root, or allow unprivileged user namespaces (a container"
+            " needs them: docs/security.md), or set RUNBOT_SANDBOX=off on purpose",
+        )
+    return ok("sandbox", f"engine runs in {found.reason}")
 
 
 def check_engine(settings: Settings) -> Row:
@@ -150,13 +172,12 @@ def check_database(settings: Settings) -> list[Row]:
         with engine.connect() as connection:
             connection.exec_driver_sql("SELECT 1")
             current = set(MigrationContext.configure(connection).get_current_heads())
-            can_create = True
+            can_create = can_create_roles = True
             if settings.is_postgres:
-                can_create = bool(
-                    connection.exec_driver_sql(
-                        "SELECT has_database_privilege(current_database(), 'CREATE')"
-                    ).scalar()
-                )
+                can_create, can_create_roles = connection.exec_driver_sql(
+                    "SELECT has_database_privilege(current_database(), 'CREATE'),"
+                    " rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user"
+                ).one()
     except SQLAlchemyError as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
         return [
@@ -183,6 +204,14 @@ def check_database(settings: Settings) -> list[Row]:
             f"{kind} at {safe} answers, but {user} may not create schemas in it; the engine keeps"
             " each target's state in its own schema",
             f'GRANT CREATE ON DATABASE "{parsed.database}" TO "{user}";',
+        )
+    elif settings.is_postgres and not can_create_roles:
+        user = parsed.username or "runbot's user"
+        rows[0] = fail(
+            "database",
+            f"{kind} at {safe} answers, but {user} may not create roles; the engine connects"
+            " with a role of its own per target, which reaches only that target's state",
+            f'ALTER ROLE "{user}" CREATEROLE;',
         )
     rows.append(_migrations_row(current))
     return rows

@@ -49,6 +49,7 @@ class Backend:
     scope_env: dict[str, str] = field(default_factory=dict)  # names the target's state; not secret
     workspace: str | None = None  # TF_WORKSPACE for every command but `init`
     shared_init: bool = False  # nothing target-specific in TF_DATA_DIR: targets share `init`
+    redact: tuple[str, ...] = ()  # secrets inside env values (a password in a URL)
 
 
 def local_state_file(data_dir: Path, target: str) -> Path:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from app.engine import embedded
+from app.engine import embedded, pgrole
 from app.engine.backends import (
     Backend,
     backend_for,
@@ -35,6 +35,7 @@ from app.engine.backends import (
 )
 from app.engine.initcache import InitCache
 from app.engine.process import EngineProcess, start
+from app.engine.sandbox import Sandbox
 
 LineSink = Callable[[str], None]
 PhaseSink = Callable[[str], None]
@@ -127,11 +128,80 @@ class EngineJob:
     declared_backend: str | None = None
     secret_env: dict[str, str] = field(default_factory=dict)
     redact: Iterable[str] = ()
+    #: The Run row this job is recorded under (None outside the lifecycle, e.g. the orphan sweep).
+    run_id: int | None = None
+    #: Directories outside the data dir's per-target parts that the engine may write: the
+    #: target's workspace and, for an instance, its silo's (the local stack's shared dir).
+    workspaces: tuple[Path, ...] = ()
+    #: Directories the engine may read but not write: the head commit's source.
+    sources: tuple[Path, ...] = ()
+    #: The silo the target belongs to (or is): picks its provider credentials.
+    silo: str | None = None
+    #: A backend chosen and provisioned already: a Kubernetes pod gets it from its run spec,
+    #: as it has no database URL to choose or provision one with.
+    backend: Backend | None = None
+
+
+#: What the engine inherits from runbot's environment; everything else is set by runbot.
+PASSED_ENV = frozenset(
+    {"PATH", "LANG", "LANGUAGE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR"}
+    | {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
+)
+
+
+@dataclass(frozen=True)
+class View:
+    """The paths one engine phase may write and read, when it runs sandboxed."""
+
+    writable: tuple[Path, ...]
+    readable: tuple[Path, ...]
 
 
 @dataclass
 class EngineResult:
     outputs: dict[str, dict[str, Any]]  # name -> {"value", "sensitive", "type"}
+
+
+_ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+def silo_credentials(directory: Path | None, silo: str | None) -> dict[str, str]:
+    """`<directory>/<silo>.env`: KEY=VALUE lines (quotes stripped, `#` comments), or nothing.
+
+    A line that is not KEY=VALUE is an error naming the file and line, never a guess: a
+    credential silently dropped would fail much later, in a provider, with a worse message.
+    """
+    if directory is None or not silo:
+        return {}
+    path = directory / f"{silo}.env"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise EngineMissing(f"cannot read the credentials of silo {silo} ({path}): {exc}") from exc
+    found: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _ENV_LINE.match(line)
+        if not match or match[1].startswith(("RUNBOT_", "TF_")):
+            raise EngineMissing(
+                f"{path} line {number} is not KEY=VALUE (RUNBOT_* and TF_* are runbot's own):"
+                " fix the line"
+            )
+        value = match[2].strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[match[1]] = value
+    return found
+
+
+def printable(raw: bytes) -> str:
+    """One engine output line as text a log can store: engine output is untrusted (a
+    provisioner may print anything, NUL bytes included, which PostgreSQL text refuses)."""
+    return raw.decode(errors="replace").rstrip("\n").replace("\x00", "\ufffd")
 
 
 def resolve_engine(name: str) -> list[str]:
@@ -188,8 +258,12 @@ class EngineRunner:
         database_url: str | None = None,
         timeout: float = 3600.0,
         cancel_grace: float = 60.0,
+        sandbox: Sandbox | None = None,
+        silo_env_dir: Path | None = None,
     ) -> None:
         self.engine = engine
+        self.sandbox = sandbox
+        self.silo_env_dir = silo_env_dir
         self.data_dir = data_dir.absolute()
         self.database_url = database_url
         self.timeout = timeout
@@ -210,9 +284,13 @@ class EngineRunner:
         return config
 
     def child_env(self, target: str, extra: dict[str, str]) -> dict[str, str]:
-        # The App's own secrets (RUNBOT_*) never reach templates.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBOT_", "TF_"))}
+        """An allow-list, never runbot's environment: the App's secrets, cloud credentials
+        given to runbot and anything else set there stay out of the templates' reach.
+        Credentials a template needs come per silo (`RUNBOT_SILO_ENV_DIR`) in `extra`."""
+        env = {k: v for k, v in os.environ.items() if k in PASSED_ENV or k.startswith("LC_")}
+        env.setdefault("PATH", os.defpath)
         env.update(
+            HOME=str(self.data_dir / "tfdata" / target),
             TF_IN_AUTOMATION="1",
             TF_INPUT="0",
             CHECKPOINT_DISABLE="1",
@@ -242,17 +320,31 @@ class EngineRunner:
         cancel: asyncio.Event | None = None,
     ) -> EngineResult:
         prefix = self.argv_prefix()
-        backend = backend_for(job.target, job.declared_backend, self.data_dir, self.database_url)
+        backend = job.backend or backend_for(
+            job.target, job.declared_backend, self.data_dir, self.database_url
+        )
         if backend.workspace is not None:
             move_legacy_state(self.data_dir, job.target)
-        init_env = self.child_env(
-            job.target, {**backend.env, **backend.scope_env, **job.secret_env}
-        )
+        seen = backend
+        if (
+            job.backend is None
+            and backend.kind == "pg"
+            and not job.declared_backend
+            and self.database_url
+        ):
+            # The engine gets its own role, not runbot's URL (pgrole.py); `init` stays shared,
+            # as the fingerprint is taken of runbot's backend, not of this run's password.
+            seen = await asyncio.to_thread(pgrole.provision, self.database_url, job.target, backend)
+        credentials = silo_credentials(self.silo_env_dir, job.silo)
+        secret_env = {**credentials, **job.secret_env}
+        init_env = self.child_env(job.target, {**seen.env, **seen.scope_env, **secret_env})
         redact = Redactor(
             [
                 *job.redact,
-                *job.secret_env.values(),
+                *secret_env.values(),
                 *backend.env.values(),
+                *seen.env.values(),
+                *seen.redact,
                 *secretish_values(init_env),
             ]
         )
@@ -282,6 +374,22 @@ class EngineRunner:
                 f"-var-file={var_file}",
             ]
 
+            state_dir = local_state_file(self.data_dir, job.target).parent
+            if backend.kind == "local":
+                state_dir.mkdir(parents=True, exist_ok=True)
+            mine = (
+                workdir,
+                tf_data,
+                *((state_dir,) if backend.kind == "local" else ()),
+                *job.workspaces,
+            )
+            cache, config = self.data_dir / "plugin-cache", Path(env["TF_CLI_CONFIG_FILE"])
+            # The plugin cache is written by `init` only; every other phase reads it.
+            views = {
+                "init": View((*mine, cache), (config, *job.sources)),
+                "main": View(mine, (cache, config, *job.sources)),
+            }
+
             async def run(phase: str, args: list[str], sink: LineSink) -> None:
                 on_line(f"$ {Path(prefix[-1]).name} {' '.join(args)}")
                 await self._run_phase(
@@ -295,6 +403,7 @@ class EngineRunner:
                     redact,
                     cancel,
                     on_phase,
+                    views["init" if phase == "init" else "main"],
                 )
 
             async def init(*, afresh: bool = False) -> None:
@@ -343,7 +452,9 @@ class EngineRunner:
                 outputs = (
                     local
                     if local is not None
-                    else await self._read_outputs(prefix, workdir, env, deadline, redact, on_line)
+                    else await self._read_outputs(
+                        prefix, workdir, env, deadline, redact, on_line, views["main"]
+                    )
                 )
             return EngineResult(outputs=outputs)
         except EngineFailed as exc:
@@ -389,10 +500,27 @@ class EngineRunner:
         return digest.hexdigest()
 
     async def _spawn(
-        self, prefix: list[str], workdir: Path, args: list[str], env: dict[str, str], merge: bool
+        self,
+        prefix: list[str],
+        workdir: Path,
+        args: list[str],
+        env: dict[str, str],
+        merge: bool,
+        view: View | None = None,
     ) -> EngineProcess:
+        argv = [*prefix, f"-chdir={workdir}", *args]
+        if self.sandbox is not None and view is not None:
+            await asyncio.to_thread(self.sandbox.own, view.writable)
+            plan = self.sandbox.plan(
+                argv,
+                data_dir=self.data_dir,
+                cwd=workdir,
+                writable=view.writable,
+                readable=view.readable,
+            )
+            argv, env = self.sandbox.wrap(plan, argv, env)
         try:
-            return await start([*prefix, f"-chdir={workdir}", *args], env=env, merge=merge)
+            return await start(argv, env=env, merge=merge)
         except FileNotFoundError as exc:
             raise EngineMissing(f"cannot start the engine {prefix[0]}: {exc.strerror}") from exc
 
@@ -408,8 +536,9 @@ class EngineRunner:
         redact: Redactor,
         cancel: asyncio.Event | None,
         on_phase: PhaseSink | None = None,
+        view: View | None = None,
     ) -> None:
-        proc = await self._spawn(prefix, workdir, args, env, merge=True)
+        proc = await self._spawn(prefix, workdir, args, env, merge=True, view=view)
         if on_phase:
             # Recorded once the engine is starting (its own start-up takes far longer than
             # this write), not on the critical path before it.
@@ -419,7 +548,7 @@ class EngineRunner:
         async def pump() -> None:
             assert proc.stdout is not None
             while raw := await proc.stdout.readline():
-                on_line(redact(raw.decode(errors="replace").rstrip("\n")))
+                on_line(redact(printable(raw)))
 
         pump_task = asyncio.create_task(pump())
         waiters: set[asyncio.Task[object]] = {pump_task}
@@ -479,10 +608,11 @@ class EngineRunner:
         deadline: float,
         redact: Redactor,
         on_line: LineSink,
+        view: View | None = None,
     ) -> dict[str, dict[str, Any]]:
         # Not streamed to the log: `output -json` prints sensitive values in clear.
         proc = await self._spawn(
-            prefix, workdir, ["output", "-json", "-no-color"], env, merge=False
+            prefix, workdir, ["output", "-json", "-no-color"], env, merge=False, view=view
         )
         loop = asyncio.get_running_loop()
         try:
@@ -515,9 +645,4 @@ class EngineRunner:
             with contextlib.suppress(FileNotFoundError):
                 legacy.with_name(legacy.name + suffix).unlink()
         if self.database_url and self.database_url.startswith("postgresql"):
-            import psycopg
-
-            from app.engine.backends import libpq_url, schema_name
-
-            with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{schema_name(target)}" CASCADE')
+            pgrole.drop(self.database_url, target)

@@ -345,9 +345,7 @@ class IntentProcessor:
         decided = decide()
         if isinstance(decided, NeedCI):
             decided = decide(
-                ci=await self.gateway.ci_state(
-                    pull.installation_id, pull.repository, pull.head_sha
-                )
+                ci=await self.gateway.ci_state(pull.installation_id, pull.repository, pull.head_sha)
             )
         assert not isinstance(decided, NeedCI)
         await self._apply(pull, live, config, decided)

@@ -145,9 +145,7 @@ class SiloChooser:
         # The repository's own templates, from the default branch at the commit whose
         # `.runbot.yml` asked for them: never from the PR's base or head.
         ref = pull.config_sha or pull.default_branch or pull.base_ref
-        files = await self.gateway.list_tree(
-            pull.installation_id, pull.repository, stack.path, ref
-        )
+        files = await self.gateway.list_tree(pull.installation_id, pull.repository, stack.path, ref)
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         root = self.data_dir / "repo-stacks" / slug(pull.repository) / digest
         if not root.exists():

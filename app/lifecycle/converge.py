@@ -18,7 +18,8 @@ from sqlmodel import col, select
 
 from app.db.models import Environment
 from app.db.session import Database
-from app.engine.runner import EngineJob, EngineRunner
+from app.engine.executor import Executor
+from app.engine.runner import EngineJob
 from app.lifecycle.kinds import (
     EnvironmentKind,
     FollowUp,
@@ -29,7 +30,7 @@ from app.lifecycle.kinds import (
     Wait,
 )
 from app.lifecycle.lease import Claim, Lease
-from app.lifecycle.records import drop_record, record_apply
+from app.lifecycle.records import drop_record, record_apply, recorded_workspace
 from app.lifecycle.runs import LineEcho, PhaseEcho, Runs
 from app.lifecycle.scrub import scrub_run_log
 from app.lifecycle.states import Action, Desired, Status, plan_action, status_during_apply
@@ -47,7 +48,7 @@ class Converger:
         self,
         db: Database,
         catalog: Catalog,
-        runner: EngineRunner,
+        runner: Executor,
         data_dir: Path,
         lease: Lease,
         *,
@@ -127,6 +128,9 @@ class Converger:
             variables=inputs,
             declared_backend=template.backend,
             redact=kind.redact(subject),
+            # The silo's workspace holds what its instances share (the local stack's servers).
+            workspaces=self._workspaces(subject, workspace),
+            silo=subject.silo.name,
         )
         trigger, head_sha = kind.origin(target)
         config_sha = getattr(target, "config_sha", None)  # environments only
@@ -145,7 +149,8 @@ class Converger:
                 sorted(k for k, v in inputs.items() if v in job.redact),
                 template.backend,
             )
-        workspace.mkdir(parents=True, exist_ok=True)
+        for path in job.workspaces:
+            path.mkdir(parents=True, exist_ok=True)
         outputs, error, _tail = await self.runs.execute(claim, run, kind.label(target), job)
         scrub_run_log(self.db, run.id, outputs)  # before the outcome shows: comments quote it
         if error is not None:
@@ -161,6 +166,15 @@ class Converger:
             shutil.rmtree(workspace, ignore_errors=True)
             drop_record(self.db, name)
             self._conclude(claim, subject, kind.destroyed(subject, claim))
+
+    def _workspaces(self, subject: Subject[Any], own: Path) -> tuple[Path, ...]:
+        """What a sandboxed run may write besides its working copy: its own workspace and its
+        silo's, where the silo's apply recorded it (another replica's data dir, perhaps)."""
+        name = f"silo-{subject.silo.name}"
+        silo = recorded_workspace(self.db, name) or self.data_dir / "workspace" / name
+        if silo != own and not silo.is_dir() and not silo.is_relative_to(self.data_dir):
+            return (own,)  # another host's path: nothing of it to bind here
+        return tuple(dict.fromkeys((own, silo)))
 
     def _conclude(self, claim: Claim, subject: Subject[Any], outcome: Outcome) -> None:
         """The last save releases the claim; only then do the silo's other rows move."""

@@ -277,6 +277,8 @@ class EnvironmentKind(Kind[Environment]):
             "runbot_repository": env.repository,
             "runbot_suspended": env.desired == Desired.SUSPENDED,
             "runbot_workspace_dir": str(workspace),
+            # The head commit's files, read-only; "" while no source is available.
+            "runbot_source_dir": "",
         }
         inputs = instance_inputs(
             stack.instance,

@@ -26,7 +26,7 @@ from sqlmodel import col, select
 
 from app.db.models import Environment, Run, Silo, utcnow
 from app.db.session import Database
-from app.engine.runner import EngineRunner
+from app.engine.executor import Executor
 from app.lifecycle.backoff import destroy_retry_delay
 from app.lifecycle.converge import Converger
 from app.lifecycle.lease import Claim, LeaseLost, Mutate
@@ -64,7 +64,7 @@ class Reconciler:
         self,
         db: Database,
         catalog: Catalog,
-        runner: EngineRunner,
+        runner: Executor,
         data_dir: Path,
         *,
         max_concurrent_runs: int = 4,

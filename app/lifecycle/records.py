@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import select
@@ -45,3 +46,15 @@ def drop_record(db: Database, name: str) -> None:
 def all_records(db: Database) -> dict[str, TargetRecord]:
     with db.session() as session:
         return {row.name: row for row in session.exec(select(TargetRecord))}
+
+
+def recorded_workspace(db: Database, name: str) -> Path | None:
+    """The workspace directory target `name` was last applied with, if its template takes one.
+
+    A silo applied by another replica names that replica's data dir; its environments' runs must
+    see that directory (the local stack's servers live there), not one of their own.
+    """
+    with db.session() as session:
+        row = session.get(TargetRecord, name)
+    value = row.variables.get("runbot_workspace_dir") if row is not None else None
+    return Path(value) if isinstance(value, str) and value else None

@@ -11,8 +11,9 @@ from sqlmodel import func, select
 
 from app.db.models import Run, RunLogChunk, utcnow
 from app.db.session import Database
+from app.engine.executor import Executor
 from app.engine.logs import RunLogWriter
-from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob, EngineRunner
+from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob
 from app.lifecycle.lease import Claim, Lease, LeaseLost
 from app.logging import log_context
 from app.stacks.catalog import StackError
@@ -30,7 +31,7 @@ class Runs:
     def __init__(
         self,
         db: Database,
-        runner: EngineRunner,
+        runner: Executor,
         lease: Lease,
         echo_line: LineEcho | None = None,
         echo_phase: PhaseEcho | None = None,
@@ -122,6 +123,7 @@ class Runs:
         echo = (lambda line: echo_line(label, line)) if echo_line else None
         writer = RunLogWriter(self.db, run.id or 0, echo=echo)
         cancel = asyncio.Event()
+        job.run_id = run.id
         heartbeat = asyncio.create_task(self.lease.heartbeat(claim, cancel))
         try:
             result = await self.runner.execute(

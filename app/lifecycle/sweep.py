@@ -26,7 +26,8 @@ from sqlmodel import select
 from app.db.models import Environment, Silo, TargetRecord, utcnow
 from app.db.session import Database
 from app.engine.backends import STATE_SCHEMA_PREFIX, schema_name
-from app.engine.runner import EngineError, EngineJob, EngineRunner
+from app.engine.executor import Executor
+from app.engine.runner import EngineError, EngineJob
 from app.lifecycle.converge import load_pinned_stack
 from app.lifecycle.orphans import FoundProcess, FoundState, Known, Orphan, Remedy, find_orphans
 from app.lifecycle.records import all_records, drop_record
@@ -205,7 +206,7 @@ class OrphanSweep:
         self,
         db: Database,
         catalog: Catalog,
-        runner: EngineRunner,
+        runner: Executor,
         lifecycle: Lifecycle,
         data_dir: Path,
         git_limits: Callable[[], GitLimits] = GitLimits,

@@ -29,6 +29,8 @@ from app.db.models import (
     PullRequest,
     Run,
     RunLogChunk,
+    RunTicket,
+    RunTicketLine,
     Silo,
     utcnow,
 )
@@ -42,6 +44,8 @@ log = logging.getLogger("runbot.schedule")
 
 #: Rows deleted per transaction.
 BATCH = 500
+#: How long a run ticket is kept after its token expired.
+TICKET_RETENTION = timedelta(days=1)
 #: Ledger rows in these states are commands not finished: never deleted.
 _LEDGER_OPEN = ("received", "executing")
 
@@ -54,6 +58,7 @@ class Pruned:
     outbox: int = 0
     commands: int = 0
     cache_entries: int = 0
+    tickets: int = 0
 
 
 class Retention:
@@ -86,15 +91,17 @@ class Retention:
             outbox=self.prune_outbox(now),
             commands=self.prune_commands(now),
             cache_entries=self.prune_caches(now),
+            tickets=self.prune_tickets(now),
         )
         if pruned != Pruned():
             log.info(
                 "retention: deleted %d run(s), %d outbox message(s), %d command(s), "
-                "%d cache entr(ies)",
+                "%d cache entr(ies), %d run ticket(s)",
                 pruned.runs,
                 pruned.outbox,
                 pruned.commands,
                 pruned.cache_entries,
+                pruned.tickets,
             )
         return pruned
 
@@ -132,7 +139,31 @@ class Retention:
                 )
                 if batch:
                     session.exec(delete(RunLogChunk).where(col(RunLogChunk.run_id).in_(batch)))
+                    session.exec(delete(RunTicketLine).where(col(RunTicketLine.run_id).in_(batch)))
+                    session.exec(delete(RunTicket).where(col(RunTicket.run_id).in_(batch)))
                     session.exec(delete(Run).where(col(Run.id).in_(batch)))
+                    session.commit()
+            deleted += len(batch)
+            if len(batch) < BATCH:
+                return deleted
+
+    def prune_tickets(self, now: datetime) -> int:
+        """Kubernetes run tickets a day past their token's expiry: no pod can use them any
+        more, and their pushed lines were copied into the run's log as they came."""
+        deleted = 0
+        while True:
+            with self.db.session() as session:
+                batch = list(
+                    session.exec(
+                        select(RunTicket.run_id)
+                        .where(col(RunTicket.expires_at) < now - TICKET_RETENTION)
+                        .limit(BATCH)
+                    )
+                )
+                if batch:
+                    lines = delete(RunTicketLine).where(col(RunTicketLine.run_id).in_(batch))
+                    session.exec(lines)
+                    session.exec(delete(RunTicket).where(col(RunTicket.run_id).in_(batch)))
                     session.commit()
             deleted += len(batch)
             if len(batch) < BATCH:

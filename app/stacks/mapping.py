@@ -101,9 +101,7 @@ def refused_repo_vars(
     )
 
 
-def refused_message(
-    refused: list[str], provided: Set[str], settable: frozenset[str] | None
-) -> str:
+def refused_message(refused: list[str], provided: Set[str], settable: frozenset[str] | None) -> str:
     """Why each refused `vars` name is refused, and what to do."""
     decided = [name for name in refused if name in provided]
     unlisted = [name for name in refused if name not in provided]

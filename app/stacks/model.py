@@ -36,6 +36,7 @@ RUNBOT_INSTANCE_VARIABLES: frozenset[str] = frozenset(
         "runbot_repository",
         "runbot_suspended",
         "runbot_workspace_dir",
+        "runbot_source_dir",
     }
 )
 

@@ -24,6 +24,7 @@ from app.web.api import api_router
 from app.web.auth import Authenticator, bearer_ok
 from app.web.dashboard import Dashboard
 from app.web.metrics import Metrics
+from app.web.runtoken import run_token_router
 from app.web.service import Service
 from app.web.surface import SurfaceGuard
 
@@ -55,6 +56,7 @@ def mount_web(app: FastAPI, rt: Runtime, hooks: WebHooks) -> Web:
     dashboard = Dashboard(service, auth)
 
     app.include_router(api_router(service, auth))
+    app.include_router(run_token_router(rt.db))
     app.include_router(auth.router(dashboard.login_page))
     app.include_router(dashboard.router())
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

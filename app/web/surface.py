@@ -48,9 +48,12 @@ def host_name(header: str) -> str | None:
 
 
 def allowed_hosts(settings: Settings) -> frozenset[str]:
-    """RUNBOT_PUBLIC_URL's host, loopback names and RUNBOT_ALLOWED_HOSTS."""
+    """RUNBOT_PUBLIC_URL's and RUNBOT_K8S_CALLBACK_URL's hosts, loopback, RUNBOT_ALLOWED_HOSTS."""
     public = host_name(urlsplit(settings.public_url).netloc)
-    return LOOPBACK_NAMES | settings.host_names | ({public} if public else set())
+    # The Kubernetes executor's pods call the run-token API by RUNBOT_K8S_CALLBACK_URL's name.
+    callback = host_name(urlsplit(settings.k8s_callback).netloc)
+    names = {name for name in (public, callback) if name}
+    return LOOPBACK_NAMES | settings.host_names | names
 
 
 @dataclass(frozen=True)

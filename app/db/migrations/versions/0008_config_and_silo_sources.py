@@ -71,9 +71,7 @@ def _backfill_sources() -> None:
                 key = f"repo:{owner.lower()}:{path}"
             else:
                 key = f"git:{source.get('url', '')}#{source.get('ref') or ''}:{path}"
-        bind.execute(
-            silo.update().where(silo.c.name == name).values(source_key=key, owner=owner)
-        )
+        bind.execute(silo.update().where(silo.c.name == name).values(source_key=key, owner=owner))
 
 
 def downgrade() -> None:
