@@ -124,3 +124,20 @@ def write_policy(tmp_path: Path, text: str) -> Path:
 def seed_repo(fake: FakeGitHub, config: str, repo: str = REPO) -> None:
     fake.add_repo(repo, files={"main": {".runbot.yml": config}})
     fake.add_installation(INSTALLATION, repo.split("/")[0], [repo])
+
+
+def open_pull_and_wait(server: AppServer, fake: FakeGitHub, timeout: float = 120) -> None:
+    """Deliver `pull_request.opened` for PR 1 and wait until its environment is ready."""
+    from app.lifecycle.states import Status
+    from tests.fakegithub.webhooks import deliver
+    from tests.helpers import wait_for
+
+    payload = fake.pull_request_event("opened", REPO, 1)
+    payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
+    deliver(server.webhook_url, "pull_request", payload, WEBHOOK_SECRET)
+
+    def ready() -> bool:
+        envs = server.runtime.lifecycle.list_environments()
+        return bool(envs) and envs[0].status == Status.READY
+
+    wait_for(ready, timeout=timeout)

@@ -7,12 +7,14 @@ server is a failure rather than a silent skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -55,6 +57,18 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(_admin_dsn(admin), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_engine_roles(conn)
+
+
+def drop_engine_roles(conn: psycopg.Connection[Any]) -> None:
+    """The engine roles no database uses any more: roles outlive the test databases."""
+    rows = conn.execute(
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, 'runbot_engine_')"
+        " AND NOT EXISTS (SELECT 1 FROM pg_shdepend WHERE refobjid = pg_roles.oid)"
+    ).fetchall()
+    for (role,) in rows:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(f'DROP ROLE "{role}"')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

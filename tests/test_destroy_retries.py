@@ -67,13 +67,15 @@ def test_destroy_failed_is_its_own_status_and_is_destroyed_again() -> None:
 # ----- real processes ----------------------------------------------------------------------------
 
 
-def write_fragile_stack(root: Path, instance_marker: Path, silo_marker: Path) -> Path:
-    """A stack whose destroys fail until their marker file exists."""
+def write_fragile_stack(root: Path) -> Path:
+    """A stack whose destroys fail until a `fixed` file exists in the target's workspace (the
+    one directory of its own a sandboxed run sees besides its working copy)."""
 
-    def fragile(name: str, marker: Path) -> str:
+    def fragile(name: str) -> str:
         return (
+            'variable "runbot_workspace_dir" {\n  type = string\n}\n'
             f'resource "terraform_data" "{name}" {{\n'
-            f'  input = "{marker}"\n'
+            '  input = "${var.runbot_workspace_dir}/fixed"\n'
             '  provisioner "local-exec" {\n'
             "    when    = destroy\n"
             "    command = \"echo checking the marker; test -f '${self.input}'\"\n"
@@ -84,20 +86,23 @@ def write_fragile_stack(root: Path, instance_marker: Path, silo_marker: Path) ->
     stack = root / "fragile"
     (stack / "silo").mkdir(parents=True)
     (stack / "instance").mkdir(parents=True)
-    (stack / "silo" / "main.tf").write_text(fragile("silo", silo_marker))
+    (stack / "silo" / "main.tf").write_text(fragile("silo"))
     (stack / "instance" / "main.tf").write_text(
         'variable "runbot_pr_number" {\n  type = number\n}\n'
-        + fragile("app", instance_marker)
+        + fragile("app")
         + 'output "url" {\n  value = "https://pr-${var.runbot_pr_number}.example.test"\n}\n'
     )
     return root
 
 
+def fix(server: AppServer, target: str) -> None:
+    """The cause is fixed: the marker the destroy checks for now exists."""
+    (server.settings.data_dir / "workspace" / target / "fixed").touch()
+
+
 @contextmanager
 def serving(tmp_path: Path, fake: FakeGitHub, **settings: Any) -> Iterator[AppServer]:
-    stacks = write_fragile_stack(
-        tmp_path / "stacks", tmp_path / "instance-fixed", tmp_path / "silo-fixed"
-    )
+    stacks = write_fragile_stack(tmp_path / "stacks")
     seed_repo(fake, "stack: fragile\nsilo: fragile\n")
     fake.set_permission(REPO, "wendy", "write")
     fake.add_pull(REPO, 1, A, "feature")
@@ -173,7 +178,7 @@ def test_a_failed_destroy_is_retried_with_backoff_until_it_succeeds_and_then_sho
     dashboard, the metrics and `runbot doctor`, its slot kept; once the cause is fixed a
     retry succeeds and no view shows the old failure, the deployment never `failure`."""
     fake = fake_github
-    with serving(tmp_path, fake, destroy_retry_base=0.5, destroy_retry_max=1.0) as server:
+    with serving(tmp_path, fake, destroy_retry_base=0.5, destroy_retry_max=6.0) as server:
         lifecycle = server.runtime.lifecycle
         env_id = deployed(server, fake)
         assert metric(server, "runbot_destroy_stuck", kind="environment") == 0
@@ -194,11 +199,25 @@ def test_a_failed_destroy_is_retried_with_backoff_until_it_succeeds_and_then_sho
         body = api(server, f"/api/environments/{env_id}")
         assert body["status"] == "destroy_failed" and FAILURE in body["reason"]
         assert body["failed_attempts"] >= 5 and body["slot"] is not None
-        listed = api(server, "/api/environments?status=destroy_failed")
-        assert [item["id"] for item in listed["items"]] == [env_id]
-        page = api(server, f"/environments/{env_id}")
-        assert 'data-status="destroy_failed"' in page and "The destroy failed" in page
-        assert 'id="retry-destroy"' in page
+        # A retry is under way about half of the time (destroying): wait for a failed moment.
+        wait_for(
+            lambda: (
+                [
+                    item["id"]
+                    for item in api(server, "/api/environments?status=destroy_failed")["items"]
+                ]
+                == [env_id]
+            ),
+            timeout=30,
+        )
+        pages: list[str] = []
+
+        def failed_page() -> bool:
+            pages[:] = [api(server, f"/environments/{env_id}")]
+            return 'data-status="destroy_failed"' in pages[0]
+
+        wait_for(failed_page, timeout=30)
+        assert "The destroy failed" in pages[0] and 'id="retry-destroy"' in pages[0]
         assert metric(server, "runbot_destroy_stuck", kind="environment") == 1
         assert metric(server, "runbot_destroy_failures_total", kind="environment") >= 1
         doctor = check_stuck_destroys(server.settings)
@@ -208,7 +227,7 @@ def test_a_failed_destroy_is_retried_with_backoff_until_it_succeeds_and_then_sho
         assert silo["used"] == 1  # the slot is still held
 
         # The cause is fixed: the next automatic retry succeeds.
-        (tmp_path / "instance-fixed").touch()
+        fix(server, f"env-{env_id}")
         wait_for(lambda: lifecycle.get_environment(env_id).status == Status.DESTROYED, 60)
         env = lifecycle.get_environment(env_id)
         assert env.slot is None and env.reason is None and env.attempts == 0
@@ -247,7 +266,7 @@ def test_runbot_destroy_and_the_dashboard_action_retry_a_failed_destroy_at_once(
         wait_for(lambda: len(api(server, f"/api/environments/{env_id}/runs")["items"]) == 3, 60)
         wait_for(lambda: lifecycle.get_environment(env_id).status == Status.DESTROY_FAILED, 60)
 
-        (tmp_path / "instance-fixed").touch()
+        fix(server, f"env-{env_id}")
         comment(server, fake, "/runbot destroy")
         wait_for(lambda: lifecycle.get_environment(env_id).status == Status.DESTROYED, 60)
         assert lifecycle.get_environment(env_id).slot is None
@@ -273,7 +292,7 @@ def test_a_silo_whose_destroy_fails_is_retried_the_same_way(
         assert metric(server, "runbot_destroy_stuck", kind="silo") == 1
         assert "silo lonely" in check_stuck_destroys(server.settings).detail
 
-        (tmp_path / "silo-fixed").touch()
+        fix(server, "silo-lonely")
         wait_for(lambda: lifecycle.get_silo("lonely").status == Status.DESTROYED, timeout=60)
         assert lifecycle.get_silo("lonely").reason is None
         assert metric(server, "runbot_destroy_stuck", kind="silo") == 0

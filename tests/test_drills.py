@@ -334,6 +334,10 @@ def test_two_serve_replicas_on_postgres_apply_each_change_once(
         for name in ("a", "b"):
             env_vars, port = process_env(tmp_path / name, fake, postgres_url), free_port()
             env_vars["RUNBOT_POLICY_FILE"] = str(room_for(tmp_path, REPLICA_PRS))
+            # Exactly-once under normal operation is the claim here; a 3 s lease is lost to a
+            # loaded CI machine's stalls, and a takeover rightly runs the change again
+            # (tests/test_processes.py covers takeover). 15 s keeps heartbeats 5 s apart.
+            env_vars["RUNBOT_LEASE_SECONDS"] = "15"
             log = tmp_path / f"serve-{name}.log"
             serve = replicas.enter_context(runbot(["serve", "--port", str(port)], env_vars, log))
             wait_healthy(port, serve, log)
@@ -396,7 +400,12 @@ def test_two_serve_replicas_on_postgres_apply_each_change_once(
         with rt.db.session() as session:
             runs = list(session.exec(select(Run).where(Run.target_kind == "environment")))
         per_change = Counter((r.target_id, r.generation, r.operation) for r in runs)
-        assert set(per_change.values()) == {1}, per_change  # no change applied twice
+        twice = [
+            f"{r.target_id} gen {r.generation} {r.operation} on {r.worker}: {r.status} {r.error}"
+            for r in runs
+            if per_change[(r.target_id, r.generation, r.operation)] > 1
+        ]
+        assert not twice, "\n".join(twice)  # no change applied twice
         destroys = Counter(r.target_id for r in runs if r.operation == "destroy")
         assert sorted(destroys.values()) == [1] * len(numbers), destroys
         assert all(r.status == "succeeded" for r in runs), Counter(r.status for r in runs)

@@ -264,3 +264,24 @@ def test_a_stale_module_manifest_in_a_shared_init_is_redone_from_scratch(
     outputs = recorder.run(runner, EngineJob("env-b", module_template, "apply", {}))
     assert outputs == {"greeting": "from the module"}
     assert recorder.phases == ["apply", "init", "apply"]
+
+
+def test_engine_output_with_a_nul_byte_becomes_a_line_a_database_can_store(
+    tmp_path: Path,
+) -> None:
+    """Engine output is untrusted: a provisioner that prints a NUL (reading /proc/*/environ,
+    say) must not make PostgreSQL refuse the run's log."""
+    root = tmp_path / "nul"
+    root.mkdir()
+    (root / "main.tf").write_text(
+        'resource "terraform_data" "nul" {\n  provisioner "local-exec" {\n'
+        "    command = \"printf 'before\\\\000after\\\\n'\"\n  }\n}\n"
+    )
+    lines: list[str] = []
+    asyncio.run(
+        EngineRunner("embedded", tmp_path / "data").execute(
+            EngineJob("env-nul", root, "apply", {}), lines.append
+        )
+    )
+    assert any("before\ufffdafter" in line for line in lines), lines
+    assert not any("\x00" in line for line in lines)

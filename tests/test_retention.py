@@ -13,6 +13,7 @@ from sqlmodel import select
 
 from app.db.models import CommentCommand, Environment, OutboxMessage, PullRequest, Run, RunLogChunk
 from app.engine.logs import HEAD_LOG, MAX_STORED_LOG, RunLogWriter, read_log
+from app.executor import tickets
 from app.github.outbox import OutboxGateway
 from app.runtime import Runtime, build_runtime
 from app.schedule.retention import BATCH, Retention
@@ -296,3 +297,18 @@ async def test_the_retention_tick_is_registered_and_counted(tmp_path: Path) -> N
         assert TICK_STATS["pruned_runs"] - before == 2
     finally:
         rt.db.dispose()
+
+
+async def test_run_tickets_go_a_day_after_their_token_expired(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The kubernetes executor's tickets (and pushed lines): kept while a pod may still use
+    them, deleted a day after expiry, and with their run."""
+    rt = build_runtime(make_settings(tmp_path, database_url))
+    for run_id, expires in ((1, NOW - timedelta(days=2)), (2, NOW - timedelta(hours=1))):
+        assert tickets.create(rt.db, run_id, "env-x", f"rbr_token{run_id}", "", b"", expires)
+        tickets.push_lines(rt.db, run_id, [(1, "a line")], "apply")
+    pruned = await retention(rt).prune(NOW)
+    assert pruned.tickets == 1
+    assert tickets.progress(rt.db, 1) is None and tickets.lines_after(rt.db, 1, 0) == []
+    assert tickets.progress(rt.db, 2) is not None and tickets.lines_after(rt.db, 2, 0) != []

@@ -16,9 +16,14 @@ from typer.testing import CliRunner
 from app.cli.main import cli
 from app.db.models import Environment, OutboxMessage, RunLogChunk, Silo
 from app.lifecycle.states import Status
-from tests.apphost import INSTALLATION, REPO, WEBHOOK_SECRET, AppServer, app_settings, seed_repo
+from tests.apphost import (
+    REPO,
+    AppServer,
+    app_settings,
+    open_pull_and_wait,
+    seed_repo,
+)
 from tests.fakegithub.server import FakeGitHub
-from tests.fakegithub.webhooks import deliver
 from tests.helpers import wait_for
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
@@ -38,22 +43,23 @@ def assert_clean(where: str, text: str) -> None:
 def test_secrets_never_appear(
     tmp_path: Path, fake_github: FakeGitHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MY_PROVIDER_TOKEN", PROVIDER_TOKEN)  # the operator's provider credential
+    # The operator's provider credential, given to the silo's runs (never runbot's environment).
+    silo_env = tmp_path / "silo-env"
+    silo_env.mkdir()
+    (silo_env / "leaky.env").write_text(f"MY_PROVIDER_TOKEN={PROVIDER_TOKEN}\n")
     fake = fake_github
     seed_repo(fake, "stack: leaky\nsilo: leaky\n")
     fake.add_pull(REPO, 1, "a" * 40, "feature")
-    settings = app_settings(tmp_path, fake, templates_dir=LEAKY, api_token="t0ken-for-automation")
+    settings = app_settings(
+        tmp_path,
+        fake,
+        templates_dir=LEAKY,
+        api_token="t0ken-for-automation",
+        silo_env_dir=silo_env,
+    )
     with AppServer(settings) as server:
-        payload = fake.pull_request_event("opened", REPO, 1)
-        payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
-        deliver(server.webhook_url, "pull_request", payload, WEBHOOK_SECRET)
+        open_pull_and_wait(server, fake)
         rt = server.runtime
-
-        def ready() -> bool:
-            envs = rt.lifecycle.list_environments()
-            return bool(envs) and envs[0].status == Status.READY
-
-        wait_for(ready, timeout=90)
         with rt.db.session() as session:
             logs = "".join(c.text for c in session.exec(select(RunLogChunk)))
             silo = session.get(Silo, "leaky")

@@ -61,6 +61,7 @@ def test_runbot_variable_sets() -> None:
         "runbot_repository",
         "runbot_suspended",
         "runbot_workspace_dir",
+        "runbot_source_dir",
     }
     assert set(RUNBOT_INSTANCE_VARIABLES) == expected_instance
     assert set(RUNBOT_SILO_VARIABLES) == {"runbot_silo_name", "runbot_workspace_dir"}

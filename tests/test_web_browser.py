@@ -176,9 +176,9 @@ def test_sign_in_watch_a_run_extend_and_destroy(serve: Serve, fake_github: FakeG
         blocked: list[str] = []
         page.on(
             "console",
-            lambda message: blocked.append(message.text)
-            if "Content Security Policy" in message.text
-            else None,
+            lambda message: (
+                blocked.append(message.text) if "Content Security Policy" in message.text else None
+            ),
         )
         try:
             # Sign in through the fake GitHub's OAuth endpoints.
