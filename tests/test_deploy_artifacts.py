@@ -1,7 +1,8 @@
 """Static checks of deploy/: the Dockerfile, compose file, .env.example and the Helm chart.
 
-Neither Docker nor Helm can run where the tests run, so nothing here builds the image or renders
-the chart. Instead the artifacts are checked against app/settings.py (the only source of setting
+Docker cannot run where the tests run, so nothing here builds the image; the chart is rendered
+by the real helm in tests/test_helm_chart.py, and its templates' text is checked here. The
+artifacts are checked against app/settings.py (the only source of setting
 names) and for the properties that keep a deployment safe: verified engine binary, non-root user,
 long stop grace, health probes, the PostgreSQL guard for several replicas, and no committed
 secret. The one executable piece, deploy/install-tofu.sh, is run against a fake release.
@@ -33,7 +34,8 @@ DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "runbot"
 TEMPLATES = CHART / "templates"
 
-VALID_NAMES = {f"RUNBOT_{name.upper()}" for name in Settings.model_fields}
+SETTING_NAMES = {f"RUNBOT_{name.upper()}" for name in Settings.model_fields}
+VALID_NAMES = SETTING_NAMES
 # What a production deployment cannot run without (PostgreSQL is what allows several replicas).
 DEFAULT_CANCEL_GRACE = Settings.model_fields["engine_cancel_grace"].default
 REQUIRED = {
@@ -169,7 +171,7 @@ def test_settings_are_the_source_of_names() -> None:
     # Guards the test itself: if Settings stopped using the RUNBOT_ prefix, every name below
     # would be checked against the wrong set.
     assert Settings.model_config["env_prefix"] == "RUNBOT_"
-    assert REQUIRED <= VALID_NAMES
+    assert REQUIRED <= SETTING_NAMES
 
 
 @pytest.mark.parametrize("path", DEPLOY_TEXT_FILES, ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -505,6 +507,20 @@ def test_compose_runbot_service() -> None:
     assert runbot.get("init") is True
 
 
+def test_compose_gives_the_local_sandbox_what_it_needs() -> None:
+    """unshare() as uid 10001 needs seccomp to allow it, AppArmor to allow mount and an unmasked
+    /proc; RUNBOT_SANDBOX is set explicitly, on unless deploy/.env says otherwise."""
+    runbot = compose()["services"]["runbot"]
+    assert runbot["environment"]["RUNBOT_SANDBOX"] == "${RUNBOT_SANDBOX:-on}"
+    options = set(runbot["security_opt"])
+    needed = {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
+    assert needed <= options, f"the sandbox's unshare would fail: missing {needed - options}"
+    assert "no-new-privileges:true" in options
+    assert "privileged" not in runbot and "cap_add" not in runbot, "the sandbox needs no privilege"
+    text = read(DEPLOY / "docker-compose.yml")
+    assert "trade-off" in text and "unprivileged user namespaces" in text
+
+
 def test_compose_sets_no_literal_secret() -> None:
     for name, service in compose()["services"].items():
         for key, value in (service.get("environment") or {}).items():
@@ -526,6 +542,7 @@ def test_chart_has_the_expected_templates() -> None:
     present = {path.name for path in TEMPLATES.iterdir()}
     expected = {"_helpers.tpl", "deployment.yaml", "service.yaml", "ingress.yaml"}
     expected |= {"servicemonitor.yaml", "configmap.yaml", "policy.yaml", "NOTES.txt"}
+    expected |= {"serviceaccount.yaml", "role.yaml"}
     assert expected <= present, f"missing templates: {expected - present}"
 
 

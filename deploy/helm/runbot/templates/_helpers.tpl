@@ -28,6 +28,97 @@ app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | qu
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{- define "runbot.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "runbot.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ----- Executors ----- */}}
+
+{{/*
+RUNBOT_SANDBOX as "on" or "off". A bare on/off in a values file arrives as a boolean (YAML 1.1),
+so booleans are accepted too; anything else fails rendering.
+*/}}
+{{- define "runbot.sandbox" -}}
+{{- $value := .Values.sandbox -}}
+{{- if kindIs "bool" $value -}}
+{{- ternary "on" "off" $value -}}
+{{- else if has (toString $value) (list "on" "off") -}}
+{{- toString $value -}}
+{{- else -}}
+{{- fail (printf "sandbox must be \"on\" or \"off\", not %q: off lets every template's code read runbot's secrets, so it is only ever set on purpose." (toString $value)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when runbot's pod runs engines itself, in the sandbox: it then needs localSandbox. */}}
+{{- define "runbot.sandboxed" -}}
+{{- if and (eq (toString .Values.executor) "local") (eq (include "runbot.sandbox" .) "on") }}true{{ end -}}
+{{- end -}}
+
+{{/* The namespace of the Jobs (and the Role): kubernetes.namespace, else the release's. */}}
+{{- define "runbot.jobNamespace" -}}
+{{- default .Release.Namespace .Values.kubernetes.namespace -}}
+{{- end -}}
+
+{{/* The URL Job pods call back on: kubernetes.callbackUrl, else this release's Service. */}}
+{{- define "runbot.callbackUrl" -}}
+{{- if .Values.kubernetes.callbackUrl -}}
+{{- .Values.kubernetes.callbackUrl -}}
+{{- else -}}
+{{- printf "http://%s.%s.svc:%d" (include "runbot.fullname" .) .Release.Namespace (int .Values.service.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+RUNBOT_ALLOWED_HOSTS: config.allowedHosts, plus (executor=kubernetes) the callback URL's host,
+which the Job pods send as Host and runbot would otherwise answer with a 400.
+*/}}
+{{- define "runbot.allowedHosts" -}}
+{{- $hosts := list -}}
+{{- range $name := splitList "," (toString (.Values.config.allowedHosts | default "")) -}}
+{{- if trim $name }}{{ $hosts = append $hosts (trim $name) }}{{ end -}}
+{{- end -}}
+{{- if eq (toString .Values.executor) "kubernetes" -}}
+{{- $callback := (urlParse (include "runbot.callbackUrl" .)).hostname -}}
+{{- $public := (urlParse (toString (.Values.config.publicUrl | default ""))).hostname -}}
+{{- if and $callback (ne $callback $public) (not (has $callback $hosts)) -}}
+{{- $hosts = append $hosts $callback -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $hosts -}}
+{{- end -}}
+
+{{/*
+The executor's values, checked: a typo would otherwise start a runbot that refuses to run, or
+runs engines where nobody meant them to.
+*/}}
+{{- define "runbot.validateExecutor" -}}
+{{- $executor := toString .Values.executor -}}
+{{- if not (has $executor (list "local" "kubernetes")) -}}
+{{- fail (printf "executor must be \"local\" or \"kubernetes\", not %q." $executor) -}}
+{{- end -}}
+{{- $_ := include "runbot.sandbox" . -}}
+{{- if eq $executor "kubernetes" -}}
+{{- range $key := list "serviceAccount" "cpu" "memory" -}}
+{{- if not (index $.Values.kubernetes $key) -}}
+{{- fail (printf "executor=kubernetes needs kubernetes.%s (each run's pod uses it)." $key) -}}
+{{- end -}}
+{{- end -}}
+{{- $callback := include "runbot.callbackUrl" . -}}
+{{- if not (or (hasPrefix "http://" $callback) (hasPrefix "https://" $callback)) -}}
+{{- fail (printf "kubernetes.callbackUrl must be an http:// or https:// URL, not %q." $callback) -}}
+{{- end -}}
+{{- if not .Values.serviceAccount.create -}}
+{{- if not .Values.serviceAccount.name -}}
+{{- fail "executor=kubernetes binds a Role to runbot's ServiceAccount: set serviceAccount.create=true, or serviceAccount.name to an existing one." -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
 "true" when runbot will use PostgreSQL: config.databaseUrl is a postgresql URL, or (with no
 config.databaseUrl) the database URL comes from existingSecret. A secret's content cannot be read
@@ -47,6 +138,7 @@ Refuse configurations that would run but lose data or misbehave. Rendered by dep
 `helm install`, `helm upgrade` and `helm template` all stop with the message.
 */}}
 {{- define "runbot.validate" -}}
+{{- include "runbot.validateExecutor" . -}}
 {{- if not .Values.existingSecret -}}
 {{- fail "existingSecret is required: create a Secret with the GitHub App private key, webhook secret and database URL (see deploy/README.md) and pass --set existingSecret=<name>." -}}
 {{- end -}}
