@@ -16,10 +16,12 @@ Commands (values from the environment):
 
 import argparse
 import contextlib
+import hmac
 import html
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -31,6 +33,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 PAGE_FILE = "page.json"
 PID_FILE = "server.pid"
 LOG_FILE = "server.log"
+# A stop by request, not by pid: an engine run in runbot's sandbox has its own PID namespace, so
+# the destroy cannot see (or signal) the server an earlier apply started. The token is written
+# 0600 next to the page; only what can read the instance dir can stop the server.
+STOP_FILE = "stop.token"
+STOP_PATH = "/-/stop"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 # The instance id becomes a directory name and a pgrep pattern: keep it boring.
@@ -67,11 +74,21 @@ def render_page(data):
     )
 
 
-def make_handler(instance_id, instance_dir):
+def make_handler(instance_id, instance_dir, stop_token, on_stop):
     page_path = os.path.join(instance_dir, PAGE_FILE)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "runbot-local/1"
+
+        def do_POST(self):
+            given = self.headers.get("X-Runbot-Stop", "")
+            if self.path != STOP_PATH or not stop_token:
+                self._send(404, "text/plain; charset=utf-8", "not found\n")
+            elif not hmac.compare_digest(given.encode(), stop_token.encode()):
+                self._send(403, "text/plain; charset=utf-8", "wrong stop token\n")
+            else:
+                self._send(202, "text/plain; charset=utf-8", "stopping\n")
+                on_stop()
 
         def do_GET(self):
             path = self.path.split("?", 1)[0]
@@ -119,7 +136,19 @@ def serve(argv):
 
     # SystemExit from the handler unwinds serve_forever so the socket is closed cleanly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    httpd = Server((host, port), make_handler(instance_id, instance_dir))
+    try:
+        with open(os.path.join(instance_dir, STOP_FILE), encoding="utf-8") as fh:
+            stop_token = fh.read().strip()
+    except OSError:
+        stop_token = ""
+
+    def on_stop():
+        # From a handler thread: shutdown() waits for serve_forever, so it cannot run here.
+        import threading
+
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    httpd = Server((host, port), make_handler(instance_id, instance_dir, stop_token, on_stop))
     print(f"runbot: serving {instance_id} on {host}:{port} (pid {os.getpid()})", flush=True)
     try:
         httpd.serve_forever()
@@ -242,7 +271,27 @@ def terminate(pid, instance_id):
     raise Failure(f"server pid {pid} of {instance_id} survived SIGKILL")
 
 
+def request_stop(cfg):
+    """Ask the server to stop itself with its token; whether it agreed."""
+    try:
+        with open(os.path.join(cfg["dir"], STOP_FILE), encoding="utf-8") as fh:
+            token = fh.read().strip()
+    except OSError:
+        return False
+    conn = HTTPConnection(connect_host(cfg["host"]), cfg["port"], timeout=2)
+    try:
+        conn.request("POST", STOP_PATH, headers={"X-Runbot-Stop": token})
+        return conn.getresponse().status == 202
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
 def stop_instance(cfg):
+    info = healthz(cfg["host"], cfg["port"])
+    if info and info.get("instance_id") == cfg["id"] and request_stop(cfg):
+        print(f"runbot: asked {cfg['id']} to stop")
     pids = set()
     recorded = read_pid(cfg["dir"])
     if recorded and is_our_server(recorded, cfg["id"]):
@@ -288,6 +337,11 @@ def cmd_start():
         who = healthz(cfg["host"], cfg["port"]) or {}
         owner = f"instance {who['instance_id']}" if who.get("instance_id") else "another process"
         raise Failure(f"port {cfg['host']}:{cfg['port']} is already in use by {owner}")
+    token_path = os.path.join(cfg["dir"], STOP_FILE)
+    fd = os.open(token_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(24))
+    os.replace(token_path + ".tmp", token_path)
     argv = [
         sys.executable, os.path.abspath(__file__), "serve",
         "--instance-id", cfg["id"], "--dir", cfg["dir"],
