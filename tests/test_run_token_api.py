@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,9 +13,12 @@ from fastapi.testclient import TestClient
 
 from app.db.models import RunTicket, utcnow
 from app.executor import tickets
+from app.executor.pod import Api, LinePusher
 from app.executor.spec import SPEC_VERSION, digest, new_token, sign, verify
 from app.server import create_app
+from tests.apphost import free_port
 from tests.conftest import make_settings
+from tests.webtools import WebServer
 
 TEMPLATE = b"\x1f\x8b fake tarball"
 
@@ -97,7 +101,7 @@ def test_a_resent_batch_of_lines_is_stored_once_in_order(api: tuple[TestClient, 
     assert tickets.lines_after(db, 31, 0) == [(1, "one"), (2, "two"), (3, "three")]  # type: ignore[arg-type]
     assert tickets.lines_after(db, 31, 1) == [(2, "two"), (3, "three")]  # type: ignore[arg-type]
     progress = tickets.progress(db, 31)  # type: ignore[arg-type]
-    assert progress is not None and progress.phase == "apply" and progress.last_seq == 3
+    assert progress is not None and progress.phases == ("init", "apply") and progress.last_seq == 3
     # a replacement pod (a disrupted first one) continues the numbering
     spec = client.get("/api/runs/31/spec", headers=bearer(token)).json()
     assert spec["next_seq"] == 4
@@ -142,3 +146,54 @@ def test_a_ticket_is_written_once_and_rotated_only_before_a_result(
     tickets.rotate(db, 51, second, envelope, TEMPLATE, utcnow() + timedelta(minutes=5))  # type: ignore[arg-type]
     assert client.get("/api/runs/51/spec", headers=bearer(first)).status_code == 403
     assert client.get("/api/runs/51/spec", headers=bearer(second)).status_code == 200
+
+
+def test_every_phase_is_kept_in_order_and_a_bad_phase_name_is_refused(
+    api: tuple[TestClient, object],
+) -> None:
+    client, db = api
+    token = new_token()
+    ticket(db, 51, token)
+    for phase in ("init", "init", "apply", "output"):
+        response = client.post("/api/runs/51/lines", json={"phase": phase}, headers=bearer(token))
+        assert response.status_code == 200, response.text
+    progress = tickets.progress(db, 51)  # type: ignore[arg-type]
+    assert progress is not None and progress.phases == ("init", "apply", "output")
+    forged = {"lines": [{"seq": 1, "text": "kept?"}], "phase": "apply; rm -rf"}
+    refused = client.post("/api/runs/51/lines", json=forged, headers=bearer(token))
+    assert refused.status_code == 422 and "lowercase letters" in refused.json()["detail"]
+    assert tickets.lines_after(db, 51, 0) == []  # type: ignore[arg-type]  # the push is whole or not at all
+
+
+def test_the_pods_pusher_keeps_a_phase_quicker_than_its_flush(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A phase that starts and ends between two flushes is still pushed, with its own lines."""
+    app = create_app(make_settings(tmp_path, database_url), background=False)
+    db = app.state.runtime.db
+    token = new_token()
+    ticket(db, 61, token)
+
+    async def burst(url: str) -> None:
+        api = Api(url, token, 61)
+        pusher = LinePusher(api, 1, patience=10)
+        pusher.line("before any phase")
+        pusher.set_phase("init")
+        pusher.line("Initializing")
+        pusher.set_phase("apply")
+        pusher.set_phase("apply")
+        pusher.line("Apply complete")
+        pusher.set_phase("output")
+        await pusher.close()
+        await api.aclose()
+
+    port = free_port()
+    with WebServer(app, port) as server:
+        asyncio.run(burst(server.url))
+    progress = tickets.progress(db, 61)
+    assert progress is not None and progress.phases == ("init", "apply", "output")
+    assert [text for _, text in tickets.lines_after(db, 61, 0)] == [
+        "before any phase",
+        "Initializing",
+        "Apply complete",
+    ]

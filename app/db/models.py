@@ -353,7 +353,9 @@ class RunTicket(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime)
     spec: str = Field(default="", sa_column=Column(Text, nullable=False))
     template: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
-    phase: str | None = Field(default=None, max_length=20)
+    #: The phases the pod went through, in order, space-separated: the executor polls, and a
+    #: phase shorter than its poll interval must still be seen.
+    phases: str = Field(default="", max_length=200)
     #: {"status": succeeded|failed|cancelled, "outputs", "error", "phase", "exit_code"}
     result: dict[str, Any] | None = Field(
         default=None, sa_column=Column(JSON(none_as_null=True), nullable=True)

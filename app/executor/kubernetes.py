@@ -413,6 +413,7 @@ class KubernetesExecutor:
         """Stream the pushed lines in order until the result, the Job's end or the cancel."""
         name, run_id = follow
         seq, phase = 0, None
+        seen_phases: list[str] = []
         loop = asyncio.get_running_loop()
         next_check = 0.0
         finished_at: float | None = None  # when the Job was seen done with no result yet
@@ -431,8 +432,8 @@ class KubernetesExecutor:
             progress = await asyncio.to_thread(tickets.progress, self.db, run_id)
             if progress is None:
                 raise EngineError(f"the ticket of run {run_id} is gone")
-            if progress.phase and progress.phase != phase:
-                phase = progress.phase
+            for phase in progress.phases[len(seen_phases) :]:
+                seen_phases.append(phase)
                 if on_phase:
                     on_phase(phase)
             if progress.result is not None:

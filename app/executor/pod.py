@@ -122,14 +122,19 @@ def _message(response: httpx.Response) -> str:
 
 
 class LinePusher:
-    """Collects the runner's lines and pushes them in order, each batch until it lands."""
+    """Collects the runner's lines and pushes them in order, each batch until it lands.
+
+    A push carries lines of one phase only, and a phase change is pushed even with no lines:
+    an apply quicker than the flush interval still shows its `apply` phase, in its place.
+    """
 
     def __init__(self, api: Api, first_seq: int, patience: float) -> None:
         self.api = api
         self.next_seq = first_seq
         self.patience = patience
         self.pending: list[tuple[int, str]] = []
-        self.phase: str | None = None
+        #: Phases not pushed yet, each with the sequence number of its first line.
+        self.marks: list[tuple[int, str]] = []
         self._phase_sent: str | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -141,7 +146,7 @@ class LinePusher:
             self._wake.set()
 
     def set_phase(self, phase: str) -> None:
-        self.phase = phase
+        self.marks.append((self.next_seq, phase))
         self._wake.set()
 
     def start(self) -> None:
@@ -155,10 +160,17 @@ class LinePusher:
             await self.flush()
 
     async def flush(self) -> None:
-        while self.pending or self.phase != self._phase_sent:
-            batch, phase = self.pending[:BATCH_LINES], self.phase
+        while self.pending or self.marks:
+            phase, opens = self._phase_sent, False
+            if self.marks and (not self.pending or self.pending[0][0] >= self.marks[0][0]):
+                phase, opens = self.marks[0][1], True
+            ends = [seq for seq, _ in self.marks[1 if opens else 0 :]]
+            end = ends[0] if ends else self.next_seq
+            batch = [line for line in self.pending[:BATCH_LINES] if line[0] < end]
             await self.api.lines(batch, phase, self.patience)
             del self.pending[: len(batch)]
+            if opens:
+                del self.marks[0]
             self._phase_sent = phase
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ replica dispatches (or adopts) the run reads them back. Nothing here depends on 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,8 @@ from app.db.session import Database
 from app.executor.spec import token_hash, token_matches
 
 MAX_LINES_PER_PUSH = 2000
+MAX_PHASES = 8  # init, plan, apply or destroy, output, with room to spare
+PHASE_NAME = re.compile(r"[a-z]{1,20}")
 MAX_LINE_CHARS = 16384
 RESULT_STATUSES = ("succeeded", "failed", "cancelled")
 
@@ -35,7 +38,8 @@ class TicketError(Exception):
 
 @dataclass(frozen=True)
 class Progress:
-    phase: str | None
+    #: Every phase the pod reported, in order.
+    phases: tuple[str, ...]
     result: dict[str, Any] | None
     last_seq: int
     #: When the token was last minted: a dispatcher may be between that and creating the Job.
@@ -96,13 +100,13 @@ def progress(db: Database, run_id: int) -> Progress | None:
     with db.session() as session:
         row = session.exec(
             select(
-                RunTicket.phase, RunTicket.result, RunTicket.last_seq, RunTicket.created_at
+                RunTicket.phases, RunTicket.result, RunTicket.last_seq, RunTicket.created_at
             ).where(RunTicket.run_id == run_id)
         ).first()
     if row is None:
         return None
     result = dict(row[1]) if row[1] is not None else None
-    return Progress(phase=row[0], result=result, last_seq=row[2], minted_at=row[3])
+    return Progress(phases=tuple(row[0].split()), result=result, last_seq=row[2], minted_at=row[3])
 
 
 def lines_after(db: Database, run_id: int, seq: int, limit: int = 1000) -> list[tuple[int, str]]:
@@ -139,6 +143,18 @@ def open_for_fetch(ticket: RunTicket) -> None:
         raise TicketError(410, f"run {ticket.run_id} has finished; its spec is gone")
 
 
+def after_phase(history: str, phase: str) -> str:
+    """The phase history with `phase` appended, unless it is already the last one."""
+    if not PHASE_NAME.fullmatch(phase):
+        raise TicketError(422, "a phase is 1 to 20 lowercase letters, such as init or apply")
+    seen = history.split()
+    if seen and seen[-1] == phase:
+        return history
+    if len(seen) >= MAX_PHASES:
+        raise TicketError(422, f"a run reports at most {MAX_PHASES} phases")
+    return " ".join([*seen, phase])
+
+
 def push_lines(db: Database, run_id: int, lines: list[tuple[int, str]], phase: str | None) -> int:
     """Store pushed lines, ignoring those (run_id, seq) already has: a resend changes nothing.
     Returns the highest sequence number stored so far."""
@@ -165,7 +181,7 @@ def push_lines(db: Database, run_id: int, lines: list[tuple[int, str]], phase: s
         top = max([ticket.last_seq, *(seq for seq, _ in lines)])
         ticket.last_seq = top
         if phase:
-            ticket.phase = phase[:20]
+            ticket.phases = after_phase(ticket.phases, phase)
         session.add(ticket)
         session.commit()
     return top

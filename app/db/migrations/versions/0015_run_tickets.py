@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(), nullable=False),
         sa.Column("spec", sa.Text(), nullable=False),
         sa.Column("template", sa.LargeBinary(), nullable=True),
-        sa.Column("phase", sa.String(length=20), nullable=True),
+        sa.Column("phases", sa.String(length=200), nullable=False),
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("last_seq", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
