@@ -88,7 +88,8 @@ def free_port_base(count: int) -> int:
     """A base port with `count` free loopback ports above it, for one local silo."""
     rng = random.Random()
     for _ in range(500):
-        base = rng.randrange(20000, 60000 - count, 50)
+        # Below Linux's ephemeral range (32768+), where outgoing connections take local ports.
+        base = rng.randrange(10000, 32768 - count, 50)
         if _range_free(base, count):
             return base
     raise RuntimeError("no free port range on loopback")

@@ -90,12 +90,25 @@ def port_range_free(base: int, count: int) -> bool:
     return True
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux's default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port_range(count: int) -> int:
     """A base port with `count` free loopback ports above it, for one local silo."""
     rng = random.Random()
     step = 50 * -(-count // 50)  # bases a whole range apart
+    # Below the kernel's ephemeral range: any outgoing connection (to PostgreSQL, to the fake
+    # GitHub) takes its local port from there, and could take a slot's port between this check
+    # and the server's bind.
+    top = min(32768, ephemeral_ports()[0]) - count
     for _ in range(200):
-        base = rng.randrange(20000, 40000, step)
+        base = rng.randrange(10000, top, step)
         if port_range_free(base, count):
             return base
     raise RuntimeError("no free port range on loopback")

@@ -401,7 +401,8 @@ def test_two_serve_replicas_on_postgres_apply_each_change_once(
             runs = list(session.exec(select(Run).where(Run.target_kind == "environment")))
         per_change = Counter((r.target_id, r.generation, r.operation) for r in runs)
         twice = [
-            f"{r.target_id} gen {r.generation} {r.operation} on {r.worker}: {r.status} {r.error}"
+            f"{r.target_id} gen {r.generation} {r.operation} on {r.worker}: {r.status} {r.error}\n"
+            + (read_log(rt.db, r.id)[0][-3000:] if r.status != "succeeded" and r.id else "")
             for r in runs
             if per_change[(r.target_id, r.generation, r.operation)] > 1
         ]

@@ -124,8 +124,9 @@ class Target:
         )
 
 
-def free_port_base(start: int = 47300, width: int = 4) -> int:
-    """First base >= start whose `width` ports are all free on loopback."""
+def free_port_base(start: int = 17300, width: int = 4) -> int:
+    """First base >= start whose `width` ports are all free on loopback (below the ephemeral
+    range, where outgoing connections could take one before the server binds it)."""
     for base in range(start, start + 2000, 10):
         try:
             for port in range(base, base + width):
