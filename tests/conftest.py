@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,6 +133,31 @@ def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: 
     }
     values.update(overrides)
     return load_settings(**values)
+
+
+def processes_under(root: Path) -> list[int]:
+    """Pids of processes whose command line names a path under `root`."""
+    marker = os.fsencode(root) + b"/"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(tmp_path: Path) -> Iterator[None]:
+    """A test that fails half way (a drill, say) leaves its local-stack servers running,
+    reparented out of reach in their sandbox's PID namespace; they would hold ports and match
+    later tests' process searches. Torn down after every other fixture of the test."""
+    yield
+    if sys.platform != "linux":
+        return
+    for pid in processes_under(tmp_path):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(autouse=True)
