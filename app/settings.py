@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".runbot")
     templates_dir: Path = Path("infra-templates")
     local_config: Path | None = None  # local mode: the .runbot.yml every PR uses
+    # A git repository on this host holding the PRs' commits: their source comes from
+    # `git archive` of it rather than from GitHub (local mode's `runbot_source_dir`).
+    local_repo: Path | None = None
+    # Unpacked PR sources kept in data_dir/sources (the newest; older ones are pruned).
+    source_cache_keep: int = Field(default=20, ge=1, le=10_000)
     policy_file: Path | None = None  # the operator policy (docs/policy.md); none: the defaults
 
     # Engine
