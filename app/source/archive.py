@@ -183,7 +183,7 @@ def extract(
                 )
             target = dest.joinpath(*relative.parts)
             if member.isdir():
-                _make_parents(dest, target)
+                _make_parents(dest, target, noun)
                 target.mkdir(exist_ok=True)
                 target.chmod(0o755)
                 dirs += 1
@@ -191,7 +191,7 @@ def extract(
             if member.issym():
                 deferred.append((target, _link_target(relative, member, noun)))
                 continue
-            _make_parents(dest, target)
+            _make_parents(dest, target, noun)
             source = tar.extractfile(member)
             assert source is not None
             mode = 0o755 if member.mode & 0o100 else 0o644
@@ -200,13 +200,7 @@ def extract(
                 _copy(source, out, member.size, name, noun)
             files += 1
         for target, link in deferred:
-            _make_parents(dest, target)
-            if target.parent.resolve() != target.parent:
-                raise ArchiveRefused(
-                    f"{noun} holds a link inside a linked folder: {target.relative_to(dest)}",
-                    Refusal.LINK_OUT,
-                    str(target.relative_to(dest)),
-                )
+            _make_parents(dest, target, noun)
             os.symlink(link, target)
     except FileExistsError as exc:
         raise ArchiveRefused(
@@ -217,7 +211,7 @@ def extract(
     return Unpacked(files, dirs, len(deferred), total)
 
 
-def _make_parents(dest: Path, target: Path) -> None:
+def _make_parents(dest: Path, target: Path, noun: str) -> None:
     """Create `target`'s folders (0755); refuse a parent that is not a real folder inside."""
     parent = target.parent
     missing: list[Path] = []
@@ -227,7 +221,8 @@ def _make_parents(dest: Path, target: Path) -> None:
     for folder in reversed(missing):
         folder.mkdir()
         folder.chmod(0o755)
-    if target.parent.is_symlink() or dest not in (target.parent, *target.parent.parents):
+    if target.parent.resolve() != target.parent or dest not in target.parents:
+        inside = str(target.relative_to(dest))
         raise ArchiveRefused(
-            f"{target} lands outside its folder", Refusal.LINK_OUT, str(target.name)
+            f"{noun} holds an entry inside a linked folder: {inside!r}", Refusal.LINK_OUT, inside
         )
