@@ -19,7 +19,7 @@ from app.github.appgateway import GitHubAppGateway
 from app.github.tarball import github_download
 from app.settings import load_settings
 from app.source.cache import SourceCache
-from app.source.fetch import Sources, SourceLimits, SourceRefused, SourceUnavailable
+from app.source.fetch import SourceLimits, SourceRefused, Sources, SourceUnavailable
 from app.source.localgit import git_archive_download
 from tests.fakegithub.server import FakeGitHub
 
