@@ -5,7 +5,6 @@ RUNBOT_LOCAL_REPO; a refused tarball fails the environment with the reason."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from app.lifecycle.states import Status
 from app.runtime import Runtime, build_runtime
 from tests.conftest import make_settings
 from tests.fakegithub.server import FakeGitHub
-from tests.helpers import converge, converge_sync, env_settled, silo_ready
+from tests.helpers import converge, converge_sync, env_settled, git, silo_ready
 
 pytestmark = pytest.mark.engine
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
@@ -149,15 +148,6 @@ def test_an_outage_waits_and_retries_instead_of_failing(tmp_path: Path, fake: Fa
     env = rt.lifecycle.get_environment(env.id)
     assert env.status == Status.READY, env.reason
     assert env.outputs["page"]["value"] == "<h1>later</h1>"
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 def test_local_mode_takes_the_source_from_runbot_local_repo(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import subprocess
 import tarfile
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from app.source.cache import SourceCache
 from app.source.fetch import SourceLimits, SourceRefused, Sources, SourceUnavailable
 from app.source.localgit import git_archive_download
 from tests.fakegithub.server import FakeGitHub
+from tests.helpers import git
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 
@@ -153,19 +153,6 @@ def test_prune_keeps_the_newest_and_what_is_in_use_and_drops_stale_staging(
     # a tree used just now (lookup touches it) survives a prune past `keep`
     assert cache.lookup("o/r", "3" * 40) is not None
     assert SourceCache(tmp_path, keep=0, in_use=600).prune().trees == 0
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    }
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], env=env, capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 async def test_local_mode_archives_the_commit_from_the_local_repository(tmp_path: Path) -> None:
