@@ -164,3 +164,13 @@ def test_local_mode_takes_the_source_from_runbot_local_repo(tmp_path: Path) -> N
     env = rt.lifecycle.get_environment(env.id)
     assert env.status == Status.READY, env.reason
     assert env.outputs["page"]["value"] == "<h1>from my laptop</h1>"
+
+
+def test_without_a_source_the_variable_is_empty_and_the_log_says_why(tmp_path: Path) -> None:
+    """Local mode without RUNBOT_LOCAL_REPO has nowhere to fetch from: `""`, and a note."""
+    rt = runtime(tmp_path)
+    env = rt.lifecycle.create_environment("web", "me/site", 1, "e" * 40)
+    converge_sync(rt, env_settled(rt, env.id))
+    env = rt.lifecycle.get_environment(env.id)
+    assert env.status == Status.FAILED  # this template reads a file of the source
+    assert "RUNBOT_LOCAL_REPO" in run_log(rt, env.id).splitlines()[-1]

@@ -168,9 +168,9 @@ class Converger:
             )
         for path in job.workspaces:
             path.mkdir(parents=True, exist_ok=True)
-        if wants_source and commit_of is not None and self.source is None:
-            self.runs.note(run, NO_SOURCE_NOTE)
         outputs, error, _tail = await self.runs.execute(claim, run, kind.label(target), job)
+        if wants_source and commit_of is not None and self.source is None:
+            self.runs.note(run, NO_SOURCE_NOTE)  # after the run: the log's lines come first
         scrub_run_log(self.db, run.id, outputs)  # before the outcome shows: comments quote it
         if error is not None:
             self.lease.fail(claim, error, run.id, retry=operation == "destroy")
