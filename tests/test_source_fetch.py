@@ -171,6 +171,12 @@ async def test_local_mode_archives_the_commit_from_the_local_repository(tmp_path
     with pytest.raises(SourceRefused, match="RUNBOT_LOCAL_REPO") as caught:
         await sources.checkout("octo-org/hello", "c" * 40)
     assert "commit it there" in str(caught.value)
+    assert str(repo) not in str(caught.value)  # no host path: reasons reach comments
+    with pytest.raises(SourceRefused, match="RUNBOT_LOCAL_REPO") as caught:
+        await Sources(
+            SourceCache(tmp_path / "s2"), git_archive_download(tmp_path / "no-repo")
+        ).checkout("octo-org/hello", sha)
+    assert str(tmp_path) not in str(caught.value)
     for bad in ("HEAD", "--output=/tmp/x", "a" * 39):
         with pytest.raises(SourceRefused, match="not a commit id"):
             await sources.checkout("octo-org/hello", bad)

@@ -55,11 +55,12 @@ def git_archive_download(repo_dir: Path) -> Download:
                     process.kill()
                 await process.wait()
         if code != 0:
-            said = errors.decode(errors="replace").strip().splitlines()
+            # git names the repository's path; the reason may be shown in a comment.
+            said = errors.decode(errors="replace").replace(str(repo_dir), "RUNBOT_LOCAL_REPO")
+            last = said.strip().splitlines()[-1:] or [f"exit {code}"]
             raise SourceRefused(
-                f"git archive could not make {what} from RUNBOT_LOCAL_REPO ({repo_dir}):"
-                f" {said[-1] if said else f'exit {code}'}; commit it there, or point"
-                " RUNBOT_LOCAL_REPO at the repository that has it"
+                f"git archive could not make {what} from RUNBOT_LOCAL_REPO: {last[0]}; commit"
+                " it there, or point RUNBOT_LOCAL_REPO at the repository that has it"
             )
 
     return download
