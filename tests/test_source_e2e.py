@@ -97,6 +97,11 @@ def test_the_pr_head_reaches_the_engine_and_a_push_brings_the_next(
     tarballs = [r.path for r in fake.requests if "/tarball/" in r.path]
     assert tarballs == [f"/repos/{REPO}/tarball/{first}", f"/repos/{REPO}/tarball/{second}"]
 
+    rt.lifecycle.destroy_environment(env.id)  # needs no source: nothing is downloaded
+    converge_from_github(rt, env.id)
+    assert rt.lifecycle.get_environment(env.id).status == Status.DESTROYED
+    assert len([r for r in fake.requests if "/tarball/" in r.path]) == 2
+
 
 def test_a_refused_tarball_fails_the_environment_with_the_reason(
     tmp_path: Path, fake: FakeGitHub
