@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, select
 
-from app.db.models import Environment, Run, RunLogChunk
+from app.db.models import Environment, PullRequest, Run, RunLogChunk
 from app.github.appgateway import GitHubAppGateway
+from app.github.comment import render_status_comment
+from app.github.status import status_view
 from app.github.tarball import github_download
 from app.lifecycle.states import Status
 from app.runtime import Runtime, build_runtime
@@ -118,6 +120,12 @@ def test_a_refused_tarball_fails_the_environment_with_the_reason(
     assert "more than 3 entries" in env.reason and "`source_max_files`" in env.reason
     with rt.db.session() as session:  # nothing ran
         assert session.exec(select(Run).where(col(Run.target_id) == env.id)).first() is None
+    # the status comment says it, like any failure
+    pull = PullRequest(id=f"{REPO}#2", repository=REPO, number=2, enabled=True, head_sha=sha)
+    view = status_view(pull, env, public_url="http://runbot.test", app_slug=None)
+    assert view is not None
+    comment = render_status_comment(view)
+    assert "more than 3 entries" in comment and r"source\_max\_files" in comment
 
 
 def test_an_outage_waits_and_retries_instead_of_failing(tmp_path: Path, fake: FakeGitHub) -> None:
