@@ -125,6 +125,7 @@ async def test_two_replicas_filling_one_commit_at_once_both_get_the_whole_tree(
     first, second = github_sources(tmp_path, gateway), github_sources(tmp_path, gateway)
     trees = await asyncio.gather(*(s.checkout(REPO, sha) for s in (first, second, first)))
     assert len(set(trees)) == 1
+    assert len(tarball_requests(fake)) == 6  # all three really filled it, at once
     tree = trees[0]
     assert sorted(str(p.relative_to(tree)) for p in tree.rglob("*.txt")) == sorted(files)
     assert all((tree / name).read_text() == text for name, text in files.items())
