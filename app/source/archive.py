@@ -151,13 +151,14 @@ def extract(
     top: list[str] = []
     total = files = dirs = 0
     deferred: list[tuple[Path, str]] = []
+    current = ""  # the member being written, for messages: never a host path
     try:
         for count, member in enumerate(tar, start=1):
             if count > limits.max_members:
                 raise ArchiveRefused(
                     f"{noun} has more than {limits.max_members} entries", Refusal.TOO_MANY
                 )
-            name = member.name
+            name = current = member.name
             relative = _relative(name, noun, strip_top, top)
             if member.islnk() or (member.issym() and not links):
                 raise ArchiveRefused(
@@ -200,14 +201,16 @@ def extract(
                 _copy(source, out, member.size, name, noun)
             files += 1
         for target, link in deferred:
+            current = str(target.relative_to(dest))
             _make_parents(dest, target, noun)
             os.symlink(link, target)
     except FileExistsError as exc:
-        raise ArchiveRefused(
-            f"{noun} lists {exc.filename!r} twice", Refusal.DUPLICATE, str(exc.filename)
-        ) from exc
+        raise ArchiveRefused(f"{noun} lists {current!r} twice", Refusal.DUPLICATE, current) from exc
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise ArchiveRefused(f"{noun} cannot be unpacked: {exc}", Refusal.BROKEN) from exc
+        said = str(exc).replace(f"{dest}/", "").replace(str(dest), ".")
+        raise ArchiveRefused(
+            f"{noun} cannot be unpacked at {current!r}: {said}", Refusal.BROKEN, current
+        ) from exc
     return Unpacked(files, dirs, len(deferred), total)
 
 
