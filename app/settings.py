@@ -155,6 +155,16 @@ class Settings(BaseSettings):
             raise ValueError("must be a PEM file of CA certificates that exists")
         return value
 
+    @field_validator("local_repo")
+    @classmethod
+    def _git_repository(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value / ".git").exists() and not (value / "HEAD").is_file():
+            raise ValueError(
+                "must be a git repository (a folder with .git, or a bare one) holding the PRs'"
+                " commits"
+            )
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:

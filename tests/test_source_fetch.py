@@ -16,7 +16,7 @@ import pytest
 
 from app.github.appgateway import GitHubAppGateway
 from app.github.tarball import github_download
-from app.settings import load_settings
+from app.settings import SettingsError, load_settings
 from app.source.cache import SourceCache
 from app.source.fetch import SourceLimits, SourceRefused, Sources, SourceUnavailable
 from app.source.localgit import git_archive_download
@@ -201,3 +201,10 @@ def test_the_fake_answers_as_github_does(fake: FakeGitHub) -> None:
         names = tar.getnames()
     assert names == ["octo-org-hello-" + sha[:7], f"octo-org-hello-{sha[:7]}/a.txt"]
     assert httpx.get(location).status_code == 404  # the token was for one download
+
+
+def test_runbot_local_repo_must_be_a_git_repository(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"RUNBOT_LOCAL_REPO: .*must be a git repository"):
+        load_settings(local_repo=tmp_path)
+    git(tmp_path, "init", "-q")
+    assert load_settings(local_repo=tmp_path).local_repo == tmp_path
