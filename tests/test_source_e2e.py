@@ -17,6 +17,7 @@ from app.github.status import status_view
 from app.github.tarball import github_download
 from app.lifecycle.states import Status
 from app.runtime import Runtime, build_runtime
+from app.workers import Workers
 from tests.conftest import make_settings
 from tests.fakegithub.server import FakeGitHub
 from tests.helpers import converge, converge_sync, env_settled, git, silo_ready
@@ -187,3 +188,22 @@ def test_without_a_source_the_variable_is_empty_and_the_log_says_why(tmp_path: P
     env = rt.lifecycle.get_environment(env.id)
     assert env.status == Status.FAILED  # this template reads a file of the source
     assert "RUNBOT_LOCAL_REPO" in run_log(rt, env.id).splitlines()[-1]
+
+
+def test_the_workers_fetch_sources_from_github(tmp_path: Path, fake: FakeGitHub) -> None:
+    """`runbot serve`/`worker` wire the gateway's tarball in: no source passed by hand."""
+    rt = runtime(tmp_path, fake)
+    sha = fake.push_commit(REPO, {"app/index.html": "<h1>served</h1>"})
+    env = rt.lifecycle.create_environment("web", REPO, 4, sha)
+
+    async def run() -> None:
+        workers = Workers.build(rt)
+        try:
+            await workers.reconciler.drain(env_settled(rt, env.id), timeout=120, poll=0.1)
+        finally:
+            await workers.gateway.aclose()
+
+    asyncio.run(run())
+    row = rt.lifecycle.get_environment(env.id)
+    assert row.status == Status.READY, row.reason
+    assert row.outputs["page"]["value"] == "<h1>served</h1>"
