@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, select
 
-from app.db.models import Environment, PullRequest, Run, RunLogChunk
+from app.db.models import Environment, PullRequest, Run, RunLogChunk, TargetRecord
 from app.github.appgateway import GitHubAppGateway
 from app.github.comment import render_status_comment
 from app.github.status import status_view
@@ -89,6 +89,9 @@ def test_the_pr_head_reaches_the_engine_and_a_push_brings_the_next(
     source = rt.settings.data_dir.absolute() / "sources" / "octo-org--site" / first
     assert not (source / "written").exists()
     assert "SOURCE-READ-ONLY" in run_log(rt, env.id)
+    with rt.db.session() as session:  # what an orphan destroy would run with: no source
+        record = session.get(TargetRecord, f"env-{env.id}")
+        assert record is not None and record.variables["runbot_source_dir"] == ""
 
     second = fake.push_commit(REPO, {"app/index.html": "<h1>second</h1>"})
     fake.update_pull(REPO, 1, head_sha=second)

@@ -162,7 +162,8 @@ class Converger:
                 claim.id,
                 target.stack,
                 pinned,
-                inputs,
+                # What a destroy gets (the orphan sweep's too): no source, as in `inputs()`.
+                {**inputs, SOURCE_VARIABLE: ""} if sources else inputs,
                 sorted(k for k, v in inputs.items() if v in job.redact),
                 template.backend,
             )
