@@ -18,6 +18,9 @@ from app.lifecycle.sweep import OrphanSweep
 from app.policy.merge import git_hosts_anywhere
 from app.policy.store import PolicyStore
 from app.settings import Settings, SettingsError
+from app.source.cache import SourceCache
+from app.source.fetch import Download, SourceLimits, SourceProvider, Sources
+from app.source.localgit import git_archive_download
 from app.stacks.catalog import Catalog
 from app.stacks.gitrun import GitLimits
 
@@ -42,6 +45,7 @@ class Runtime:
             "git_limits": self.git_limits,
             "destroy_retry_base": self.settings.destroy_retry_base,
             "destroy_retry_max": self.settings.destroy_retry_max,
+            "source": self.sources(),
         }
         options.update(overrides)
         return Reconciler(self.db, self.catalog, self.runner, self.settings.data_dir, **options)
@@ -57,6 +61,26 @@ class Runtime:
             self.settings.data_dir,
             self.git_limits,
         )
+
+    def sources(self, download: Download | None = None) -> SourceProvider | None:
+        """Where PR sources come from: `git archive` of RUNBOT_LOCAL_REPO when it is set,
+        else `download` (GitHub's tarballs, given by the workers); None: no source at all."""
+        settings = self.settings
+        if settings.local_repo is not None:
+            download = git_archive_download(settings.local_repo.absolute())
+        if download is None:
+            return None
+        cache = SourceCache(
+            settings.data_dir.absolute() / "sources",
+            keep=settings.source_cache_keep,
+            in_use=max(3600.0, settings.engine_timeout * 2),
+        )
+        return Sources(cache, download, self.source_limits)
+
+    def source_limits(self, repository: str) -> SourceLimits:
+        """The policy's `source_max_bytes` and `source_max_files` for the repository now."""
+        policy = self.policy.policy_for(repository)
+        return SourceLimits(policy.source_max_bytes, policy.source_max_files)
 
     def git_limits(self) -> GitLimits:
         """The RUNBOT_GIT_* settings, with the hosts of the policy in force right now."""

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".runbot")
     templates_dir: Path = Path("infra-templates")
     local_config: Path | None = None  # local mode: the .runbot.yml every PR uses
+    # A git repository on this host holding the PRs' commits: their source comes from
+    # `git archive` of it rather than from GitHub (local mode's `runbot_source_dir`).
+    local_repo: Path | None = None
+    # Unpacked PR sources kept in data_dir/sources (the newest; older ones are pruned).
+    source_cache_keep: int = Field(default=20, ge=1, le=10_000)
     policy_file: Path | None = None  # the operator policy (docs/policy.md); none: the defaults
 
     # Engine
@@ -148,6 +153,16 @@ class Settings(BaseSettings):
     def _readable_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError("must be a PEM file of CA certificates that exists")
+        return value
+
+    @field_validator("local_repo")
+    @classmethod
+    def _git_repository(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value / ".git").exists() and not (value / "HEAD").is_file():
+            raise ValueError(
+                "must be a git repository (a folder with .git, or a bare one) holding the PRs'"
+                " commits"
+            )
         return value
 
     @field_validator("database_url")

@@ -27,6 +27,7 @@ from app.github.appgateway import GitHubAppGateway
 from app.github.gateway import Gateway
 from app.github.notify import Notifier
 from app.github.outbox import OutboxGateway
+from app.github.tarball import github_download
 from app.intent.processor import IntentProcessor
 from app.lifecycle.reconcile import Reconciler, default_worker_id
 from app.lifecycle.states import Status
@@ -125,7 +126,9 @@ class Workers:
             ),
         )
         notifier.idle_work = commands.answers.send_one
-        reconciler = rt.reconciler(worker_id=worker_id)
+        # GitHub's tarballs, unless local mode (RUNBOT_LOCAL_REPO, or no source at all).
+        download = None if gateway.local else github_download(gateway)
+        reconciler = rt.reconciler(worker_id=worker_id, source=rt.sources(download))
 
         def wake_all() -> None:
             reconciler.wakeup.set()

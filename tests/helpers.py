@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -89,3 +90,13 @@ def nothing_pending(fake: Any, repo: str) -> bool:
     runs_done = all(run["status"] == "completed" for run in fake.check_runs(repo))
     last = [fake.deployment_statuses(repo, d["id"])[-1:] for d in fake.deployments(repo)]
     return runs_done and all(s and s[0]["state"] in TERMINAL_DEPLOYMENT_STATES for s in last)
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in `repo` as a throwaway committer; its stripped stdout."""
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()

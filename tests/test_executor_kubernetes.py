@@ -29,7 +29,7 @@ from sqlmodel import select
 from app.db.models import Run, RunLogChunk
 from app.db.session import Database
 from app.engine.backends import libpq_url, schema_name
-from app.engine.runner import EngineCancelled, EngineFailed, EngineJob
+from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob
 from app.executor import tickets
 from app.executor.kubernetes import KubernetesConfig, KubernetesExecutor
 from app.executor.manifest import job_name
@@ -368,6 +368,16 @@ def test_a_job_with_no_run_row_runs_under_an_id_no_run_has(site: Site) -> None:
     (made,) = site.kube.jobs()
     assert int(made["metadata"]["annotations"]["runbot.dev/run-id"]) < 0
     assert site.kube.errors == []
+
+
+def test_a_job_reading_the_pr_source_is_refused_before_any_job_is_made(
+    site: Site, tmp_path: Path
+) -> None:
+    """The run spec does not carry the PR's source yet: say so, rather than fail in the pod."""
+    sourced = EngineJob(TARGET, SLOW, "apply", {"delay": 0, "marker": "x"}, sources=(tmp_path,))
+    with pytest.raises(EngineError, match="RUNBOT_EXECUTOR=local"):
+        asyncio.run(site.executor().execute(sourced, lambda _: None))
+    assert site.kube.jobs() == [] and site.kube.secrets() == []
 
 
 def test_a_disrupted_pod_is_replaced_and_the_run_still_ends_once(site: Site) -> None:

@@ -4,7 +4,6 @@ later runs reuse it."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,9 @@ from app.runtime import build_runtime
 from app.stacks.catalog import StackSource
 from tests.conftest import TEMPLATES, make_settings
 from tests.gitserver import GitServer
-from tests.helpers import converge_sync, env_settled, fetch, silo_ready
+from tests.helpers import converge_sync, env_settled, fetch, git, silo_ready
 
 pytestmark = pytest.mark.engine
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 def set_greeting(repo: Path, greeting: str) -> str:

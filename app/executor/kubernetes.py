@@ -253,6 +253,12 @@ class KubernetesExecutor:
         # A job with no Run row (the orphan sweep's destroys) gets a negative ticket id, which
         # no Run row has.
         run_id = job.run_id if job.run_id is not None else -(secrets.randbelow(2**31 - 2) + 1)
+        if job.sources:
+            # The run spec carries the template, not the PR's source: a pod could not read it.
+            raise EngineError(
+                "the kubernetes executor cannot give a pod the PR's source yet: a stack that"
+                " declares runbot_source_dir needs RUNBOT_EXECUTOR=local for now"
+            )
         self._backend(job)  # refused before anything is made
         template = await asyncio.to_thread(specs.pack, Path(job.template_dir))
         digest = spec_digest(job, specs.digest(template))

@@ -22,13 +22,13 @@ import hashlib
 import hmac
 import io
 import json
-import os
 import secrets
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from app.source.archive import ArchiveLimits, ArchiveRefused, extract
 
 SPEC_VERSION = 1
 TOKEN_PREFIX = "rbr_"
@@ -130,66 +130,27 @@ class Limits:
     max_members: int = MAX_TEMPLATE_MEMBERS
 
 
-def _members(tar: tarfile.TarFile, limits: Limits) -> Iterator[tuple[tarfile.TarInfo, str]]:
-    total = 0
-    for count, member in enumerate(tar, start=1):
-        if count > limits.max_members:
-            raise SpecError(f"the template has more than {limits.max_members} entries")
-        name = member.name
-        path = PurePosixPath(name)
-        if name.startswith("/") or path.is_absolute() or "\\" in name:
-            raise SpecError(f"the template holds an absolute path: {name!r}")
-        if ".." in path.parts:
-            raise SpecError(f"the template holds a path with '..': {name!r}")
-        if member.issym() or member.islnk():
-            raise SpecError(f"the template holds a link, which runbot never packs: {name!r}")
-        if not (member.isfile() or member.isdir()):
-            raise SpecError(f"the template holds a special file: {name!r}")
-        total += member.size
-        if total > limits.max_bytes:
-            raise SpecError(f"the template unpacks to more than {limits.max_bytes} bytes")
-        yield member, str(path)
-
-
 def unpack(data: bytes, dest: Path, expected_digest: str, limits: Limits = Limits()) -> None:
     """Unpack a template tarball into the empty folder `dest`, after checking its digest.
 
-    Refused: another digest than the signed spec pins, absolute paths, `..`, symbolic and hard
-    links (runbot's `pack` writes neither, so any is foreign), devices and fifos, more than
-    `limits.max_members` entries or `limits.max_bytes` unpacked. Members are written by hand
-    with O_EXCL, never by `extractall`, so nothing is followed or overwritten.
+    Refused: another digest than the signed spec pins, and whatever `app.source.archive`
+    refuses, links included (runbot's `pack` writes none, so any is foreign): absolute paths,
+    `..`, devices and fifos, more than `limits.max_members` entries or `limits.max_bytes`
+    unpacked.
     """
     if not hmac.compare_digest(digest(data), expected_digest):
         raise SpecError("the template's digest differs from the one the run spec pins")
     if len(data) > limits.max_bytes:
         raise SpecError(f"the template is larger than {limits.max_bytes} bytes")
-    dest = dest.resolve()
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            for member, name in _members(tar, limits):
-                target = (dest / name).resolve()
-                if target != dest and dest not in target.parents:
-                    raise SpecError(f"the template's {name!r} lands outside its folder")
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(member)
-                assert source is not None
-                content = source.read(member.size + 1)
-                if len(content) != member.size:
-                    raise SpecError(f"the template's {name!r} is not the size it declares")
-                mode = 0o755 if member.mode & 0o100 else 0o644
-                with open(target, "xb", opener=_opener(mode)) as out:
-                    out.write(content)
+            extract(
+                tar,
+                dest,
+                ArchiveLimits(limits.max_bytes, limits.max_members),
+                noun="the template",
+            )
     except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, FileExistsError):
-            raise SpecError(f"the template lists {exc.filename!r} twice") from exc
         raise SpecError(f"the template cannot be unpacked: {exc}") from exc
-
-
-def _opener(mode: int) -> Any:
-    def opener(path: str, flags: int) -> int:
-        return os.open(path, flags | os.O_NOFOLLOW, mode)
-
-    return opener
+    except ArchiveRefused as exc:
+        raise SpecError(str(exc)) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack
 from urllib.parse import quote
 
@@ -27,6 +28,7 @@ from app.github.gateway import (
     is_reaction,
 )
 from app.github.payloads import PullFacts, at, pull_facts
+from app.github.tarball import stream_tarball
 from app.github.transport import (
     MAX_PAGES,
     PER_PAGE,
@@ -137,6 +139,11 @@ class GitHubAppGateway:
             return None
         sha = at(_payload(response), "object", "sha")
         return sha if isinstance(sha, str) and sha else None
+
+    async def download_tarball(
+        self, installation_id: int | None, repo: str, sha: str, write: Callable[[bytes], None]
+    ) -> None:
+        await stream_tarball(self._transport, installation_id, repo, sha, write)
 
     async def list_tree(
         self, installation_id: int | None, repo: str, path: str, ref: str

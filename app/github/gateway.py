@@ -18,6 +18,7 @@ Failure contract for callers (the notifier and the webhook workers):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeGuard, get_args, runtime_checkable
 
@@ -126,6 +127,14 @@ class Gateway(Protocol):
     async def list_tree(
         self, installation_id: int | None, repo: str, path: str, ref: str
     ) -> dict[str, str]: ...
+
+    async def download_tarball(
+        self, installation_id: int | None, repo: str, sha: str, write: Callable[[bytes], None]
+    ) -> None:
+        """Stream the commit's gzipped tarball into `write` (which may raise to stop it).
+
+        By commit from the base repository, so a fork PR's head is found too."""
+        ...
 
     async def find_comment(
         self, installation_id: int | None, repo: str, number: int, marker: str

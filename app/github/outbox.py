@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
@@ -165,6 +166,14 @@ class OutboxGateway:
 
     async def get_app(self) -> dict[str, Any]:
         return {"slug": None, "name": "runbot (local mode)", "local": True}
+
+    async def download_tarball(
+        self, installation_id: int | None, repo: str, sha: str, write: Callable[[bytes], None]
+    ) -> None:
+        raise GitHubError(
+            "local mode has no GitHub to download a commit's source from; set RUNBOT_LOCAL_REPO"
+            " to the git repository that holds the pull requests' commits."
+        )
 
     async def installation_token(self, installation_id: int) -> str:
         raise GitHubError(

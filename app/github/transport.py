@@ -238,6 +238,7 @@ class GitHubTransport:
         self._clock = clock
         self._sleep = sleep
         self._api_version = settings.github_api_version
+        self.api_url = settings.github_api_url.rstrip("/")
         self._pool = _SharedTransport()
         # githubkit 0.16 stamps every call with its own X-GitHub-Api-Version (2026-03-10);
         # this hook runs last, on every request (token requests too), to send the configured one.
@@ -283,6 +284,14 @@ class GitHubTransport:
         config = dataclasses.replace(self._app.config, cache_strategy=MemCacheStrategy())
         state.client = GitHub(self._app.auth.as_installation(installation_id), config=config)
         state.has_token = False
+
+    @property
+    def api_version(self) -> str:
+        return self._api_version
+
+    async def installation_for(self, installation_id: int | None, repo: str) -> int:
+        """The installation that covers `repo` (looked up once, then cached)."""
+        return await self._installation_id(installation_id, repo)
 
     async def _installation_id(self, installation_id: int | None, repo: str) -> int:
         if installation_id is not None:

@@ -34,11 +34,17 @@ from app.lifecycle.records import drop_record, record_apply, recorded_workspace
 from app.lifecycle.runs import LineEcho, PhaseEcho, Runs
 from app.lifecycle.scrub import scrub_run_log
 from app.lifecycle.states import Action, Desired, Status, plan_action, status_during_apply
+from app.source.fetch import SourceProvider, SourceRefused, SourceUnavailable
 from app.stacks.catalog import Catalog, Stack, StackError, StackSource, load_stack
 from app.stacks.git import fetch_git_stack
 from app.stacks.gitrun import GitLimits
 
 Operation = Literal["apply", "destroy"]
+SOURCE_VARIABLE = "runbot_source_dir"
+NO_SOURCE_NOTE = (
+    "runbot: note: the template declares runbot_source_dir but runbot has no source to give"
+    ' it (local mode without RUNBOT_LOCAL_REPO), so it is ""'
+)
 
 
 class Converger:
@@ -57,8 +63,10 @@ class Converger:
         git_limits: Callable[[], GitLimits] = GitLimits,
         echo_line: LineEcho | None = None,
         echo_phase: PhaseEcho | None = None,
+        source: SourceProvider | None = None,
     ) -> None:
         self.db = db
+        self.source = source  # the PR's head commit, for templates declaring runbot_source_dir
         self.catalog = catalog
         self.runner = runner
         self.data_dir = data_dir
@@ -106,6 +114,14 @@ class Converger:
             # A destroy whose code did not load is a failed destroy: retried, nothing leaks.
             self.lease.fail(claim, str(exc), None, retry=operation == "destroy")
             return
+        sources: tuple[Path, ...] = ()
+        commit_of = kind.source_commit(target)
+        wants_source = operation == "apply" and SOURCE_VARIABLE in template.variables
+        if wants_source and commit_of is not None and self.source is not None:
+            fetched = await self._fetch_source(claim, target, *commit_of)
+            if fetched is None:
+                return
+            inputs[SOURCE_VARIABLE], sources = str(fetched), (fetched,)
         busy = status_during_apply(target.status) if operation == "apply" else Status.DESTROYING
         # A retried destroy drops the failure it retries: a success must not show it.
         clear_reason = (
@@ -130,6 +146,7 @@ class Converger:
             redact=kind.redact(subject),
             # The silo's workspace holds what its instances share (the local stack's servers).
             workspaces=self._workspaces(subject, workspace),
+            sources=sources,
             silo=subject.silo.name,
         )
         trigger, head_sha = kind.origin(target)
@@ -145,13 +162,16 @@ class Converger:
                 claim.id,
                 target.stack,
                 pinned,
-                inputs,
+                # What a destroy gets (the orphan sweep's too): no source, as in `inputs()`.
+                {**inputs, SOURCE_VARIABLE: ""} if sources else inputs,
                 sorted(k for k, v in inputs.items() if v in job.redact),
                 template.backend,
             )
         for path in job.workspaces:
             path.mkdir(parents=True, exist_ok=True)
         outputs, error, _tail = await self.runs.execute(claim, run, kind.label(target), job)
+        if wants_source and commit_of is not None and self.source is None:
+            self.runs.note(run, NO_SOURCE_NOTE)  # after the run: the log's lines come first
         scrub_run_log(self.db, run.id, outputs)  # before the outcome shows: comments quote it
         if error is not None:
             self.lease.fail(claim, error, run.id, retry=operation == "destroy")
@@ -166,6 +186,29 @@ class Converger:
             shutil.rmtree(workspace, ignore_errors=True)
             drop_record(self.db, name)
             self._conclude(claim, subject, kind.destroyed(subject, claim))
+
+    async def _fetch_source(
+        self, claim: Claim, target: Any, repository: str, sha: str
+    ) -> Path | None:
+        """The commit's files, under the claim's heartbeat (a download may outlast the lease);
+        None once the claim was failed (a refused tarball) or released to try later."""
+        assert self.source is not None
+        cancel = asyncio.Event()
+        heartbeat = asyncio.create_task(self.lease.heartbeat(claim, cancel))
+        try:
+            return await self.source.checkout(repository, sha)
+        except SourceRefused as exc:
+            self.lease.fail(claim, f"runbot did not fetch the PR's source: {exc}", None)
+        except SourceUnavailable as exc:
+            self.lease.release_later(
+                claim,
+                exc.retry_after,
+                target.status,
+                f"waiting to fetch the PR's source: {exc}",
+            )
+        finally:
+            heartbeat.cancel()
+        return None
 
     def _workspaces(self, subject: Subject[Any], own: Path) -> tuple[Path, ...]:
         """What a sandboxed run may write besides its working copy: its own workspace and its

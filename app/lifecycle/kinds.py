@@ -93,6 +93,10 @@ class Kind(ABC, Generic[T]):
     ) -> tuple[Template, dict[str, Any]]:
         """The stack's template for this kind and its inputs; StackError if they do not resolve."""
 
+    def source_commit(self, target: T) -> tuple[str, str] | None:
+        """The (repository, commit) whose files `runbot_source_dir` holds; None: no source."""
+        return None
+
     @abstractmethod
     def redact(self, subject: Subject[T]) -> list[str]:
         """Secret values to scrub from the run's log."""
@@ -277,7 +281,8 @@ class EnvironmentKind(Kind[Environment]):
             "runbot_repository": env.repository,
             "runbot_suspended": env.desired == Desired.SUSPENDED,
             "runbot_workspace_dir": str(workspace),
-            # The head commit's files, read-only; "" while no source is available.
+            # The head commit's files, read-only: filled in by the converge when the template
+            # declares it (the fetch costs a download); "" for destroys and without a source.
             "runbot_source_dir": "",
         }
         inputs = instance_inputs(
@@ -289,6 +294,9 @@ class EnvironmentKind(Kind[Environment]):
             provided=stack.provided_names(),
         )
         return stack.instance, inputs
+
+    def source_commit(self, target: Environment) -> tuple[str, str] | None:
+        return target.repository, target.head_sha
 
     def redact(self, subject: Subject[Environment]) -> list[str]:
         return [*sensitive_values(subject.silo.outputs), *sensitive_values(subject.target.outputs)]

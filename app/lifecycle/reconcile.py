@@ -34,6 +34,7 @@ from app.lifecycle.runs import LineEcho, PhaseEcho
 from app.lifecycle.service import mark_pull_dirty
 from app.lifecycle.states import Status, check_transition
 from app.logging import log_context
+from app.source.fetch import SourceProvider
 from app.stacks.catalog import Catalog
 from app.stacks.gitrun import GitLimits
 
@@ -78,6 +79,7 @@ class Reconciler:
         git_limits: Callable[[], GitLimits] = GitLimits,
         destroy_retry_base: float = 10.0,
         destroy_retry_max: float = 1800.0,
+        source: SourceProvider | None = None,
     ) -> None:
         self.db = db
         # A failed destroy is retried until it succeeds (nothing may leak), ever more slowly.
@@ -105,6 +107,7 @@ class Reconciler:
             git_limits=git_limits,
             echo_line=echo_line,
             echo_phase=echo_phase,
+            source=source,
         )
 
     # ----- claiming --------------------------------------------------------------------------

@@ -34,6 +34,9 @@ __all__ = [
 
 MAX_ENVIRONMENTS_CEILING = 1000  # what `.runbot.yml` itself accepts at most
 MAX_SILOS_CEILING = 1000
+#: The largest PR source tarball (unpacked) and file count an operator may allow.
+SOURCE_MAX_BYTES_CEILING = 10 << 30
+SOURCE_MAX_FILES_CEILING = 1_000_000
 _HOST_RE = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 _GIT_PREFIX_RES = (
     re.compile(r"https://(?P<host>[A-Za-z0-9.-]+)(?::[0-9]{1,5})?(?:/[^\s\\]*)?"),
@@ -124,6 +127,8 @@ class Entry(BaseModel):
     max_ttl: timedelta | None = None
     max_silos: int | None = None
     quote_logs: bool | None = None
+    source_max_bytes: int | None = None
+    source_max_files: int | None = None
 
     @field_validator("stacks", mode="before")
     @classmethod
@@ -193,6 +198,16 @@ class Entry(BaseModel):
     @classmethod
     def _max_silos(cls, value: object) -> int:
         return _bounded_int(value, 0, MAX_SILOS_CEILING)
+
+    @field_validator("source_max_bytes", mode="before")
+    @classmethod
+    def _source_max_bytes(cls, value: object) -> int:
+        return _bounded_int(value, 1, SOURCE_MAX_BYTES_CEILING)
+
+    @field_validator("source_max_files", mode="before")
+    @classmethod
+    def _source_max_files(cls, value: object) -> int:
+        return _bounded_int(value, 1, SOURCE_MAX_FILES_CEILING)
 
     @field_validator("max_ttl", mode="before")
     @classmethod
@@ -272,6 +287,10 @@ class Policy:
     max_ttl: timedelta = timedelta(days=7)
     max_silos: int = 1
     quote_logs: bool = False
+    #: The PR's source tarball, for stacks that declare `runbot_source_dir`: its unpacked
+    #: bytes and its entries (files, folders, links) at most.
+    source_max_bytes: int = 200_000_000
+    source_max_files: int = 20_000
 
     def allowed_git_hosts(self) -> tuple[str, ...]:
         """`git_hosts`, or when unset the hosts of the `git_stacks` prefixes."""

@@ -49,6 +49,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from . import schema, webhooks
+from .gitbacking import BackingGit
 
 __all__ = ["FakeGitHub", "RecordedRequest", "Violation"]
 
@@ -448,6 +449,9 @@ class FakeGitHub:
         self._oauth_codes: dict[str, tuple[str, str | None, float]] = {}
         self._manifest_codes: dict[str, dict[str, Any] | None] = {}
         self._rate: dict[str, tuple[float, int]] = {}  # bucket -> (window start, used)
+        #: Real commits behind the fake's SHAs, for tarballs; codeload's one-use tokens.
+        self._git = BackingGit()
+        self._codeload_tokens: dict[str, tuple[str, str, float]] = {}
         self._app_created_at = _now()
         # API version of the request being handled (handlers run under self._lock).
         self._api_version = schema.DEFAULT_API_VERSION
@@ -504,6 +508,7 @@ class FakeGitHub:
             self._server.force_exit = True
             self._thread.join(timeout=5)
         self._server = self._thread = None
+        self._git.close()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -732,6 +737,28 @@ class FakeGitHub:
             if branch not in r.branches:
                 r.branches[branch] = _Branch(sha, dict(r.branches[r.default_branch].files))
             r.branches[branch].sha = sha
+
+    def push_commit(
+        self,
+        repo: str,
+        files: Mapping[str, str | bytes],
+        *,
+        branch: str | None = None,
+        message: str = "a commit",
+    ) -> str:
+        """Make a real commit of exactly *files* in *repo*; its SHA, which the tarball
+        endpoint serves. With *branch*, the branch points at it and holds those files."""
+        tree = {
+            path.strip("/"): content.encode() if isinstance(content, str) else content
+            for path, content in files.items()
+        }
+        with self._lock:
+            r = self._repo(repo)
+            sha = self._git.commit(tree, message)
+            self._git.real[(r.full_name.lower(), sha)] = sha
+            if branch is not None:
+                r.branches[branch] = _Branch(sha, dict(tree))
+            return sha
 
     def set_permission(self, repo: str, login: str, permission: str) -> None:
         """Set *login*'s role on *repo*: admin, maintain, write, triage, read or none."""
@@ -1641,6 +1668,7 @@ class FakeGitHub:
             ),
             ("GET", rp, self._h_get_repo, reads, (("metadata",), "read")),
             ("GET", f"{rp}/contents/{{path}}", self._h_contents, reads, (("contents",), "read")),
+            ("GET", f"{rp}/tarball/{{ref}}", self._h_tarball, reads, (("contents",), "read")),
             ("GET", f"{rp}/pulls", self._h_list_pulls, reads, (("pull_requests",), "read")),
             (
                 "GET",
@@ -1793,6 +1821,7 @@ class FakeGitHub:
             f"{rp}/commits/{{ref}}/check-runs": f"{rp}/commits/{{ref:path}}/check-runs",
             f"{rp}/commits/{{ref}}/status": f"{rp}/commits/{{ref:path}}/status",
             f"{rp}/git/ref/{{ref}}": f"{rp}/git/ref/{{ref:path}}",
+            f"{rp}/tarball/{{ref}}": f"{rp}/tarball/{{ref:path}}",
         }
         routes = [
             _Route(
@@ -1819,6 +1848,14 @@ class FakeGitHub:
             )
         )
         web_routes = [
+            # codeload.github.com, where the tarball endpoint redirects: here on one server.
+            _Route(
+                "GET",
+                "/_codeload/{owner}/{repo}/legacy.tar.gz/{ref:path}",
+                None,
+                anyone,
+                self._h_codeload,
+            ),
             _Route("GET", "/login/oauth/authorize", None, anyone, self._h_oauth_authorize),
             _Route("POST", "/login/oauth/access_token", None, anyone, self._h_oauth_token),
             _Route("POST", "/settings/apps/new", None, anyone, self._h_manifest_new),
@@ -2326,6 +2363,50 @@ class FakeGitHub:
             )
             entries.append(entry)
         return _Resp(200, entries)
+
+    def _real_commit(self, repo: _Repo, ref: str) -> tuple[str, str] | None:
+        """(the SHA GitHub names, the real commit behind it), made from the fake's files the
+        first time; None for a ref the fake does not know (GitHub: 404)."""
+        key = repo.full_name.lower()
+        if (key, ref) in self._git.real:
+            return ref, self._git.real[(key, ref)]
+        resolved = self._resolve_ref(repo, ref)
+        if resolved is None or resolved[1] is None:
+            return None
+        sha, branch = resolved
+        if (key, sha) not in self._git.real:
+            self._git.real[(key, sha)] = self._git.commit(branch.files, f"fake {sha}")
+        return sha, self._git.real[(key, sha)]
+
+    def _h_tarball(self, ctx: _Ctx) -> _Resp:
+        """302 to codeload, as GitHub answers; the token makes the link work without auth."""
+        repo = self._ctx_repo(ctx)
+        ref = ctx.params["ref"]
+        if self._real_commit(repo, ref) is None:
+            raise _GitHubError(404, "Not Found")
+        token = secrets.token_urlsafe(16)
+        self._codeload_tokens[token] = (repo.full_name.lower(), ref, time.time() + 300)
+        location = f"{self.url}/_codeload/{repo.owner}/{repo.name}/legacy.tar.gz/{ref}"
+        return _Resp(302, None, {"location": f"{location}?{urlencode({'token': token})}"})
+
+    def _h_codeload(self, ctx: _Ctx) -> _Resp:
+        token = ctx.query.get("token", "")
+        found = self._codeload_tokens.pop(token, None)
+        repo = self._repos.get(f"{ctx.params['owner']}/{ctx.params['repo']}".lower())
+        ref = ctx.params["ref"]
+        if found is None or repo is None or found[:2] != (repo.full_name.lower(), ref):
+            return _Resp(404, raw=b"404: Not Found", media_type="text/plain; charset=utf-8")
+        if found[2] < time.time():
+            return _Resp(404, raw=b"404: Not Found", media_type="text/plain; charset=utf-8")
+        real = self._real_commit(repo, ref)
+        assert real is not None
+        top = f"{repo.owner}-{repo.name}-{real[0][:7]}"
+        return _Resp(
+            200,
+            raw=self._git.archive(real[1], top),
+            headers={"content-disposition": f"attachment; filename={top}.tar.gz"},
+            media_type="application/x-gzip",
+        )
 
     def _h_list_pulls(self, ctx: _Ctx) -> _Resp:
         repo = self._ctx_repo(ctx)

@@ -52,6 +52,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, list[str]]] = {
         "GET",
         "/repos/{owner}/{repo}/contents/{path}",
     ): {"200": ["response-if-content-is-a-file", "response-if-content-is-a-directory"]},
+    ("GET", "/repos/{owner}/{repo}/tarball/{ref}"): {},
     ("GET", "/repos/{owner}/{repo}/pulls"): {},
     ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}"): {},
     ("GET", "/repos/{owner}/{repo}/issues/{issue_number}/comments"): {},
