@@ -1,0 +1,94 @@
+"""`runbot demo --check` as a real process: the PR's own app, served, updated and destroyed.
+
+It needs the source fetcher (issue 19 part A, `app/source`, which turns `RUNBOT_LOCAL_REPO`
+into each PR's `runbot_source_dir`); until it is there the local stack serves runbot's page and
+the demo rightly fails, so the end-to-end test skips. The template's part is proven without it
+in tests/test_local_app.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.apphost import free_port
+from tests.conftest import TEMPLATES, free_port_range
+from tests.helpers import processes_matching
+
+pytestmark = pytest.mark.engine
+
+DEFAULT_PORT_BASE = "default     = 47100"
+
+
+def _templates_on_free_ports(root: Path) -> Path:
+    """The shipped templates with a free silo port range: the demo's silo takes the default."""
+    copy = root / "infra-templates"
+    shutil.copytree(TEMPLATES, copy)
+    variables = copy / "local" / "silo" / "variables.tf"
+    text = variables.read_text()
+    assert DEFAULT_PORT_BASE in text
+    variables.write_text(text.replace(DEFAULT_PORT_BASE, f"default     = {free_port_range(25)}"))
+    return copy
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("app.source") is None,
+    reason="needs the source fetcher (issue 19 part A): RUNBOT_LOCAL_REPO -> runbot_source_dir",
+)
+def test_demo_check_serves_the_prs_own_text(tmp_path: Path, postgres_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+    env.update(
+        RUNBOT_DATA_DIR=str(tmp_path / "data"),
+        RUNBOT_TEMPLATES_DIR=str(_templates_on_free_ports(tmp_path)),
+        RUNBOT_ENGINE="embedded",
+        RUNBOT_DATABASE_URL=postgres_url,
+    )
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "demo", "--check", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = done.stdout
+    log = tmp_path / "data" / "demo.log"
+    assert done.returncode == 0, f"{out}\n{done.stderr}\n{log.read_text() if log.exists() else ''}"
+    assert "serves the PR's own app: 'Hello from pull request #1'" in out
+    assert "now serves 'Pull request #1, second push'" in out
+    assert "refuses connections: nothing is left behind" in out
+    assert f"runbot's own log: {log}" in out
+    # The screen has the demo's steps only: runbot's log lines are in the file.
+    assert '"level": "INFO"' not in out and '"level": "INFO"' in log.read_text()
+    assert processes_matching("pr-1-") == []
+
+
+def test_demo_check_fails_with_a_reason(tmp_path: Path) -> None:
+    """A step that cannot work (its port is taken) ends the demo non-zero, saying why."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+    env.update(RUNBOT_DATA_DIR=str(tmp_path / "data"), RUNBOT_ENGINE="embedded")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", "demo", "--check", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"demo failed: the server could not start on port {port}" in done.stdout
+    assert "runbot's log:" in done.stdout
