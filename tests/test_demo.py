@@ -19,12 +19,21 @@ from pathlib import Path
 import pytest
 
 from tests.apphost import free_port
-from tests.conftest import TEMPLATES, free_port_range
+from tests.conftest import ROOT, TEMPLATES, free_port_range
 from tests.helpers import processes_matching
 
 pytestmark = pytest.mark.engine
 
 DEFAULT_PORT_BASE = "default     = 47100"
+
+
+def _demo_env(tmp_path: Path) -> dict[str, str]:
+    """No RUNBOT_* of the caller's, and this checkout's `app` whatever the cwd."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+    env.update(
+        PYTHONPATH=str(ROOT), RUNBOT_DATA_DIR=str(tmp_path / "data"), RUNBOT_ENGINE="embedded"
+    )
+    return env
 
 
 def _templates_on_free_ports(root: Path) -> Path:
@@ -43,11 +52,9 @@ def _templates_on_free_ports(root: Path) -> Path:
     reason="needs the source fetcher (issue 19 part A): RUNBOT_LOCAL_REPO -> runbot_source_dir",
 )
 def test_demo_check_serves_the_prs_own_text(tmp_path: Path, postgres_url: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+    env = _demo_env(tmp_path)
     env.update(
-        RUNBOT_DATA_DIR=str(tmp_path / "data"),
         RUNBOT_TEMPLATES_DIR=str(_templates_on_free_ports(tmp_path)),
-        RUNBOT_ENGINE="embedded",
         RUNBOT_DATABASE_URL=postgres_url,
     )
     port = free_port()
@@ -69,13 +76,12 @@ def test_demo_check_serves_the_prs_own_text(tmp_path: Path, postgres_url: str) -
     assert f"runbot's own log: {log}" in out
     # The screen has the demo's steps only: runbot's log lines are in the file.
     assert '"level": "INFO"' not in out and '"level": "INFO"' in log.read_text()
-    assert processes_matching("pr-1-") == []
+    assert processes_matching(str(tmp_path / "data")) == []  # no app, supervisor or server
 
 
 def test_demo_check_fails_with_a_reason(tmp_path: Path) -> None:
     """A step that cannot work (its port is taken) ends the demo non-zero, saying why."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
-    env.update(RUNBOT_DATA_DIR=str(tmp_path / "data"), RUNBOT_ENGINE="embedded")
+    env = _demo_env(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
