@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from app.engine.backends import local_state_file
 from app.engine.runner import EngineFailed, EngineJob, EngineRunner
 from app.engine.sandbox import Sandbox
 from tests.conftest import TEMPLATES
@@ -350,3 +351,36 @@ def test_a_procfile_that_is_a_symlink_is_refused(stack: Stack) -> None:
     assert "Procfile is a symlink; make it a regular file" in said
     assert SECRET not in said
     stack.destroy(variables)
+
+
+def test_a_lost_apply_record_never_leaves_two_apps_and_the_silo_stops_all(stack: Stack) -> None:
+    """runbot died after the app started but before the state was saved: the retried create
+    runs `start` again, in a new PID namespace, and must replace the app, not add one."""
+    src, marker = stack.source("first start")
+    variables = stack.instance_vars(new_id(), src)
+    url = stack.apply(variables, src)["url"]
+    [first] = host_pids(marker)
+    local_state_file(stack.root / "data", f"env-{variables['runbot_instance_id']}").unlink()
+    stack.apply(variables, src)
+    [second] = host_pids(marker)
+    assert second != first and not Path(f"/proc/{first}").exists()
+    assert "first start" in fetch(url).text
+
+    # Destroying the silo stops every app still running in it (here: a forgotten instance).
+    stack.run("silo-local", "silo", "destroy", stack.silo_vars())
+    assert host_pids(marker) == [] and refuses(url)
+    assert host_pids(variables["runbot_instance_id"]) == []
+    assert not stack.shared.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid mode: the engine runs as 65534")
+def test_a_source_the_engine_cannot_read_fails_saying_so(stack: Stack) -> None:
+    src, _ = stack.source("x")
+    (src / "private.key").write_text("unreadable")
+    (src / "private.key").chmod(0)
+    variables = stack.instance_vars(new_id(), src)
+    said = _failed(stack, variables, src)
+    assert f"could not copy the source {src}" in said and "private.key" in said
+    assert "may read every file" in said
+    stack.destroy(variables)
+    assert not (stack.shared / variables["runbot_instance_id"]).exists()

@@ -86,7 +86,14 @@ def copy_source(source_dir, instance_dir):
             )
         staging = f"{target}.new.{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source_dir, staging, symlinks=True, ignore=_skip_special)
+        try:
+            shutil.copytree(source_dir, staging, symlinks=True, ignore=_skip_special)
+        except (OSError, shutil.Error) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise Failure(
+                f"could not copy the source {source_dir} into {instance_dir}: {exc}; check that"
+                " the engine's user may read every file of it and that the disk has room"
+            ) from None
     old = f"{target}.old.{os.getpid()}"
     if os.path.lexists(target):
         os.rename(target, old)
