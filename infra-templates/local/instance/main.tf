@@ -81,7 +81,7 @@ resource "terraform_data" "source" {
   triggers_replace = {
     dir      = terraform_data.files.output.RUNBOT_INSTANCE_DIR
     source   = var.runbot_source_dir
-    head_sha = var.runbot_head_sha
+    head_sha = local.app_trigger.head_sha
   }
 
   provisioner "local-exec" {
@@ -92,8 +92,8 @@ resource "terraform_data" "source" {
   }
 }
 
-# The running app or page server: absent while suspended, so suspending stops it and waking starts it
-# while the files above stay.
+# The running app or page server: absent while suspended, so suspending stops it and waking
+# starts it while the files above stay.
 resource "terraform_data" "server" {
   count = var.runbot_suspended ? 0 : 1
 
