@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -210,7 +210,7 @@ async def _serve_and_play(
             raise DemoError(
                 f"the server could not start on port {port}: {exc.strerror}; pass --port"
             ) from None
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
@@ -234,6 +234,15 @@ async def _serve_and_play(
     finally:
         server.should_exit = True
         await serving
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: Ctrl-C must cancel the demo, which then closes
+    its PR on the still running server, rather than stop the server under it."""
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 class _Play:
