@@ -36,6 +36,18 @@ def _demo_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def _demo_check(env: dict[str, str], cwd: Path, port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "demo", "--check", "--port", str(port)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 def _templates_on_free_ports(root: Path) -> Path:
     """The shipped templates with a free silo port range: the demo's silo takes the default."""
     copy = root / "infra-templates"
@@ -57,16 +69,7 @@ def test_demo_check_serves_the_prs_own_text(tmp_path: Path, postgres_url: str) -
         RUNBOT_TEMPLATES_DIR=str(_templates_on_free_ports(tmp_path)),
         RUNBOT_DATABASE_URL=postgres_url,
     )
-    port = free_port()
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "demo", "--check", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = _demo_check(env, tmp_path, free_port())
     out = done.stdout
     log = tmp_path / "data" / "demo.log"
     assert done.returncode == 0, f"{out}\n{done.stderr}\n{log.read_text() if log.exists() else ''}"
@@ -86,15 +89,7 @@ def test_demo_check_fails_with_a_reason(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "app.cli", "demo", "--check", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = _demo_check(env, tmp_path, port)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"demo failed: the server could not start on port {port}" in done.stdout
     assert "runbot's log:" in done.stdout
