@@ -111,6 +111,9 @@ def endpoints(runs: dict[str, int]) -> list[tuple[str, str, dict | None, Expect]
         ("GET", "/api/environments/pr-9-zzzzz", None, expect(401, 404, 404, 200)),
         ("GET", "/api/environments/pr-1-aaaaa/runs", None, expect(401, 200, 200, 200)),
         ("GET", "/api/environments/pr-9-zzzzz/runs", None, expect(401, 404, 404, 200)),
+        # Seeded without an app of their own: nobody gets an app log, invisible or not.
+        ("GET", "/api/environments/pr-1-aaaaa/app-log", None, expect(401, 404, 404, 404)),
+        ("GET", "/api/environments/pr-9-zzzzz/app-log", None, expect(401, 404, 404, 404)),
         ("GET", "/api/silos", None, expect(401, 200, 200, 200)),
         ("GET", "/api/silos/shared", None, expect(401, 200, 200, 200)),
         ("GET", "/api/silos/shared/runs", None, expect(401, 200, 200, 200)),

@@ -135,6 +135,12 @@ def receive(
 def demo(
     port: Annotated[int, typer.Option(help="Port for the demo server")] = 8000,
     keep: Annotated[bool, typer.Option("--keep/--exit", help="Keep serving afterwards")] = True,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Non-interactive: play the PR once, exit non-zero if a step fails"
+        ),
+    ] = False,
 ) -> None:
     """Play a PR through its whole lifecycle on the local stack, then keep serving."""
     from app.demo import run_demo
@@ -144,7 +150,7 @@ def demo(
     except EXPECTED_ERRORS as exc:
         fail(str(exc))
     try:
-        code = asyncio.run(run_demo(settings, port=port, keep=keep))
+        code = asyncio.run(run_demo(settings, port=port, keep=keep and not check))
     except EXPECTED_ERRORS as exc:
         fail(str(exc))
     raise typer.Exit(code)

@@ -22,6 +22,7 @@ from app.web.views import (
     DEFAULT_PER_PAGE,
     MAX_PER_PAGE,
     ActionOut,
+    AppLogOut,
     EnvironmentOut,
     LogOut,
     OutboxOut,
@@ -145,6 +146,13 @@ def api_router(service: Service, auth: Authenticator) -> APIRouter:
         env_id: str, principal: Principal = Depends(someone)
     ) -> EnvironmentOut:
         return await _sync(service.get_environment, principal, env_id)
+
+    @router.get("/environments/{env_id}/app-log", response_model=AppLogOut, tags=["environments"])
+    async def environment_app_log(
+        env_id: str, principal: Principal = Depends(someone)
+    ) -> AppLogOut:
+        """The last lines of the app the local stack runs for the PR (`runbot_app_log`)."""
+        return await _sync(service.app_log, principal, env_id)
 
     @router.get(
         "/environments/{env_id}/runs", response_model=PageOut[RunOut], tags=["environments"]

@@ -29,12 +29,14 @@ from app.commands.actions import ActionRequest
 from app.commands.registry import ENV_ACTIONS, spec
 from app.db.models import Environment, OutboxMessage, PullRequest, Run, Silo, utcnow
 from app.engine.logs import read_log
-from app.lifecycle.outputs import public_outputs
+from app.engine.runner import Redactor
+from app.lifecycle.outputs import public_outputs, sensitive_values
 from app.lifecycle.service import LifecycleError, pull_id
 from app.lifecycle.service import NotFound as LifecycleNotFound
 from app.lifecycle.states import LIVE, Status
 from app.runtime import Runtime
 from app.ttl.durations import DurationError, parse_duration
+from app.web.applog import AppLogUnavailable, app_log_path, read_app_log
 from app.web.auth import Authenticator, AuthError, Principal
 from app.web.views import (
     DEFAULT_PER_PAGE,
@@ -42,6 +44,7 @@ from app.web.views import (
     STATUS_FILTERS,
     USAGE_DAYS,
     ActionOut,
+    AppLogOut,
     EnvironmentOut,
     LogOut,
     OutboxOut,
@@ -244,6 +247,22 @@ class Service:
 
     def get_environment(self, principal: Principal, env_id: str) -> EnvironmentOut:
         return self.environment_out(self._environment_row(principal, env_id))
+
+    def app_log(self, principal: Principal, env_id: str) -> AppLogOut:
+        """The local stack's app log of a visible environment (applog.py says what is read)."""
+        env = self._environment_row(principal, env_id)
+        with self.db.session() as session:
+            silo = session.get(Silo, env.silo_name)
+        silo_outputs = silo.outputs if silo is not None else {}
+        try:
+            path = app_log_path(env.id, env.outputs, silo_outputs)
+            redact = Redactor([*sensitive_values(silo_outputs), *sensitive_values(env.outputs)])
+            log = read_app_log(path, redact)
+        except AppLogUnavailable as exc:
+            raise NotVisible(f"no app log for '{env_id}': {exc}") from None
+        return AppLogOut(
+            environment_id=env.id, path=log.path, text=log.text, truncated=log.truncated
+        )
 
     def repositories(self, principal: Principal) -> list[str]:
         """Repositories with environments this principal can see (for the filter)."""

@@ -109,6 +109,13 @@ class LogOut(BaseModel):
     status: str
 
 
+class AppLogOut(BaseModel):
+    environment_id: str
+    path: str
+    text: str = Field(description="The last lines of the app's log, secrets redacted")
+    truncated: bool = Field(description="Older lines were left out")
+
+
 class UsageSeries(BaseModel):
     repository: str
     hours: list[float]

@@ -27,6 +27,17 @@ locals {
     greeting    = var.greeting
   })
 
+  # The repository's own app runs when runbot gives a source directory; a new head SHA then
+  # restarts it. Without one (or without a command in it) the page server runs, and a new SHA
+  # only rewrites page.json.
+  has_source = var.runbot_source_dir != ""
+  app_trigger = {
+    source        = var.runbot_source_dir
+    head_sha      = local.has_source ? var.runbot_head_sha : ""
+    start         = local.has_source ? var.start : ""
+    ready_timeout = local.has_source ? tostring(var.ready_timeout) : ""
+  }
+
   url_host = length(regexall(":", var.bind_host)) > 0 ? "[${var.bind_host}]" : var.bind_host
 }
 
@@ -64,17 +75,40 @@ resource "terraform_data" "page" {
   }
 }
 
-# The running server: absent while suspended, so suspending stops it and waking starts it
-# while the files above stay.
+# The instance's copy of the PR's source (the source directory is read-only and shared by
+# every environment at that commit). Kept while suspended; "" removes the copy.
+resource "terraform_data" "source" {
+  triggers_replace = {
+    dir      = terraform_data.files.output.RUNBOT_INSTANCE_DIR
+    source   = var.runbot_source_dir
+    head_sha = local.app_trigger.head_sha
+  }
+
+  provisioner "local-exec" {
+    command = "python3 \"$SCRIPT\" copy-source"
+    environment = merge(local.server_env, {
+      RUNBOT_SOURCE_DIR = var.runbot_source_dir
+    })
+  }
+}
+
+# The running app or page server: absent while suspended, so suspending stops it and waking
+# starts it while the files above stay.
 resource "terraform_data" "server" {
   count = var.runbot_suspended ? 0 : 1
 
   input            = terraform_data.files.output
-  triggers_replace = terraform_data.files.output
+  triggers_replace = merge(terraform_data.files.output, local.app_trigger)
 
+  # The start command and the Procfile are the repository's: they reach the app's `sh -c`
+  # through the environment only.
   provisioner "local-exec" {
-    command     = "python3 \"$SCRIPT\" start"
-    environment = self.input
+    command = "python3 \"$SCRIPT\" start"
+    environment = merge(self.input, {
+      RUNBOT_SOURCE_DIR    = var.runbot_source_dir
+      RUNBOT_START         = var.start
+      RUNBOT_READY_TIMEOUT = tostring(var.ready_timeout)
+    })
   }
 
   provisioner "local-exec" {
@@ -83,5 +117,5 @@ resource "terraform_data" "server" {
     environment = self.input
   }
 
-  depends_on = [terraform_data.page]
+  depends_on = [terraform_data.page, terraform_data.source]
 }

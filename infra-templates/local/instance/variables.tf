@@ -46,6 +46,12 @@ variable "runbot_suspended" {
   default     = false
 }
 
+variable "runbot_source_dir" {
+  type        = string
+  description = "Read-only directory holding the head commit's files; \"\" when runbot has none (the page is served)."
+  default     = ""
+}
+
 # Outputs of the silo.
 
 variable "port_base" {
@@ -74,4 +80,21 @@ variable "greeting" {
   type        = string
   description = "Heading shown on the environment's page."
   default     = "Hello from runbot"
+}
+
+variable "start" {
+  type        = string
+  description = "Shell command that starts the app in the copied source, with $PORT and $HOST set; \"\" uses the Procfile's web: line."
+  default     = ""
+}
+
+variable "ready_timeout" {
+  type        = number
+  description = "Seconds the app has to answer GET / with a status below 500."
+  default     = 30
+
+  validation {
+    condition     = var.ready_timeout >= 1 && var.ready_timeout <= 3600
+    error_message = "ready_timeout must be between 1 and 3600 seconds."
+  }
 }

@@ -40,19 +40,21 @@ resource "terraform_data" "shared" {
   }
 }
 
-# Separate from "shared" so a new server.py is copied in place on re-apply; replacing
-# "shared" would wipe every instance's files.
+# Separate from "shared" so a new server.py or runbot_app.py is copied in place on re-apply;
+# replacing "shared" would wipe every instance's files. server.py imports runbot_app.py, which
+# is therefore copied first.
 resource "terraform_data" "server_script" {
   triggers_replace = {
     script = terraform_data.shared.output.script
     sha256 = filesha256("${path.module}/server.py")
+    app    = filesha256("${path.module}/runbot_app.py")
   }
 
   provisioner "local-exec" {
-    command = "cp -- \"$SOURCE\" \"$TARGET.tmp\" && mv -f -- \"$TARGET.tmp\" \"$TARGET\""
+    command = "for f in runbot_app.py server.py; do cp -- \"$SOURCE/$f\" \"$TARGET/$f.tmp\" && mv -f -- \"$TARGET/$f.tmp\" \"$TARGET/$f\" || exit 1; done"
     environment = {
-      SOURCE = abspath("${path.module}/server.py")
-      TARGET = terraform_data.shared.output.script
+      SOURCE = abspath(path.module)
+      TARGET = terraform_data.shared.output.dir
     }
   }
 }

@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""runbot local stack: one tiny HTTP server per pull request, plus its lifecycle.
+"""runbot local stack: per pull request, its own app or a tiny page server, plus their lifecycle.
 
-The silo template copies this file into its shared directory; the instance template runs it.
-Every value arrives through the environment (never through the command string), so a branch
-named `$(rm -rf ~)` stays inert data. Standard library only, Python >= 3.8.
+The silo template copies this file and `runbot_app.py` into its shared directory; the instance
+template runs it. Every value arrives through the environment (never through the command
+string), so a branch named `$(rm -rf ~)` or a `start` command stays inert data here. Standard
+library only, Python >= 3.8.
 
 Commands (values from the environment):
-  start       RUNBOT_INSTANCE_ID RUNBOT_INSTANCE_DIR RUNBOT_BIND_HOST RUNBOT_PORT
-              stop whatever server the instance dir records, start a detached one, wait /healthz
-  stop        same variables; stop the server and wait until the port no longer answers
-  write-page  RUNBOT_INSTANCE_DIR RUNBOT_PAGE_JSON; atomically replace the page data
-  stop-all    RUNBOT_SHARED_DIR; stop every instance server under the shared dir (silo destroy)
-  serve       --instance-id --dir --host --port; the server itself (started by `start`)
+  start        RUNBOT_INSTANCE_ID RUNBOT_INSTANCE_DIR RUNBOT_BIND_HOST RUNBOT_PORT, and
+               RUNBOT_SOURCE_DIR RUNBOT_START RUNBOT_READY_TIMEOUT; stop what runs for the
+               instance, then start the app (the `start` var or the Procfile's `web:` line, in
+               the copied source) and wait until GET / answers below 500, or, without either,
+               start the page server and wait /healthz
+  stop         same variables; stop the app and the server, wait until the port no longer answers
+  copy-source  RUNBOT_INSTANCE_DIR RUNBOT_SOURCE_DIR; replace the instance's copy of the source
+  write-page   RUNBOT_INSTANCE_DIR RUNBOT_PAGE_JSON; atomically replace the page data
+  stop-all     RUNBOT_SHARED_DIR; stop every instance's app and server (silo destroy)
+  serve        --instance-id --dir --host --port; the page server itself (started by `start`)
 """
 
 import argparse
@@ -27,8 +32,10 @@ import socket
 import subprocess
 import sys
 import time
-from http.client import HTTPConnection
+from http.client import HTTPConnection, HTTPException
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import runbot_app  # the sibling file: the repository's own app and its supervisor
 
 PAGE_FILE = "page.json"
 PID_FILE = "server.pid"
@@ -44,8 +51,7 @@ STOP_TIMEOUT = 10.0
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
-class Failure(Exception):
-    pass
+Failure = runbot_app.Failure
 
 
 # --------------------------------------------------------------------------- server
@@ -204,7 +210,7 @@ def healthz(host, port):
         resp = conn.getresponse()
         data = json.loads(resp.read().decode("utf-8")) if resp.status == 200 else {}
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, HTTPException):  # e.g. a server stopping mid-answer
         return {}
     finally:
         conn.close()
@@ -282,7 +288,7 @@ def request_stop(cfg):
     try:
         conn.request("POST", STOP_PATH, headers={"X-Runbot-Stop": token})
         return conn.getresponse().status == 202
-    except OSError:
+    except (OSError, HTTPException):
         return False
     finally:
         conn.close()
@@ -327,9 +333,21 @@ def log_tail(instance_dir, lines=20):
         return f"(no log: {exc})"
 
 
+def ready_timeout():
+    raw = os.environ.get("RUNBOT_READY_TIMEOUT", "") or "30"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise Failure(f"ready_timeout {raw!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise Failure(f"ready_timeout {raw} must be between 1 and 3600 seconds")
+    return value
+
+
 def cmd_start():
     cfg = instance_config()
     os.makedirs(cfg["dir"], exist_ok=True)
+    runbot_app.stop_app(cfg["dir"])
     stopped = stop_instance(cfg)  # idempotent: never two copies of one instance
     if stopped:
         print(f"runbot: stopped previous server pid(s) {sorted(stopped)} of {cfg['id']}")
@@ -337,6 +355,18 @@ def cmd_start():
         who = healthz(cfg["host"], cfg["port"]) or {}
         owner = f"instance {who['instance_id']}" if who.get("instance_id") else "another process"
         raise Failure(f"port {cfg['host']}:{cfg['port']} is already in use by {owner}")
+    source_dir = os.environ.get("RUNBOT_SOURCE_DIR", "")
+    found = runbot_app.app_command(cfg["dir"], source_dir, os.environ.get("RUNBOT_START", ""))
+    if found:
+        command, origin = found
+        timeout = ready_timeout()
+        runbot_app.start_app(cfg, command, origin, timeout, connect_host(cfg["host"]))
+        return
+    if source_dir:
+        runbot_app.note(
+            cfg["dir"],
+            "no `start` var and no Procfile `web:` line in the source: serving runbot's page",
+        )
     token_path = os.path.join(cfg["dir"], STOP_FILE)
     fd = os.open(token_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -381,8 +411,14 @@ def cmd_start():
 
 def cmd_stop():
     cfg = instance_config()
+    runbot_app.stop_app(cfg["dir"])
     stopped = stop_instance(cfg)
     print(f"runbot: {cfg['id']} stopped" + (f" (pid(s) {sorted(stopped)})" if stopped else ""))
+
+
+def cmd_copy_source():
+    instance_dir = os.path.abspath(env("RUNBOT_INSTANCE_DIR"))
+    runbot_app.copy_source(os.environ.get("RUNBOT_SOURCE_DIR", ""), instance_dir)
 
 
 def cmd_write_page():
@@ -399,6 +435,8 @@ def cmd_stop_all():
     if not os.path.isdir(shared_dir):
         return
     for name in sorted(os.listdir(shared_dir)):
+        if INSTANCE_ID_RE.match(name) and os.path.isdir(os.path.join(shared_dir, name)):
+            runbot_app.stop_app(os.path.join(shared_dir, name))
         pid = read_pid(os.path.join(shared_dir, name))
         if pid and INSTANCE_ID_RE.match(name) and is_our_server(pid, name):
             terminate(pid, name)
@@ -409,6 +447,7 @@ def main(argv):
     commands = {
         "start": cmd_start,
         "stop": cmd_stop,
+        "copy-source": cmd_copy_source,
         "write-page": cmd_write_page,
         "stop-all": cmd_stop_all,
     }
