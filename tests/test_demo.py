@@ -1,14 +1,11 @@
 """`runbot demo --check` as a real process: the PR's own app, served, updated and destroyed.
 
-It needs the source fetcher (issue 19 part A, `app/source`, which turns `RUNBOT_LOCAL_REPO`
-into each PR's `runbot_source_dir`); until it is there the local stack serves runbot's page and
-the demo rightly fails, so the end-to-end test skips. The template's part is proven without it
-in tests/test_local_app.py.
+The source fetcher (`app/source`) turns `RUNBOT_LOCAL_REPO` into each PR's
+`runbot_source_dir`; the template's part is proven on its own in tests/test_local_app.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -59,10 +56,6 @@ def _templates_on_free_ports(root: Path) -> Path:
     return copy
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("app.source") is None,
-    reason="needs the source fetcher (issue 19 part A): RUNBOT_LOCAL_REPO -> runbot_source_dir",
-)
 def test_demo_check_serves_the_prs_own_text(tmp_path: Path, postgres_url: str) -> None:
     env = _demo_env(tmp_path)
     env.update(
