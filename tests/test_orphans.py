@@ -257,7 +257,12 @@ def test_kill_9_between_an_apply_and_its_record(tmp_path: Path, port_base: int) 
         )
     try:
         # The apply has started the server: runbot dies before it records the apply's result.
-        wait_for(lambda: processes_matching("--instance-id pr-9-") != [], timeout=120)
+        # Its own server only: another test's (or a leftover's) pr-9 server must not count.
+        ours = f"--dir {rt.settings.data_dir.absolute()}"
+        wait_for(
+            lambda: [p for p in processes_matching("--instance-id pr-9-") if ours in p] != [],
+            timeout=120,
+        )
         os.killpg(create.pid, signal.SIGKILL)
         create.wait()
     finally:
