@@ -28,10 +28,10 @@ import uvicorn
 from fastapi import FastAPI
 from sqlmodel import col, select
 
-from app.db.models import Environment, OutboxMessage
+from app.db.models import Environment, OutboxMessage, PullRequest
 from app.github.intake import sign_body
 from app.github.samples import pull_request_payload
-from app.lifecycle.states import Status
+from app.lifecycle.states import HoldKind, Status
 from app.logging import configure_logging
 from app.runtime import Runtime
 from app.server import create_app, webhook_secret
@@ -143,6 +143,15 @@ def _latest(rt: Runtime, number: int) -> Environment | None:
         ).first()
 
 
+def _held(rt: Runtime, number: int) -> str | None:
+    """Why runbot holds the PR back (a missing templates directory, say), if it does."""
+    with rt.db.session() as session:
+        pull = session.get(PullRequest, f"{REPO}#{number}")
+    if pull is None or not pull.hold_kind or pull.hold_kind == HoldKind.CLOSED:
+        return None
+    return pull.hold_reason or pull.hold_kind
+
+
 async def _until(
     rt: Runtime, number: int, check: Callable[[Environment], bool], what: str, timeout: float = 180
 ) -> Environment:
@@ -150,6 +159,8 @@ async def _until(
     last_status = ""
     while time.monotonic() < deadline:
         env = _latest(rt, number)
+        if env is None and (held := _held(rt, number)):
+            raise DemoError(f"PR #{number} was not deployed: {held}")
         if env is not None:
             if env.status != last_status:
                 print(f"    {env.id}: {env.status}" + (f" ({env.reason})" if env.reason else ""))
@@ -267,7 +278,8 @@ class _Play:
             say(f"closing PR #{number} after the failure")
             try:
                 await self.pull_request("closed", number, sha, branch)
-                await _until(self.rt, number, lambda e: e.status == Status.DESTROYED, "destroy")
+                if _latest(self.rt, number) is not None:  # a held PR has nothing to destroy
+                    await _until(self.rt, number, lambda e: e.status == Status.DESTROYED, "destroy")
             except DemoError as exc:
                 print(f"    could not clean up PR #{number}: {exc}", flush=True)
 

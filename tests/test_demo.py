@@ -86,3 +86,15 @@ def test_demo_check_fails_with_a_reason(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"demo failed: the server could not start on port {port}" in done.stdout
     assert "runbot's log:" in done.stdout
+
+
+def test_demo_check_says_at_once_why_runbot_holds_the_pr(tmp_path: Path) -> None:
+    """Run from a folder with no templates: the PR is held, and the demo says why instead of
+    waiting minutes for an environment that will never come."""
+    env = _demo_env(tmp_path)
+    env["RUNBOT_TEMPLATES_DIR"] = str(tmp_path / "no-templates-here")
+    done = _demo_check(env, tmp_path, free_port())
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "demo failed: PR #1 was not deployed" in done.stdout, done.stdout
+    assert "templates directory" in done.stdout
+    assert "timed out" not in done.stdout
