@@ -38,23 +38,42 @@ async def stream_tarball(
     """The body of the tarball endpoint, after its redirect, chunk by chunk into `write`."""
     owner, name = split_repo(repo)
     what = f"download the source of {repo} at {sha[:7]}"
-    iid = await transport.installation_for(installation_id, repo)
-    token = await transport.installation_token(iid)
+    for attempt in (1, 2):
+        iid = await transport.installation_for(installation_id, repo)
+        token = await transport.installation_token(iid)
+        if await _stream(transport, token, f"{owner}/{name}", sha, what, write, attempt == 1):
+            return
+        transport.forget_installation(repo, iid)  # a revoked token, or a new installation
+
+
+async def _stream(
+    transport: GitHubTransport,
+    token: str,
+    repo: str,
+    sha: str,
+    what: str,
+    write: Callable[[bytes], None],
+    may_retry: bool,
+) -> bool:
+    """One download; False when a 401 should be retried with a fresh token (nothing written)."""
     headers = {
         "Authorization": f"Bearer {token}",
         "Accept": "application/vnd.github+json",
         "X-GitHub-Api-Version": transport.api_version,
         "User-Agent": "runbot",
     }
-    url = f"{transport.api_url}/repos/{owner}/{name}/tarball/{sha}"
+    url = f"{transport.api_url}/repos/{repo}/tarball/{sha}"
     try:
         async with (
             httpx.AsyncClient(follow_redirects=True, timeout=_TIMEOUT) as client,
             client.stream("GET", url, headers=headers) as response,
         ):
+            if response.status_code == 401 and may_retry:
+                return False
             _check(response, what)
             async for chunk in response.aiter_bytes(1 << 20):
                 write(chunk)
+            return True
     except httpx.HTTPError as exc:
         raise RetryLater(
             OUTAGE_BACKOFF, f"GitHub could not be reached to {what} ({exc!r})"

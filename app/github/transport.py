@@ -310,6 +310,12 @@ class GitHubTransport:
             self._repo_installations[key] = found
         return self._repo_installations[key]
 
+    def forget_installation(self, repo: str, installation_id: int) -> None:
+        """Drop what is cached for `repo`'s installation: its token was refused (401), as after
+        an uninstall and a re-install, which gives the repository a new installation."""
+        self._repo_installations.pop(repo.lower(), None)
+        self._tokens.pop(installation_id, None)
+
     async def installation_token(self, installation_id: int) -> str:
         """A token for git over HTTPS, kept until 5 minutes before it expires.
 
