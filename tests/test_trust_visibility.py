@@ -92,7 +92,9 @@ def site(
         envs = {}
         for number, (repo, silo) in enumerate(READERS.values(), start=1):
             wait_for(lambda s=silo: lifecycle.get_silo(s).status == Status.READY, timeout=90)
-            env = lifecycle.create_environment(silo, repo, number, "a1b2c3d", "feature", "dev")
+            # A real commit of the fake's: the local stack downloads the PR's source.
+            sha = fake.push_commit(repo, {"README.md": f"{repo}\n"})
+            env = lifecycle.create_environment(silo, repo, number, sha, "feature", "dev")
             envs[silo] = env.id
         try:
             for env_id in envs.values():
