@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    Integer,
     LargeBinary,
     String,
     Table,
@@ -30,13 +31,15 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Mapper
 from sqlmodel import Field, SQLModel
 
+from app import clock
 from app.ttl.policy import policy_from_record, warning_due_at
 
 LIVE_PR_CONDITION = "desired != 'absent' AND status != 'destroyed'"
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """The time on runbot's one clock (`app.clock`), which tests and benchmarks may set."""
+    return clock.now()
 
 
 def table_of(model: type[SQLModel]) -> Table:
@@ -86,6 +89,11 @@ class Silo(SQLModel, table=True):
     capacity: int | None = None
     attempts: int = 0
     outputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: Bumped to rotate `runbot_silo_token`: the token is derived from a key and this number,
+    #: so the database holds no token.
+    token_version: int = Field(
+        default=1, sa_column=Column(Integer, nullable=False, server_default="1")
+    )
     lease_owner: str | None = Field(default=None, max_length=120)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -137,6 +145,10 @@ class Environment(SQLModel, table=True):
     outputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     ttl: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     last_activity_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    #: Since when it has been asked to sleep, and why (`idle`, `command`, `budget`); None
+    #: while it is wanted awake.
+    slept_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    sleep_reason: str | None = Field(default=None, max_length=20)
     expires_at: datetime | None = Field(default=None, index=True, sa_type=UTCDateTime)
     # expires_at - ttl.warn_before, kept by the flush hook below: lets the warning tick ask the
     # index for the few environments inside their window instead of scanning every live one.
@@ -279,6 +291,31 @@ class Installation(SQLModel, table=True):
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class CostSpan(SQLModel, table=True):
+    """A stretch of time one environment spent in one status at one hourly rate.
+
+    Money is the sum of rate x duration over these; an open span (``ended_at`` None) runs up
+    to now. Kept apart from the environment so a day's or a month's spend per repository or
+    silo is one indexed range query, and so a destroyed environment's cost stays on record.
+    """
+
+    __table_args__ = (
+        Index("ix_costspan_environment_open", "environment_id", "ended_at"),
+        Index("ix_costspan_repository_time", "repository", "started_at"),
+        Index("ix_costspan_silo_time", "silo_name", "started_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    environment_id: str = Field(max_length=63)
+    repository: str = Field(max_length=200)
+    silo_name: str = Field(max_length=63)
+    status: str = Field(max_length=20)
+    #: Money per hour during the span, in `RUNBOT_CURRENCY`.
+    hourly: float = 0.0
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Run(SQLModel, table=True):
