@@ -24,14 +24,18 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     event,
+    insert,
     inspect,
+    select,
     text,
+    update,
 )
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Mapper
 from sqlmodel import Field, SQLModel
 
 from app import clock
+from app.cost.rates import hourly_of
 from app.ttl.policy import policy_from_record, sleep_due_at, warning_due_at
 
 LIVE_PR_CONDITION = "desired != 'absent' AND status != 'destroyed'"
@@ -323,6 +327,50 @@ class CostSpan(SQLModel, table=True):
     hourly: float = 0.0
     started_at: datetime = Field(sa_type=UTCDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+@event.listens_for(Environment, "after_insert")
+@event.listens_for(Environment, "after_update")
+def _keep_cost_ledger(
+    _mapper: Mapper[Environment], connection: Connection, env: Environment
+) -> None:
+    """Every ORM write that changes an environment's status or outputs keeps its ledger: the
+    open span closes and one at the new status's rate opens (none once destroyed). In the
+    flush's own transaction, so a status change and its span land together on any replica."""
+    attrs = inspect(env).attrs
+    if not (attrs.status.history.has_changes() or attrs.outputs.history.has_changes()):
+        return
+    write_span(connection, env, utcnow())
+
+
+def write_span(connection: Connection, env: Environment, now: datetime) -> None:
+    """Close the open span of ``env`` and open one for its current status and outputs,
+    unless the open one already says the same."""
+    table = table_of(CostSpan)
+    hourly = hourly_of(env.status, env.outputs)
+    open_spans = connection.execute(
+        select(table.c.id, table.c.status, table.c.hourly).where(
+            table.c.environment_id == env.id, table.c.ended_at.is_(None)
+        )
+    ).all()
+    gone = env.status == "destroyed"
+    if not gone and [(row.status, row.hourly) for row in open_spans] == [(env.status, hourly)]:
+        return
+    if open_spans:
+        connection.execute(
+            update(table).where(table.c.id.in_([row.id for row in open_spans])).values(ended_at=now)
+        )
+    if not gone:
+        connection.execute(
+            insert(table).values(
+                environment_id=env.id,
+                repository=env.repository,
+                silo_name=env.silo_name,
+                status=env.status,
+                hourly=hourly,
+                started_at=now,
+            )
+        )
 
 
 class Run(SQLModel, table=True):

@@ -17,6 +17,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from app.cost.rates import rate_warnings
 from app.db.models import Environment, Silo, utcnow
 from app.db.session import Database
 from app.lifecycle.lease import Claim, Mutate
@@ -309,6 +310,10 @@ class EnvironmentKind(Kind[Environment]):
         return Outcome(forget, (FollowUp.KICK_QUEUED,))
 
     def output_warnings(self, outputs: dict[str, Any]) -> list[str]:
+        return [*rate_warnings(outputs), *self._url_warnings(outputs)]
+
+    @staticmethod
+    def _url_warnings(outputs: dict[str, Any]) -> list[str]:
         url = outputs.get("url", {}).get("value")
         if url is None or outputs["url"].get("sensitive"):
             return []
