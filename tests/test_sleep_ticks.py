@@ -155,6 +155,37 @@ async def test_a_push_keeps_it_awake(host: CommandHost, manual: clock.ManualCloc
     assert await host.ticks.sleep_idle(now=T0 + HOUR + timedelta(minutes=50)) == [env.id]
 
 
+async def push(host: CommandHost, sha: str) -> None:
+    host.fake.add_pull(REPO, 1, sha, "feature/1", author="alice")
+    payload = host.fake.pull_request_event("synchronize", REPO, 1)
+    payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
+    assert await host.workers.intent.handle("pull_request", payload)
+
+
+async def test_a_push_wakes_what_idleness_put_to_sleep_but_not_a_command(
+    host: CommandHost, manual: clock.ManualClock
+) -> None:
+    env = live(host)
+    assert await host.ticks.sleep_idle(now=manual.set(T0 + HOUR)) == [env.id]
+    set_status(host, Status.SLEEPING)
+    manual.set(T0 + HOUR * 2)
+    await push(host, "c" * 40)
+    row = live(host)
+    assert (row.desired, row.sleep_reason, row.slept_at) == (Desired.PRESENT, None, None)
+    assert row.head_sha == "c" * 40 and row.generation > env.generation
+    set_status(host, Status.READY)
+    await host.comment("/runbot sleep", "alice")
+    assert live(host).sleep_reason == "command"
+    manual.set(T0 + HOUR * 3)
+    await push(host, "d" * 40)
+    row = live(host)  # asked to sleep by someone: the new commit is applied asleep
+    assert (row.desired, row.sleep_reason, row.head_sha) == (
+        Desired.SUSPENDED,
+        "command",
+        "d" * 40,
+    )
+
+
 @pytest.mark.parametrize("command", ["/runbot status", "/runbot help", "/runbot extend 1h"])
 async def test_a_command_keeps_it_awake(
     host: CommandHost, manual: clock.ManualClock, command: str
