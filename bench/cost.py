@@ -26,17 +26,15 @@ stray pushes. `--quick` replays 10 days and seeds 2,000 environments.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import insert
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, update
 from sqlmodel import col, select
 
 from app import clock
@@ -44,7 +42,7 @@ from app.cost.money import Span
 from app.cost.money import money as money_of
 from app.cost.rates import ASLEEP_STATUSES, AWAKE_STATUSES
 from app.db.ledger import spans as ledger_spans
-from app.db.models import Environment, Silo, utcnow, warning_time
+from app.db.models import Environment, Silo, table_of, utcnow
 from app.github.outbox import OutboxGateway
 from app.lifecycle.kinds import EnvironmentKind, Subject
 from app.lifecycle.lease import Claim
@@ -53,7 +51,9 @@ from app.runtime import Runtime
 from app.schedule.ticks import Ticks
 from app.ttl.policy import TTLPolicy, sleep_due_at
 from bench.harness import Context, runtime_for
-from bench.stats import Row, check, fmt_seconds, median, ratio
+from bench.scale import scratch_postgres, time_ticks
+from bench.scale import seed as seed_scale
+from bench.stats import Row, check, fmt_seconds, ratio
 
 NAME = "cost"
 SEED = 17
@@ -65,9 +65,6 @@ AWAKE_RATE, ASLEEP_RATE = 0.12, 0.01
 SLEEP_AFTER = timedelta(hours=2)
 COUNT = 10_000
 INTERVAL = 30.0  # RUNBOT_SCHEDULER_INTERVAL's default
-PG_ADMIN = os.environ.get(
-    "RUNBOT_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
-)
 OUTPUTS = {
     "url": {"value": "http://127.0.0.1:1/", "sensitive": False},
     "runbot_hourly_cost": {"value": AWAKE_RATE, "sensitive": False},
@@ -271,117 +268,49 @@ def replay(ctx: Context, label: str, policy: TTLPolicy, events: list[Event], day
 
 
 def seed(rt: Runtime, count: int, now: datetime) -> None:
+    """The scale benchmark's 10,000 ready environments, given `sleep_after: 2h` and recent
+    activity (none due), the first 100 of them asleep already."""
+    seed_scale(rt, count)
+    table = table_of(Environment)
     ttl = {"idle": 172800.0, "max": 604800.0, "warn_before": 3600.0, "sleep_after": 7200.0}
+    active = now - timedelta(hours=1)
     with rt.db.engine.begin() as conn:
         conn.execute(
-            insert(Silo.__table__),  # type: ignore[attr-defined]
-            [
-                {
-                    "name": "scale",
-                    "stack": "local",
-                    "stack_source": {"kind": "catalog"},
-                    "vars": {},
-                    "outputs": {},
-                    "status": "ready",
-                    "desired": "present",
-                    "capacity": count + 10,
-                    "generation": 1,
-                    "observed_generation": 1,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            ],
-        )
-        rows = []
-        for index in range(count):
-            asleep = index < 100
-            active = now - timedelta(seconds=index % 3600)  # within sleep_after: none due
-            if asleep:
-                active = now - timedelta(hours=5)
-            expires_at = now + timedelta(hours=2) + timedelta(seconds=50 * index)
-            rows.append(
-                {
-                    "id": f"pr-{index + 1}-{uuid.uuid4().hex[:5]}",
-                    "silo_name": "scale",
-                    "stack": "local",
-                    "stack_source": {"kind": "catalog"},
-                    "repository": f"org/repo-{index % 50}",
-                    "pr_number": index + 1,
-                    "installation_id": 1,
-                    "author": f"dev{index % 200}",
-                    "head_sha": f"{index:040x}",
-                    "head_ref": f"feature/{index}",
-                    "deployed_sha": f"{index:040x}",
-                    "vars": {},
-                    "desired": "suspended" if asleep else "present",
-                    "generation": 2,
-                    "observed_generation": 2,
-                    "status": "sleeping" if asleep else "ready",
-                    "trigger": "push",
-                    "slot": index,
-                    "url": f"http://127.0.0.1:{20000 + index % 40000}/",
-                    "outputs": OUTPUTS,
-                    "ttl": ttl,
-                    "last_activity_at": active,
-                    "sleep_due_at": sleep_due_at(ttl, active),
-                    "slept_at": now - timedelta(hours=3) if asleep else None,
-                    "sleep_reason": "idle" if asleep else None,
-                    "expires_at": expires_at,
-                    "warn_at": warning_time(expires_at, ttl),
-                    "sync_version": 1,
-                    "created_at": now - timedelta(days=1),
-                    "updated_at": now - timedelta(days=1),
-                }
+            update(table).values(
+                ttl=ttl,
+                outputs=OUTPUTS,
+                last_activity_at=active,
+                sleep_due_at=sleep_due_at(ttl, active),
             )
-        conn.execute(insert(Environment.__table__), rows)  # type: ignore[attr-defined]
-
-
-def time_tick(rt: Runtime, repeats: int) -> dict[str, float]:
-    ticks = Ticks(rt.db, rt.lifecycle, OutboxGateway(rt.db, None))
-    jobs = {
-        "sleep_idle": ticks.sleep_idle,
-        "reap_expired": ticks.reap_expired,
-        "warn_expiring": ticks.warn_expiring,
-    }
-    figures: dict[str, list[float]] = {name: [] for name in jobs}
-
-    async def once() -> None:
-        for name, job in jobs.items():
-            started = time.perf_counter()
-            result = await job()
-            figures[name].append(time.perf_counter() - started)
-            if result:
-                raise RuntimeError(f"{name} acted on a seed where nothing is due: {result}")
-
-    for _ in range(repeats + 1):
-        asyncio.run(once())
-    return {name: median(values[1:]) for name, values in figures.items()}
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+        conn.execute(
+            update(table)
+            .where(table.c.pr_number <= 100)
+            .values(
+                desired="suspended",
+                status="sleeping",
+                slept_at=now - timedelta(hours=3),
+                sleep_reason="idle",
+            )
+        )
 
 
 def tick_at_scale(ctx: Context, database: str, count: int, repeats: int) -> Row:
     root = ctx.scratch(f"{NAME}-tick-{database}")
-    admin_name = None
-    url = None
-    if database == "postgres":
-        admin_name = f"runbot_bench_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(_libpq(PG_ADMIN), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{admin_name}"')  # type: ignore[arg-type]
-        url = make_url(PG_ADMIN).set(database=admin_name).render_as_string(hide_password=False)
-    try:
+    with contextlib.ExitStack() as stack:
+        url = None if database == "sqlite" else stack.enter_context(scratch_postgres())
         rt = runtime_for(root / "data", url)
         try:
             seed(rt, count, utcnow())
-            figures = time_tick(rt, repeats)
+            figures = time_ticks(rt, repeats, ("sleep_idle", "reap_expired", "warn_expiring"))
+            with rt.db.session() as session:  # the seed has nothing due: the tick slept nobody
+                asleep = session.exec(
+                    select(func.count()).where(col(Environment.desired) == Desired.SUSPENDED)
+                ).one()
+            if asleep != 100:
+                raise RuntimeError(f"the tick changed what sleeps: {asleep} asleep, not 100")
         finally:
             rt.db.dispose()
-    finally:
-        if admin_name:
-            with psycopg.connect(_libpq(PG_ADMIN), autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{admin_name}" WITH (FORCE)')  # type: ignore[arg-type]
     tick = sum(figures.values())
     share = 100.0 * tick / INTERVAL
     ctx.log(f"cost tick {database}: {count} environments, {fmt_seconds(tick)} ({share:.3f}%)")

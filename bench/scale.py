@@ -22,10 +22,12 @@ the index hands it only the rows whose warning is due.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -52,6 +54,19 @@ PG_ADMIN = os.environ.get(
 
 def _libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def scratch_postgres() -> Iterator[str]:
+    """A fresh database on the server of `RUNBOT_TEST_POSTGRES_URL`, dropped afterwards."""
+    name = f"runbot_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_libpq(PG_ADMIN), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    try:
+        yield make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_libpq(PG_ADMIN), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
 
 
 def seed(rt: Any, count: int) -> None:
@@ -115,13 +130,14 @@ def seed(rt: Any, count: int) -> None:
         conn.execute(insert(Environment.__table__), rows)  # type: ignore[attr-defined]
 
 
-def time_ticks(rt: Any, repeats: int) -> dict[str, float]:
+def time_ticks(
+    rt: Any,
+    repeats: int,
+    names: tuple[str, ...] = ("reap_expired", "warn_expiring", "recover_leases"),
+) -> dict[str, float]:
+    """The median time of each named job of the real `Ticks`, after a warm-up round."""
     ticks = Ticks(rt.db, rt.lifecycle, OutboxGateway(rt.db, None))
-    jobs = {
-        "reap_expired": ticks.reap_expired,
-        "warn_expiring": ticks.warn_expiring,
-        "recover_leases": ticks.recover_leases,
-    }
+    jobs = {name: getattr(ticks, name) for name in names}
     figures: dict[str, list[float]] = {name: [] for name in jobs}
 
     async def once() -> None:
@@ -172,74 +188,66 @@ def http_page(url: str, repeats: int, headers: dict[str, str]) -> float:
 
 
 def one_database(ctx: Context, database: str, count: int, repeats: int) -> list[Row]:
+    with contextlib.ExitStack() as stack:
+        url = None if database == "sqlite" else stack.enter_context(scratch_postgres())
+        return _measure(ctx, database, url, count, repeats)
+
+
+def _measure(ctx: Context, database: str, url: str | None, count: int, repeats: int) -> list[Row]:
     root = ctx.scratch(f"{NAME}-{database}")
     data = root / "data"
-    admin_name = None
-    if database == "sqlite":
-        url = None
-        target = str(data / "runbot.db")
-    else:
-        admin_name = f"runbot_bench_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(_libpq(PG_ADMIN), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{admin_name}"')  # type: ignore[arg-type]
-        url = make_url(PG_ADMIN).set(database=admin_name).render_as_string(hide_password=False)
-        target = url
-    try:
-        rt = runtime_for(data, url)
-        started = time.perf_counter()
-        seed(rt, count)
-        ctx.log(
-            f"scale {database}: {count} environments seeded in {time.perf_counter() - started:.1f}s"
+    target = str(data / "runbot.db") if url is None else url
+    rt = runtime_for(data, url)
+    started = time.perf_counter()
+    seed(rt, count)
+    ctx.log(
+        f"scale {database}: {count} environments seeded in {time.perf_counter() - started:.1f}s"
+    )
+    ticks = time_ticks(rt, repeats)
+    rt.db.dispose()
+    tick = sum(ticks.values())
+    share = 100.0 * tick / INTERVAL
+    rows = [
+        Row(
+            NAME,
+            f"{database}: scheduler tick / interval",
+            fmt_seconds(tick),
+            f"{INTERVAL:.0f} s",
+            share,
+            "<= 1%",
+            check(share, 1.0),
+            unit="%",
+            details={name: value for name, value in ticks.items()},
         )
-        ticks = time_ticks(rt, repeats)
-        rt.db.dispose()
-        tick = sum(ticks.values())
-        share = 100.0 * tick / INTERVAL
-        rows = [
-            Row(
-                NAME,
-                f"{database}: scheduler tick / interval",
-                fmt_seconds(tick),
-                f"{INTERVAL:.0f} s",
-                share,
-                "<= 1%",
-                check(share, 1.0),
-                unit="%",
-                details={name: value for name, value in ticks.items()},
+    ]
+    env_vars = process_env(data, None, url, api_token=TOKEN)
+    last = (count + PER_PAGE - 1) // PER_PAGE
+    with Serve(env_vars, root / "serve.log") as serve:
+        for label, page in (("first page", 1), ("last page", last)):
+            raw = raw_page(database, target, page, repeats * 4)
+            api = http_page(
+                f"{serve.url}/api/environments?page={page}&per_page={PER_PAGE}",
+                repeats * 4,
+                {"Authorization": f"Bearer {TOKEN}"},
             )
-        ]
-        env_vars = process_env(data, None, url, api_token=TOKEN)
-        last = (count + PER_PAGE - 1) // PER_PAGE
-        with Serve(env_vars, root / "serve.log") as serve:
-            for label, page in (("first page", 1), ("last page", last)):
-                raw = raw_page(database, target, page, repeats * 4)
-                api = http_page(
-                    f"{serve.url}/api/environments?page={page}&per_page={PER_PAGE}",
-                    repeats * 4,
-                    {"Authorization": f"Bearer {TOKEN}"},
-                )
-                dash = http_page(f"{serve.url}/?page={page}", repeats * 4, {})
-                for what, value in (("API", api), ("dashboard", dash)):
-                    rows.append(
-                        Row(
-                            NAME,
-                            f"{database}: {what} list, {label}",
-                            fmt_seconds(value),
-                            f"{fmt_seconds(raw)} (raw query)",
-                            ratio(value, raw),
-                            "-",
-                            None,
-                        )
+            dash = http_page(f"{serve.url}/?page={page}", repeats * 4, {})
+            for what, value in (("API", api), ("dashboard", dash)):
+                rows.append(
+                    Row(
+                        NAME,
+                        f"{database}: {what} list, {label}",
+                        fmt_seconds(value),
+                        f"{fmt_seconds(raw)} (raw query)",
+                        ratio(value, raw),
+                        "-",
+                        None,
                     )
-                ctx.log(
-                    f"scale {database} {label}: API {fmt_seconds(api)}, dashboard"
-                    f" {fmt_seconds(dash)}, raw {fmt_seconds(raw)}"
                 )
-        return rows
-    finally:
-        if admin_name:
-            with psycopg.connect(_libpq(PG_ADMIN), autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{admin_name}" WITH (FORCE)')  # type: ignore[arg-type]
+            ctx.log(
+                f"scale {database} {label}: API {fmt_seconds(api)}, dashboard"
+                f" {fmt_seconds(dash)}, raw {fmt_seconds(raw)}"
+            )
+    return rows
 
 
 def run(ctx: Context) -> list[Row]:
