@@ -6,8 +6,9 @@
   database (a SQLite file), the real `Lifecycle` calls (`create_environment`,
   `update_environment`, `record_traffic`, `wake_up`, `destroy_environment`) and the real
   scheduler ticks (`Ticks.sleep_idle`, `Ticks.reap_expired`, every 5 simulated minutes):
-  once with `ttl: {idle: 48h, max: 7d}` and once adding `sleep_after: 2h`. No engine runs:
-  each desired change is settled the way a worker's apply records it (`EnvironmentKind.applied`
+  once with `ttl: {idle: 48h, max: 7d}` and once adding `sleep_after: 2h`; the second once more
+  on PostgreSQL, which must bill exactly the same (a check of the ledger, not a speed figure).
+  No engine runs: each desired change is settled the way a worker's apply records it (`EnvironmentKind.applied`
   / `destroyed` on the claimed row), so the cost ledger (`CostSpan`, written by the mapper
   event on every status change) records the time at the stack's rates, here
   `runbot_hourly_cost = 0.12` and `runbot_hourly_cost_asleep = 0.01`. Reported: environment
@@ -244,12 +245,19 @@ def _hours(span: Span, end: datetime) -> float:
     return max(0.0, ((span.ended_at or end) - span.started_at).total_seconds() / 3600)
 
 
-def replay(ctx: Context, label: str, policy: TTLPolicy, events: list[Event], days: int) -> Any:
+def replay(
+    ctx: Context,
+    label: str,
+    policy: TTLPolicy,
+    events: list[Event],
+    days: int,
+    database_url: str | None = None,
+) -> Any:
     root = ctx.scratch(f"{NAME}-{label}")
     end = START + timedelta(days=days)
     with clock.using(clock.ManualClock(START)) as manual:
         assert isinstance(manual, clock.ManualClock)
-        rt = runtime_for(root / "data")
+        rt = runtime_for(root / "data", database_url)
         try:
             started = time.perf_counter()
             simulation = Replay(rt, policy)
@@ -380,6 +388,24 @@ def run(ctx: Context) -> list[Row]:
             unit="%",
         ),
     ]
+    try:
+        with scratch_postgres() as url:
+            on_pg = replay(ctx, "with-sleep-postgres", sleepy, events, days, url)
+        same = ratio(on_pg["money"], with_sleep["money"])
+        rows.append(
+            Row(
+                NAME,
+                "money with sleep, PostgreSQL vs SQLite replay",
+                f"${on_pg['money']:.2f}",
+                f"${with_sleep['money']:.2f}",
+                same,
+                "= 1.00x",
+                check(abs(same - 1.0), 0.001),
+                details={"awake_hours_postgres": round(on_pg["awake_hours"], 2)},
+            )
+        )
+    except psycopg.OperationalError as exc:
+        rows.append(Row(NAME, "postgres replay", f"not reachable: {exc}"[:60], passed=None))
     count = 2_000 if ctx.quick else COUNT
     repeats = 3 if ctx.quick else 7
     rows.append(tick_at_scale(ctx, "sqlite", count, repeats))
