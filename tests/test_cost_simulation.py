@@ -3,7 +3,12 @@ working hours (weekdays 09:00-18:00 UTC), each PR opening before its pushes, vis
 
 from __future__ import annotations
 
-from bench.cost import DAYS, PRS, simulate
+from datetime import timedelta
+from pathlib import Path
+
+from app.ttl.policy import TTLPolicy
+from bench.cost import ASLEEP_RATE, AWAKE_RATE, DAYS, PRS, SLEEP_AFTER, replay, simulate
+from bench.harness import Context
 
 
 def test_the_same_seed_gives_the_same_month_and_another_seed_another() -> None:
@@ -22,3 +27,21 @@ def test_events_fall_in_working_hours_and_follow_each_prs_opening() -> None:
             assert event.at.weekday() < 5 and 9 <= event.at.hour < 18, event
     visited = {e.pr for e in events if e.kind == "traffic"}
     assert 0 < len(visited) < PRS  # some environments get traffic, not all
+
+
+def test_a_short_replay_sleeps_saves_and_keeps_every_hour_on_the_ledger(tmp_path: Path) -> None:
+    """Three simulated days, twice, on the real database and ticks: sleep moves awake hours to
+    asleep ones, no hour is lost or invented, and the money follows the rates."""
+    ctx = Context(quick=True, root=tmp_path)
+    events = simulate(3, 8)
+    never = TTLPolicy(idle=timedelta(hours=48), max=timedelta(days=7))
+    sleepy = TTLPolicy(idle=timedelta(hours=48), max=timedelta(days=7), sleep_after=SLEEP_AFTER)
+    without = replay(ctx, "never", never, events, 3)
+    with_sleep = replay(ctx, "sleepy", sleepy, events, 3)
+    assert without["asleep_hours"] == 0 and with_sleep["asleep_hours"] > 0
+    assert with_sleep["awake_hours"] < without["awake_hours"]
+    total = with_sleep["awake_hours"] + with_sleep["asleep_hours"]
+    assert abs(total - without["awake_hours"]) < 0.5  # the same lifetimes, split differently
+    expected = AWAKE_RATE * with_sleep["awake_hours"] + ASLEEP_RATE * with_sleep["asleep_hours"]
+    assert abs(with_sleep["money"] - expected) < 0.01
+    assert with_sleep["money"] < without["money"]
