@@ -8,9 +8,9 @@
   scheduler ticks (`Ticks.sleep_idle`, `Ticks.reap_expired`, every 5 simulated minutes):
   once with `ttl: {idle: 48h, max: 7d}` and once adding `sleep_after: 2h`; the second once more
   on PostgreSQL, which must bill exactly the same (a check of the ledger, not a speed figure).
-  No engine runs: each desired change is settled the way a worker's apply records it (`EnvironmentKind.applied`
-  / `destroyed` on the claimed row), so the cost ledger (`CostSpan`, written by the mapper
-  event on every status change) records the time at the stack's rates, here
+  No engine runs: each desired change is settled the way a worker's apply records it
+  (`EnvironmentKind.applied` / `destroyed` on the claimed row), so the cost ledger (`CostSpan`,
+  written by the mapper event on every status change) records the time at the stack's rates, here
   `runbot_hourly_cost = 0.12` and `runbot_hourly_cost_asleep = 0.01`. Reported: environment
   hours awake and asleep, money, and the saving, both from the ledger. Traffic to a sleeping
   environment wakes it as the ingress would (`wake_up`); a push wakes one slept for idleness.
