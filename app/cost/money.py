@@ -143,3 +143,11 @@ def format_rate(hourly: float, currency: str = "USD") -> str:
 def cost_line(cost: EnvironmentCost, currency: str = "USD") -> str:
     """What the status comment says: ``≈ $1.20 so far · $0.05/h``."""
     return f"≈ {format_money(cost.so_far, currency)} so far · {format_rate(cost.hourly, currency)}"
+
+
+def money_by_repository(spans: Iterable[Span], now: datetime) -> dict[str, float]:
+    """All money ever per repository, up to ``now``."""
+    out: dict[str, float] = defaultdict(float)
+    for span in spans:
+        out[span.repository] += span.hourly * hours_in(span, None, now)
+    return dict(out)

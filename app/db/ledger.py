@@ -93,12 +93,3 @@ def month_to_date_by_silo(
 ) -> dict[str, float]:
     found = spans(session, since=month_start(now), silos=silos)
     return month_to_date(found, now, key=lambda span: span.silo_name)
-
-
-def spent_ever_by_repository(session: Session, now: datetime) -> dict[str, float]:
-    """All money ever per repository (the `runbot_cost_total` metric)."""
-    totals: dict[str, float] = {}
-    for span in spans(session):
-        amount = span.hourly * max(0.0, ((span.ended_at or now) - span.started_at).total_seconds())
-        totals[span.repository] = totals.get(span.repository, 0.0) + amount / 3600.0
-    return totals
