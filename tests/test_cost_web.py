@@ -20,6 +20,7 @@ from app.db.models import Environment
 from app.server import create_app
 from app.web.dashboard import usage_svg
 from tests.apphost import INSTALLATION, REPO, free_port, sign_in_settings
+from tests.conftest import make_settings
 from tests.fakegithub.server import FakeGitHub
 from tests.test_web_api import API_TOKEN, OTHER, READER
 from tests.test_web_metrics import value
@@ -28,6 +29,7 @@ from tests.webtools import WebServer, seed_env, seed_silo, sign_in
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 
 START = datetime(2026, 6, 1, 20, 0, tzinfo=UTC)
+METRICS_TOKEN = "metrics-token-5e1f0a"
 
 
 def priced(hourly: object) -> dict[str, dict[str, object]]:
@@ -48,7 +50,13 @@ def site(
     fake.set_permission(REPO, READER, "read")
     port = free_port()
     settings = sign_in_settings(
-        tmp_path, fake, database_url, port, api_token=API_TOKEN, currency="gbp"
+        tmp_path,
+        fake,
+        database_url,
+        port,
+        api_token=API_TOKEN,
+        currency="gbp",
+        metrics_token=METRICS_TOKEN,
     )
     with clock.using(ManualClock(START)) as manual:
         assert isinstance(manual, ManualClock)
@@ -87,7 +95,8 @@ def test_api_environments_and_usage_carry_money(
         assert series[REPO]["money_total"] == pytest.approx(3.0)
         assert series[OTHER]["money_total"] == pytest.approx(42.0)
 
-    text = httpx.get(f"{server.url}/metrics", trust_env=False).text
+    scrape = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    text = httpx.get(f"{server.url}/metrics", headers=scrape, trust_env=False).text
     assert value(text, "runbot_cost_total", repository=REPO) == pytest.approx(3.0)
     assert value(text, "runbot_cost_total", repository=OTHER) == pytest.approx(42.0)
     assert value(text, "runbot_environment_hourly_cost", repository=REPO) == 0.5
@@ -128,6 +137,23 @@ def test_the_money_chart_without_money_is_empty() -> None:
     assert "o/a: 3.0 h" in str(usage_svg(usage))
     usage.series[0].money = [1.5]
     assert "o/a: 1.50 CHF on" in str(usage_svg(usage, money=True))
+
+
+def test_open_metrics_name_no_repository(tmp_path: Path, database_url: str) -> None:
+    """Without RUNBOT_METRICS_TOKEN /metrics is open: the money is one series for all."""
+    with clock.using(ManualClock(START)) as manual:
+        assert isinstance(manual, ManualClock)
+        app = create_app(make_settings(tmp_path, database_url), background=False)
+        db = app.state.runtime.db
+        seed_silo(db, "shared", {})
+        seed_env(db, "pr-1-aaaaa", REPO, 1, "shared", slot=0, outputs=priced(0.5))
+        seed_env(db, "pr-9-zzzzz", OTHER, 9, "shared", slot=1, outputs=priced(7))
+        manual.advance(timedelta(hours=2))
+        with WebServer(app, free_port()) as server:
+            text = httpx.get(f"{server.url}/metrics", trust_env=False).text
+        assert REPO not in text and OTHER not in text
+        assert value(text, "runbot_cost_total", repository="") == pytest.approx(15.0)
+        assert value(text, "runbot_environment_hourly_cost", repository="") == 7.5
 
 
 def test_seeded_rows_have_a_ledger(site: tuple[WebServer, FakeGitHub, ManualClock]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections import Counter as Counter_
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -181,10 +182,16 @@ class StateCollector(Collector):
 
 
 class CostCollector(Collector):
-    """Money, from the cost ledger at scrape time (the same on every replica: use `max`)."""
+    """Money, from the cost ledger at scrape time (the same on every replica: use `max`).
 
-    def __init__(self, db: Database) -> None:
+    Per repository only when ``by_repository`` (a /metrics behind RUNBOT_METRICS_TOKEN): an
+    open endpoint must not name private repositories, so it reports one series for all of
+    them, labelled ``repository=""``.
+    """
+
+    def __init__(self, db: Database, by_repository: bool = False) -> None:
         self.db = db
+        self.by_repository = by_repository
 
     def collect(self) -> Iterator[Metric]:
         now = utcnow()
@@ -201,6 +208,8 @@ class CostCollector(Collector):
         )
         with self.db.session() as session:
             found = spans(session)
+        if not self.by_repository:
+            found = [replace(span, repository="") for span in found]
         rates: dict[str, float] = {}
         for span in found:
             if span.ended_at is None:
@@ -281,6 +290,8 @@ class Metrics:
         db: Database,
         worker_id: Callable[[], str | None],
         orphans: Callable[[], SweepReport | None] = lambda: None,
+        *,
+        by_repository: bool = False,
     ) -> None:
         self.registry = CollectorRegistry()
         self.deliveries = Counter(
@@ -312,7 +323,7 @@ class Metrics:
         self.observer = RunObserver(db, runs, durations, destroy_failures)
         self.worker_id = worker_id
         self.registry.register(StateCollector(db))
-        self.registry.register(CostCollector(db))
+        self.registry.register(CostCollector(db, by_repository))
         self.registry.register(GitHubCollector())
         self.registry.register(OrphanCollector(orphans))
 
