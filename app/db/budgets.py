@@ -74,9 +74,15 @@ class Levels:
 
 
 def levels(session: Session, policy_file: PolicyFile, now: datetime) -> Levels:
-    """Every scope's level this month (one ledger read per kind of scope)."""
+    """Every scope's level this month (one ledger read per kind of scope; none at all when
+    the policy sets no budget, so a fleet without budgets pays nothing per tick)."""
     found: dict[Scope, Level] = {}
-    for repository, spent in month_to_date_by_repository(session, now).items():
+    document = policy_file.document
+    repo_budgets = document.default.budget is not None or any(
+        entry.budget is not None for entry in document.repos.values()
+    )
+    spent_by_repo = month_to_date_by_repository(session, now) if repo_budgets else {}
+    for repository, spent in spent_by_repo.items():
         budget = effective_policy(policy_file, repository).budget
         if budget is not None:
             found[("repository", repository)] = level_of(spent, budget.monthly)
