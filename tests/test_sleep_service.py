@@ -25,10 +25,9 @@ POLICY = TTLPolicy(idle=timedelta(hours=48), max=timedelta(days=7), sleep_after=
 
 
 @pytest.fixture
-def manual() -> Iterator[clock.ManualClock]:
-    with clock.using(clock.ManualClock(T0)) as manual:
-        assert isinstance(manual, clock.ManualClock)
-        yield manual
+def manual(manual_clock: clock.ManualClock) -> clock.ManualClock:
+    assert manual_clock.now() == T0
+    return manual_clock
 
 
 @pytest.fixture

@@ -348,6 +348,8 @@ class Lifecycle(Sleeping):
                 env.config_sha = config_sha
             env.trigger = trigger
             self._record_activity(env, now or utcnow())
+            if env.sleep_reason == "idle":  # a push ends idleness; a command's or budget's
+                env.desired, env.slept_at, env.sleep_reason = Desired.PRESENT, None, None
             _touch(env, session)
             session.add(env)
             session.commit()

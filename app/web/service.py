@@ -57,6 +57,7 @@ from app.web.views import (
     UsageSeries,
     pr_url,
     run_out,
+    sleep_fields,
 )
 
 SiloAction = Literal["update", "destroy"]
@@ -143,6 +144,7 @@ class Service:
             retry_at=_retry_at(env),
             failed_attempts=env.attempts,
             **cost_fields(env, costs.get(env.id), self.settings.currency),
+            **sleep_fields(env, live),
         )
 
     def _silo_out(self, session: Any, silo: Silo, principal: Principal) -> SiloOut:
@@ -542,6 +544,8 @@ class Service:
         refusal = await self._refusal(principal, env, action)
         if refusal is not None:
             raise Forbidden(refusal)
+        # A dashboard or API action is activity: it keeps the environment awake.
+        await run_in_threadpool(self.rt.lifecycle.record_traffic, {env_id: utcnow()})
         request = ActionRequest(
             lifecycle=self.rt.lifecycle,
             env_id=env_id,
