@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     run_retention_days: float = Field(default=30.0, ge=1, le=3650)
     run_retention_keep: int = Field(default=5, ge=1, le=1000)
     default_capacity: int = Field(default=20, ge=1, le=100000)
+    # The currency of stacks' `runbot_hourly_cost` outputs and of budgets (a 3-letter code).
+    currency: str = "USD"
 
     # Git stacks (docs/security.md, "Git stacks"): what one fetch may cost, and how git reaches
     # a private server. The hosts come from the operator policy (`git_stacks`/`git_hosts`).
@@ -140,6 +142,14 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        code = value.strip().upper()
+        if not (len(code) == 3 and code.isascii() and code.isalpha()):
+            raise ValueError("must be a 3-letter currency code such as USD, EUR, GBP or CHF")
+        return code
 
     @field_validator("k8s_callback_url")
     @classmethod

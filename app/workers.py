@@ -30,8 +30,9 @@ from app.github.outbox import OutboxGateway
 from app.github.tarball import github_download
 from app.intent.processor import IntentProcessor
 from app.lifecycle.reconcile import Reconciler, default_worker_id
-from app.lifecycle.states import Status
+from app.lifecycle.states import HoldKind, Status
 from app.runtime import Runtime
+from app.schedule.budgets import BudgetTick
 from app.schedule.retention import Retention
 from app.schedule.ticks import Ticks, register_ticks
 from app.settings import Settings, SettingsError
@@ -81,6 +82,7 @@ class Workers:
     commands: CommandHandler
     ticks: Ticks
     scheduler: AsyncIOScheduler
+    budgets: BudgetTick | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _notify_after_pass: bool = False
@@ -110,6 +112,8 @@ class Workers:
             policy_for=rt.policy.policy_for,
             host_paths=(str(settings.data_dir.absolute()), str(settings.templates_dir.absolute())),
             delete_environments=settings.github_delete_environments,
+            currency=settings.currency,
+            policy_file=lambda: rt.policy.current,
         )
         commands = CommandHandler(
             rt.db,
@@ -164,6 +168,14 @@ class Workers:
             ticks=ticks,
             scheduler=AsyncIOScheduler(timezone="UTC"),
         )
+        workers.budgets = BudgetTick(
+            rt.db,
+            rt.lifecycle,
+            lambda: rt.policy.current,
+            redecide=lambda: intent.reconcile_held(kinds=(HoldKind.BUDGET,)),
+            wake=wake_all,
+        )
+        rt.policy.listeners.append(workers._policy_reloaded)
         reconciler.listeners.append(workers._environment_changed)
         reconciler.after_pass = workers._reconciler_passed
         intent.on_change = workers._intent_changed
@@ -209,6 +221,14 @@ class Workers:
         except Exception:
             log.exception("orphan sweep failed")
 
+    def _policy_reloaded(self) -> None:
+        """A new policy may raise a budget: decide the PRs it held again, now."""
+        if self.budgets is None:
+            return
+        self.budgets.policy_reloaded()
+        with contextlib.suppress(RuntimeError):  # reloaded outside the loop: the next tick
+            self.tasks.append(asyncio.get_running_loop().create_task(self.budgets.tick()))
+
     async def resync(self) -> None:
         try:
             await self.intent.resync()
@@ -231,6 +251,7 @@ class Workers:
             self.resync,
             self.rt.settings.scheduler_interval,
             orphans=(self.sweep_orphans, self.rt.settings.orphan_sweep_interval),
+            budgets=self.budgets.tick if self.budgets is not None else None,
         )
         self.scheduler.start()
         # The operator policy: reread when its file changes, and on SIGHUP.

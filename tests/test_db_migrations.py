@@ -174,7 +174,7 @@ def test_hold_kind_is_backfilled_from_the_old_hold_sentences(database_url: str) 
         expected = {f"o/r#{n}": kind for n, kind in enumerate(sentences, start=1)}
         assert kinds == {**expected, "o/r#90": None, "o/r#91": "config_error"}
         # Kinds added later never had a sentence to backfill.
-        newer = {HoldKind.UNINSTALLED, HoldKind.SUSPENDED, HoldKind.POLICY}
+        newer = {HoldKind.UNINSTALLED, HoldKind.SUSPENDED, HoldKind.POLICY, HoldKind.BUDGET}
         assert set(sentences) | {"config_error"} == {kind.value for kind in HoldKind} - newer
     finally:
         db.dispose()

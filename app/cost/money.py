@@ -116,3 +116,38 @@ def month_to_date(
     for span in spans:
         out[key(span)] += span.hourly * hours_in(span, start, now)
     return dict(out)
+
+
+#: Currencies shown by their sign; any other code is written after the amount ("1.20 CHF").
+SIGNS = {"USD": "$", "EUR": "€", "GBP": "£"}
+
+
+def format_money(amount: float, currency: str = "USD") -> str:
+    """``$1.20``, ``€0.05``, ``1.20 CHF``: two decimals (cents are what a preview costs)."""
+    code = currency.upper()
+    sign = SIGNS.get(code)
+    text = f"{amount:,.2f}"
+    return f"{sign}{text}" if sign else f"{text} {code}"
+
+
+def format_rate(hourly: float, currency: str = "USD") -> str:
+    """``$0.05/h``; a rate under a cent keeps enough decimals not to read as free."""
+    if 0 < hourly < 0.01:
+        code = currency.upper()
+        sign = SIGNS.get(code)
+        text = f"{hourly:.4f}"
+        return (f"{sign}{text}" if sign else f"{text} {code}") + "/h"
+    return format_money(hourly, currency) + "/h"
+
+
+def cost_line(cost: EnvironmentCost, currency: str = "USD") -> str:
+    """What the status comment says: ``≈ $1.20 so far · $0.05/h``."""
+    return f"≈ {format_money(cost.so_far, currency)} so far · {format_rate(cost.hourly, currency)}"
+
+
+def money_by_repository(spans: Iterable[Span], now: datetime) -> dict[str, float]:
+    """All money ever per repository, up to ``now``."""
+    out: dict[str, float] = defaultdict(float)
+    for span in spans:
+        out[span.repository] += span.hourly * hours_in(span, None, now)
+    return dict(out)

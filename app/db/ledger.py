@@ -9,32 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, or_
-from sqlmodel import Session, col, select
+from sqlalchemy import ColumnElement, func, literal, or_
+from sqlalchemy import select as sql_select
+from sqlmodel import Session, col
 
 from app.cost.money import (
     EnvironmentCost,
     Span,
     environment_cost,
     month_start,
-    month_to_date,
     per_day,
     per_environment,
 )
-from app.db.models import CostSpan
+from app.db.models import CostSpan, UTCDateTime
 
-
-def _span(row: CostSpan) -> Span:
-    return Span(
-        row.environment_id,
-        row.repository,
-        row.silo_name,
-        row.status,
-        row.hourly,
-        row.started_at,
-        row.ended_at,
-    )
+_COLUMNS = (
+    col(CostSpan.environment_id),
+    col(CostSpan.repository),
+    col(CostSpan.silo_name),
+    col(CostSpan.status),
+    col(CostSpan.hourly),
+    col(CostSpan.started_at),
+    col(CostSpan.ended_at),
+)
 
 
 def _overlapping(since: datetime | None) -> ColumnElement[bool]:
@@ -51,15 +50,18 @@ def spans(
     repositories: Iterable[str] | None = None,
     silos: Iterable[str] | None = None,
 ) -> list[Span]:
-    """Spans overlapping [since, now), optionally of some environments, repositories, silos."""
-    query = select(CostSpan).where(_overlapping(since))
+    """Spans overlapping [since, now), optionally of some environments, repositories, silos.
+
+    Plain columns, not ORM objects: building a model instance costs ~90 µs a row, the whole
+    budget tick at 10,000 environments."""
+    query = sql_select(*_COLUMNS).where(_overlapping(since))
     if environment_ids is not None:
         query = query.where(col(CostSpan.environment_id).in_(list(environment_ids)))
     if repositories is not None:
         query = query.where(col(CostSpan.repository).in_(list(repositories)))
     if silos is not None:
         query = query.where(col(CostSpan.silo_name).in_(list(silos)))
-    return [_span(row) for row in session.exec(query)]
+    return [Span(*row) for row in session.execute(query)]
 
 
 def cost_of(session: Session, env_id: str, now: datetime) -> EnvironmentCost:
@@ -81,24 +83,44 @@ def daily_by_repository(
     return per_day(spans(session, since=since, repositories=repositories), now, since)
 
 
+def _seconds(session: Session, start: datetime, now: datetime) -> ColumnElement[Any]:
+    """Seconds of each span inside [start, now), in SQL (the span's overlap is positive: the
+    query keeps only spans that overlap)."""
+    begin = literal(start, UTCDateTime())
+    end = literal(now, UTCDateTime())
+    started, ended = col(CostSpan.started_at), func.coalesce(col(CostSpan.ended_at), end)
+    if session.get_bind().dialect.name == "postgresql":
+        return func.extract("epoch", func.least(ended, end) - func.greatest(started, begin))
+    return (
+        func.julianday(func.min(ended, end)) - func.julianday(func.max(started, begin))
+    ) * 86400.0
+
+
+def _month_sums(
+    session: Session, key: Any, now: datetime, keys: Iterable[str] | None
+) -> dict[str, float]:
+    """Money per ``key`` this calendar month, summed by the database: the budget tick reads
+    one row per repository or silo, not every span (at 10,000 environments, 0.05 s not 2 s)."""
+    start = month_start(now)
+    query = (
+        sql_select(key, func.sum(col(CostSpan.hourly) * _seconds(session, start, now)))
+        .where(col(CostSpan.hourly) > 0)
+        .where(col(CostSpan.started_at) < now)
+        .where(_overlapping(start))
+        .group_by(key)
+    )
+    if keys is not None:
+        query = query.where(key.in_(list(keys)))
+    return {name: float(total or 0.0) / 3600.0 for name, total in session.execute(query)}
+
+
 def month_to_date_by_repository(
     session: Session, now: datetime, repositories: Iterable[str] | None = None
 ) -> dict[str, float]:
-    found = spans(session, since=month_start(now), repositories=repositories)
-    return month_to_date(found, now)
+    return _month_sums(session, col(CostSpan.repository), now, repositories)
 
 
 def month_to_date_by_silo(
     session: Session, now: datetime, silos: Iterable[str] | None = None
 ) -> dict[str, float]:
-    found = spans(session, since=month_start(now), silos=silos)
-    return month_to_date(found, now, key=lambda span: span.silo_name)
-
-
-def spent_ever_by_repository(session: Session, now: datetime) -> dict[str, float]:
-    """All money ever per repository (the `runbot_cost_total` metric)."""
-    totals: dict[str, float] = {}
-    for span in spans(session):
-        amount = span.hourly * max(0.0, ((span.ended_at or now) - span.started_at).total_seconds())
-        totals[span.repository] = totals.get(span.repository, 0.0) + amount / 3600.0
-    return totals
+    return _month_sums(session, col(CostSpan.silo_name), now, silos)

@@ -138,6 +138,10 @@ class StatusView:
     commands_help: str = ""
     #: destroy_failed: when runbot tries the destroy again by itself.
     retry_at: datetime | None = None
+    #: "≈ $1.20 so far · $0.05/h" as of ``now`` (None: the stack outputs no cost).
+    cost: str | None = None
+    #: The budget warning at 80% or 100% of a monthly budget (`app.cost.budget.budget_line`).
+    budget_warning: str | None = None
     #: Asked to sleep since when, and why (`idle`, `command`, `budget`); None while awake.
     slept_at: datetime | None = None
     sleep_reason: str | None = None
@@ -322,6 +326,7 @@ def _table(view: StatusView, label: str) -> list[str]:
     expires = _expires_cell(view)
     if expires is not None:
         rows.append(("Expires", expires))
+    rows += _cost_rows(view)
     logs = _link("run log", view.log_url)
     if logs is not None:
         rows.append(("Logs", logs))
@@ -330,9 +335,22 @@ def _table(view: StatusView, label: str) -> list[str]:
     return lines
 
 
+def _cost_rows(view: StatusView) -> list[tuple[str, str]]:
+    """The environment's money so far and per hour, when its stack outputs a cost."""
+    if view.cost is None:
+        return []
+    return [("Cost", escape_markdown_inline(_clip(view.cost, _FIELD_CHARS)))]
+
+
+def _budget_notes(view: StatusView) -> list[str]:
+    if view.budget_warning is None:
+        return []
+    return [f"> ⚠️ **{escape_markdown_inline(_clip(view.budget_warning, 400))}**"]
+
+
 def _notes(view: StatusView) -> list[str]:
     """Sentences under the table: the things someone should act on."""
-    notes: list[str] = []
+    notes: list[str] = _budget_notes(view)
     if view.warning and view.state not in _NO_EXPIRY:
         when = "soon" if view.expires_at is None else _when(view.expires_at, view.now)
         by = (

@@ -58,6 +58,7 @@ from app.github.gateway import (
     RetryLater,
 )
 from app.github.installations import WriteGate, cutoff, record_of, write_gate
+from app.github.money import money_fields
 from app.github.public import public_text
 from app.github.status import status_view
 from app.github.syncqueue import SyncQueue
@@ -72,7 +73,7 @@ from app.github.writes import (
     next_write,
 )
 from app.lifecycle.states import Status
-from app.policy.model import Policy
+from app.policy.model import NO_POLICY, Policy, PolicyFile
 
 log = logging.getLogger("runbot.notify")
 
@@ -136,8 +137,13 @@ class Notifier:
         policy_for: Callable[[str], Policy] | None = None,
         host_paths: Sequence[str] = (),
         delete_environments: bool = False,
+        currency: str = "USD",
+        policy_file: Callable[[], PolicyFile] | None = None,
     ) -> None:
         self.db = db
+        #: `RUNBOT_CURRENCY`, and the whole policy in force (its budgets, per repository and silo).
+        self.currency = currency
+        self.policy_file = policy_file or (lambda: NO_POLICY)
         #: The operator's opt-in: delete a closed PR's GitHub environment (`administration`).
         self.delete_environments = delete_environments
         #: The operator policy in force for a repository (its `quote_logs`).
@@ -302,7 +308,12 @@ class Notifier:
         if view is None:
             return None
         reason = public_text(view.reason, self.host_paths) if view.reason else view.reason
-        return dataclasses.replace(view, reason=reason, quote_log=quote)
+        return dataclasses.replace(
+            view,
+            reason=reason,
+            quote_log=quote,
+            **money_fields(self.db, self.policy_file(), self.currency, pull, env, view.now),
+        )
 
     # ----- syncing -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from app.cost.budget import REACHED_MESSAGE
 from app.github.config import RepoConfig
 from app.github.config_errors import ConfigError
 from app.github.installations import CUTOFF_REASONS, Cutoff
@@ -184,6 +185,7 @@ def decide_pull(
     ci: str | None = None,
     refused: Sequence[Violation] = (),
     cutoff: Cutoff | None = None,
+    budget_reached: bool = False,
 ) -> Decision | NeedCI:
     """The PR's desired state.
 
@@ -196,6 +198,8 @@ def decide_pull(
     breaks; any of them holds the PR and tears down what runs.
     ``cutoff``: the App was uninstalled or suspended, or the repository removed from it; then
     nothing runs, whatever else says so.
+    ``budget_reached``: the repository's or silo's monthly budget is spent; a PR without an
+    environment waits (one that has one keeps it: idle ones are put to sleep by a tick).
     """
     if pull.state != "open":
         return Hold(HoldKind.CLOSED, "closed", teardown=True)
@@ -209,6 +213,8 @@ def decide_pull(
         return Hold(HoldKind.POLICY, policy_message(refused), teardown=True)
     if live is None and not resume and stopped:
         return Keep()
+    if live is None and budget_reached:
+        return Hold(HoldKind.BUDGET, REACHED_MESSAGE)
     hold = _policy_hold(pull, config, live, in_use)
     if hold is not None:
         return hold

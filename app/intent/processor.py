@@ -20,6 +20,8 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import col, func, select
 
+from app.cost.budget import Level
+from app.db.budgets import standing_of
 from app.db.leases import kept_alive
 from app.db.models import Delivery, Environment, PullRequest, Run, utcnow
 from app.db.session import Database
@@ -331,6 +333,9 @@ class IntentProcessor:
         stopped = usable and live is None and not resume and self._stopped(pull)
         in_use = self._in_use(pull.repository) if usable and live is None else 0
         refused = self._refusals(pull, config) if isinstance(config, RepoConfig) else []
+        budget_reached = (
+            isinstance(config, RepoConfig) and live is None and self._budget_reached(pull, config)
+        )
         decide = partial(
             decide_pull,
             state,
@@ -341,6 +346,7 @@ class IntentProcessor:
             resume=resume,
             refused=refused,
             cutoff=cutoff,
+            budget_reached=budget_reached,
         )
         decided = decide()
         if isinstance(decided, NeedCI):
@@ -349,6 +355,15 @@ class IntentProcessor:
             )
         assert not isinstance(decided, NeedCI)
         await self._apply(pull, live, config, decided)
+
+    def _budget_reached(self, pull: PullRequest, config: RepoConfig) -> bool:
+        """The repository's or the silo's budget is spent this month (asked only for a PR
+        without an environment; no ledger read when no budget applies)."""
+        with self.db.session() as session:
+            standing = standing_of(
+                session, self.policy.current, pull.repository, config.silo, utcnow()
+            )
+        return standing is not None and standing.level is Level.REACHED
 
     def _refusals(self, pull: PullRequest, config: RepoConfig) -> list[Violation]:
         """What the operator policy, the stack and the silo say of this configuration."""
@@ -561,11 +576,14 @@ class IntentProcessor:
                 await self.reconcile_pull(pull_id(repository, facts.number))
         return len(pulls)
 
-    async def reconcile_held(self, repository: str | None = None) -> None:
-        """Environments were destroyed: PRs held by `max_environments` may start now."""
+    async def reconcile_held(
+        self, repository: str | None = None, kinds: tuple[HoldKind, ...] = (HoldKind.QUEUED,)
+    ) -> None:
+        """Environments were destroyed: PRs held by `max_environments` may start now (or, with
+        ``kinds`` BUDGET, a budget was raised or a month began: PRs held by it may)."""
         with self.db.session() as session:
             query = select(PullRequest.id).where(
-                PullRequest.hold_kind == HoldKind.QUEUED, PullRequest.state == "open"
+                col(PullRequest.hold_kind).in_(kinds), PullRequest.state == "open"
             )
             if repository:
                 query = query.where(PullRequest.repository == repository)

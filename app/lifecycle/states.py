@@ -52,6 +52,9 @@ class HoldKind(StrEnum):
     CANNOT_DEPLOY = "cannot_deploy"
     #: The operator policy (or the stack's manifest, or the silo's source) refuses the config.
     POLICY = "policy"
+    #: The repository's or silo's monthly budget is spent: new environments wait for the 1st
+    #: (or for the operator to raise it).
+    BUDGET = "budget"
     # The App was uninstalled, or the repository removed from it (issue 15, finding 6).
     UNINSTALLED = "uninstalled"
     # The installation is suspended: environments are destroyed until `unsuspend`.

@@ -52,7 +52,7 @@ def dotted(path: Sequence[str | int]) -> str:
     for index, part in enumerate(path):
         if isinstance(part, int):
             text += f"[{part}]"
-        elif index == 1 and path[0] == "repos":
+        elif index == 1 and path[0] in ("repos", "silos"):
             text += "." + json.dumps(part)
         else:
             text += ("." if text else "") + part
@@ -121,7 +121,9 @@ def _key_text(node: yaml.Node) -> str:
 
 
 def _known_keys(path: Path_) -> tuple[str, ...]:
-    return ("default", "repos") if len(path) <= 1 else KEYS
+    if len(path) <= 1:
+        return ("default", "repos", "silos")
+    return ("budget",) if path[0] == "silos" else KEYS
 
 
 def _problem(error: Any) -> tuple[Path_, str, bool]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.cost.budget import Budget, parse_budget
 from app.ttl.durations import MAX_DURATION, DurationError, format_duration, parse_duration
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "PolicyDocument",
     "PolicyFile",
     "Problem",
+    "SiloEntry",
     "git_host",
     "plain_url",
 ]
@@ -129,6 +131,13 @@ class Entry(BaseModel):
     quote_logs: bool | None = None
     source_max_bytes: int | None = None
     source_max_files: int | None = None
+    #: Money per calendar month for each repository this entry covers (`app.cost.budget`).
+    budget: Budget | None = None
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, value: object) -> Budget:
+        return parse_budget(value)
 
     @field_validator("stacks", mode="before")
     @classmethod
@@ -230,6 +239,19 @@ class Entry(BaseModel):
 KEYS: tuple[str, ...] = tuple(Entry.model_fields)
 
 
+class SiloEntry(BaseModel):
+    """One `silos:` entry, by exact silo name: what all its environments may spend."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    budget: Budget | None = None
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, value: object) -> Budget:
+        return parse_budget(value)
+
+
 def _glob_keys(value: object) -> object:
     if not isinstance(value, dict):
         return value
@@ -258,8 +280,10 @@ class PolicyDocument(BaseModel):
 
     default: Entry = Field(default_factory=Entry)
     repos: dict[str, Entry] = Field(default_factory=dict)
+    #: Budgets per silo name (a silo's environments may come from many repositories).
+    silos: dict[str, SiloEntry] = Field(default_factory=dict)
 
-    @field_validator("default", "repos", mode="before")
+    @field_validator("default", "repos", "silos", mode="before")
     @classmethod
     def _not_empty(cls, value: object) -> object:
         if value is None:
@@ -291,6 +315,8 @@ class Policy:
     #: bytes and its entries (files, folders, links) at most.
     source_max_bytes: int = 200_000_000
     source_max_files: int = 20_000
+    #: None: no budget for the repository.
+    budget: Budget | None = None
 
     def allowed_git_hosts(self) -> tuple[str, ...]:
         """`git_hosts`, or when unset the hosts of the `git_stacks` prefixes."""
@@ -308,6 +334,8 @@ class Policy:
             return list(value)
         if isinstance(value, Forks):
             return value.value
+        if isinstance(value, Budget):
+            return {"monthly": value.monthly}
         return value
 
 

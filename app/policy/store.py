@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -61,6 +62,8 @@ class PolicyStore:
         self.path = path
         self._current = loaded if loaded is not None else PolicyFile()
         self._seen = _signature(path) if path is not None else None
+        #: Called (in the reloading thread or task) after a new version comes into force.
+        self.listeners: list[Callable[[], None]] = []
 
     @classmethod
     def open(cls, path: Path | None) -> PolicyStore:
@@ -97,6 +100,11 @@ class PolicyStore:
         previous = self._current.describe()
         self._current = loaded
         log.info("policy reloaded: %s (was %s)", loaded.describe(), previous)
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:  # a listener must not undo the reload
+                log.exception("policy reload listener failed")
         return ReloadResult(Reload.LOADED, loaded.describe())
 
     def reload_if_changed(self) -> ReloadResult | None:

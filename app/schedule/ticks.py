@@ -417,6 +417,7 @@ def register_ticks(
     resync: Callable[[], Awaitable[None]],
     interval: float,
     orphans: tuple[Callable[[], Awaitable[object]], float] | None = None,
+    budgets: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Add the ticks to the process's scheduler (`runbot serve` and `runbot worker` alike)."""
 
@@ -438,6 +439,8 @@ def register_ticks(
     ]
     if orphans is not None:
         jobs.append(("orphan_sweep", orphans[0], orphans[1]))  # state and processes vs targets
+    if budgets is not None:
+        jobs.append(("budgets", budgets, interval))  # at 100%: idle ones sleep
     for job_id, func_, seconds in jobs:
         scheduler.add_job(
             func_,

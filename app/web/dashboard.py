@@ -25,13 +25,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from app.commands.registry import ENV_ACTIONS
+from app.cost.money import format_money
 from app.db.models import utcnow
 from app.lifecycle.states import BUSY
 from app.links import safe_link
 from app.ttl.policy import humanize_until
 from app.web.auth import SESSION_COOKIE, Authenticator, AuthError, Principal, Session, signer
 from app.web.service import SILO_ACTIONS, Service, ServiceError, SiloAction
-from app.web.views import STATUS_FILTERS, LogOut, PageOut, RunOut, UsageOut
+from app.web.views import STATUS_FILTERS, LogOut, PageOut, RunOut, UsageOut, UsageSeries
 
 TEMPLATES = Path(__file__).parent / "templates"
 FLASH_COOKIE = "runbot_flash"
@@ -100,16 +101,26 @@ def short_sha(sha: str | None) -> str:
     return (sha or "")[:7]
 
 
-def usage_svg(usage: UsageOut, width: int = 960, height: int = 260) -> Markup:
-    """Stacked daily bars of environment-hours; the top repositories get their own colour."""
+def usage_svg(
+    usage: UsageOut, width: int = 960, height: int = 260, *, money: bool = False
+) -> Markup:
+    """Stacked daily bars of environment-hours (``money``: of money); the top repositories get
+    their own colour."""
     left, bottom, top, right = 44, 26, 10, 8
     plot_w, plot_h = width - left - right, height - top - bottom
     days = len(usage.days)
     shown = usage.series[: len(PALETTE) - 1]
     rest = usage.series[len(PALETTE) - 1 :]
-    layers = [(s.repository, s.hours) for s in shown]
+
+    def values(series: UsageSeries) -> list[float]:
+        return (series.money or [0.0] * days) if money else series.hours
+
+    def amount(value: float) -> str:
+        return format_money(value, usage.currency) if money else f"{value:.1f} h"
+
+    layers = [(s.repository, values(s)) for s in shown]
     if rest:
-        other = [sum(s.hours[i] for s in rest) for i in range(days)]
+        other = [sum(values(s)[i] for s in rest) for i in range(days)]
         layers.append((f"{len(rest)} other repositories", other))
     totals = [sum(layer[1][i] for layer in layers) for i in range(days)]
     peak = max(totals, default=0.0)
@@ -118,7 +129,7 @@ def usage_svg(usage: UsageOut, width: int = 960, height: int = 260) -> Markup:
     bar_w = max(step * 0.72, 1.0)
     out = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="environment-hours per day">'
+        f'aria-label="{"money" if money else "environment-hours"} per day">'
     ]
     for tick in range(5):
         value = scale_top * tick / 4
@@ -137,7 +148,7 @@ def usage_svg(usage: UsageOut, width: int = 960, height: int = 260) -> Markup:
                 continue
             bar_h = plot_h * h / scale_top
             y -= bar_h
-            label = html.escape(f"{repo}: {h:.1f} h on {day.isoformat()}")
+            label = html.escape(f"{repo}: {amount(h)} on {day.isoformat()}")
             out.append(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{bar_h:.1f}" '
                 f'fill="{PALETTE[index % len(PALETTE)]}"><title>{label}</title></rect>'
@@ -186,6 +197,7 @@ def make_templates() -> Environment:
         short_sha=short_sha,
         link=safe_link,
         fill_bar=fill_bar,
+        money=format_money,
     )
     env.globals.update(query_string=query_string, urlquote=quote)
     return env
@@ -550,6 +562,11 @@ class Dashboard:
                     new,
                     usage=data,
                     chart=usage_svg(data),
+                    money_chart=usage_svg(data, money=True),
+                    total_money=format_money(
+                        sum(s.money_total for s in data.series), data.currency
+                    ),
+                    any_money=any(s.money_total > 0 for s in data.series),
                     total_hours=round(sum(s.total for s in data.series), 1),
                 )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections import Counter as Counter_
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -26,6 +27,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from app.cost.money import money_by_repository
+from app.db.ledger import spans
 from app.db.models import Delivery, Environment, PullRequest, Run, Silo, utcnow
 from app.db.session import Database
 from app.github.intake import HANDLED_EVENTS
@@ -178,6 +181,46 @@ class StateCollector(Collector):
         yield from (envs, silos, depth, age, stuck)
 
 
+class CostCollector(Collector):
+    """Money, from the cost ledger at scrape time (the same on every replica: use `max`).
+
+    Per repository only when ``by_repository`` (a /metrics behind RUNBOT_METRICS_TOKEN): an
+    open endpoint must not name private repositories, so it reports one series for all of
+    them, labelled ``repository=""``.
+    """
+
+    def __init__(self, db: Database, by_repository: bool = False) -> None:
+        self.db = db
+        self.by_repository = by_repository
+
+    def collect(self) -> Iterator[Metric]:
+        now = utcnow()
+        spent = GaugeMetricFamily(
+            "runbot_cost_total",
+            "Money spent by each repository's environments since runbot began counting, in"
+            " RUNBOT_CURRENCY (only grows: rate() works on it)",
+            labels=["repository"],
+        )
+        hourly = GaugeMetricFamily(
+            "runbot_environment_hourly_cost",
+            "Money per hour each repository's environments cost now, in RUNBOT_CURRENCY",
+            labels=["repository"],
+        )
+        with self.db.session() as session:
+            found = spans(session)
+        if not self.by_repository:
+            found = [replace(span, repository="") for span in found]
+        rates: dict[str, float] = {}
+        for span in found:
+            if span.ended_at is None:
+                rates[span.repository] = rates.get(span.repository, 0.0) + span.hourly
+        for repository, amount in sorted(money_by_repository(found, now).items()):
+            spent.add_metric([repository], amount)
+        for repository, rate in sorted(rates.items()):
+            hourly.add_metric([repository], rate)
+        yield from (spent, hourly)
+
+
 def _aware(value: datetime | str | None) -> datetime | None:
     """Aggregates (min) bypass the column type, so SQLite hands back naive UTC or a string."""
     if value is None:
@@ -247,6 +290,8 @@ class Metrics:
         db: Database,
         worker_id: Callable[[], str | None],
         orphans: Callable[[], SweepReport | None] = lambda: None,
+        *,
+        by_repository: bool = False,
     ) -> None:
         self.registry = CollectorRegistry()
         self.deliveries = Counter(
@@ -278,6 +323,7 @@ class Metrics:
         self.observer = RunObserver(db, runs, durations, destroy_failures)
         self.worker_id = worker_id
         self.registry.register(StateCollector(db))
+        self.registry.register(CostCollector(db, by_repository))
         self.registry.register(GitHubCollector())
         self.registry.register(OrphanCollector(orphans))
 

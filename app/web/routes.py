@@ -52,7 +52,10 @@ def mount_web(app: FastAPI, rt: Runtime, hooks: WebHooks) -> Web:
     gateway, wake, worker_id = hooks.gateway, hooks.wake, hooks.worker_id
     auth = Authenticator(rt.settings, gateway, rt.db)
     service = Service(rt, auth, wake)
-    metrics = Metrics(rt.db, worker_id, lambda: rt.orphans.latest)
+    # Repository names only behind RUNBOT_METRICS_TOKEN: an open /metrics names none.
+    metrics = Metrics(
+        rt.db, worker_id, lambda: rt.orphans.latest, by_repository=bool(rt.settings.metrics_token)
+    )
     dashboard = Dashboard(service, auth)
 
     app.include_router(api_router(service, auth))
@@ -66,8 +69,8 @@ def mount_web(app: FastAPI, rt: Runtime, hooks: WebHooks) -> Web:
     @app.get("/metrics", tags=["health"], response_class=Response)
     def prometheus(request: Request) -> Response:
         """Prometheus text format; with RUNBOT_METRICS_TOKEN set, only for that bearer token
-        (the data carries no repository names, but counts and timings are still the
-        operator's)."""
+        (then the cost metrics carry repository names; open, they carry none, but counts and
+        timings are still the operator's)."""
         if metrics_token and not bearer_ok(request.headers.get("authorization"), metrics_token):
             return JSONResponse(
                 {"error": "send Authorization: Bearer <RUNBOT_METRICS_TOKEN> to read /metrics"},

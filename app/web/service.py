@@ -27,6 +27,7 @@ from app.access.roles import Role
 from app.access.rules import Refusal, authorize
 from app.commands.actions import ActionRequest
 from app.commands.registry import ENV_ACTIONS, spec
+from app.cost.money import EnvironmentCost
 from app.db.models import Environment, OutboxMessage, PullRequest, Run, Silo, utcnow
 from app.engine.logs import read_log
 from app.engine.runner import Redactor
@@ -38,6 +39,7 @@ from app.runtime import Runtime
 from app.ttl.durations import DurationError, parse_duration
 from app.web.applog import AppLogUnavailable, app_log_path, read_app_log
 from app.web.auth import Authenticator, AuthError, Principal
+from app.web.money import cost_fields, environment_costs, money_per_day
 from app.web.views import (
     DEFAULT_PER_PAGE,
     MAX_PER_PAGE,
@@ -105,8 +107,12 @@ class Service:
 
     # ----- views of rows -----------------------------------------------------------------------
 
-    def environment_out(self, env: Environment) -> EnvironmentOut:
+    def environment_out(
+        self, env: Environment, costs: dict[str, EnvironmentCost] | None = None
+    ) -> EnvironmentOut:
         live = env.status != Status.DESTROYED
+        if costs is None:
+            costs = environment_costs(self.db, [env], utcnow())
         return EnvironmentOut(
             id=env.id,
             repository=env.repository,
@@ -137,6 +143,7 @@ class Service:
             outputs=public_outputs(env.outputs),
             retry_at=_retry_at(env),
             failed_attempts=env.attempts,
+            **cost_fields(env, costs.get(env.id), self.settings.currency),
             **sleep_fields(env, live),
         )
 
@@ -233,8 +240,9 @@ class Service:
                 .offset((page - 1) * per_page)
                 .limit(per_page)
             ).all()
+        costs = environment_costs(self.db, found, utcnow())
         return PageOut(
-            items=[self.environment_out(env) for env in found],
+            items=[self.environment_out(env, costs) for env in found],
             page=page,
             per_page=per_page,
             total=total,
@@ -428,6 +436,7 @@ class Service:
                     series[index] += (stop - begin).total_seconds() / 3600
                 begin = stop
         ordered = sorted(hours.items(), key=lambda item: (-sum(item[1]), item[0].lower()))
+        money = money_per_day(self.db, list(hours), start, now, day_list)
         return UsageOut(
             days=day_list,
             series=[
@@ -435,9 +444,12 @@ class Service:
                     repository=repo,
                     hours=[round(h, 2) for h in values],
                     total=round(sum(values), 2),
+                    money=[round(m, 2) for m in money.get(repo, [0.0] * days)],
+                    money_total=round(sum(money.get(repo, [])), 2),
                 )
                 for repo, values in ordered
             ],
+            currency=self.settings.currency,
             counts=counts,
             live=sum(counts.values()),
             silos=silos,

@@ -68,6 +68,11 @@ class EnvironmentOut(BaseModel):
         default=None, description="destroy_failed: when the destroy is retried by itself"
     )
     failed_attempts: int = Field(default=0, description="Failed runs in a row")
+    cost_so_far: float | None = Field(
+        default=None, description="Money spent so far, in `currency` (None: no cost output)"
+    )
+    hourly_cost: float | None = Field(default=None, description="Money per hour now")
+    currency: str | None = Field(default=None, description="RUNBOT_CURRENCY")
     last_activity_at: datetime | None = Field(
         default=None, description="Last push, command, dashboard action or request"
     )
@@ -135,6 +140,8 @@ class UsageSeries(BaseModel):
     repository: str
     hours: list[float]
     total: float
+    money: list[float] = Field(default_factory=list, description="Money per day, in `currency`")
+    money_total: float = 0.0
 
 
 class UsageOut(BaseModel):
@@ -143,6 +150,7 @@ class UsageOut(BaseModel):
     counts: dict[str, int] = Field(description="Environments now, by status (destroyed omitted)")
     live: int
     silos: int
+    currency: str = "USD"
 
 
 class OutboxOut(BaseModel):

@@ -93,9 +93,9 @@ resource "kubernetes_deployment_v1" "app" {
           }
 
           resources {
-            requests = {
-              cpu    = "50m"
-              memory = "64Mi"
+            requests = { # priced in cost.tf
+              cpu    = "${local.cpu_request_millicores}m"
+              memory = "${local.memory_request_mib}Mi"
             }
             limits = {
               memory = "512Mi"
