@@ -39,7 +39,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from app.db.leases import kept_alive
-from app.db.models import Environment, Installation, PullRequest, utcnow
+from app.db.models import Environment, Installation, PullRequest, Run, utcnow
 from app.db.session import Database
 from app.engine.logs import read_log
 from app.github.comment import (
@@ -72,6 +72,7 @@ from app.github.writes import (
     next_write,
 )
 from app.lifecycle.states import Status
+from app.lifecycle.timings import ordered
 from app.policy.model import Policy
 
 log = logging.getLogger("runbot.notify")
@@ -302,7 +303,18 @@ class Notifier:
         if view is None:
             return None
         reason = public_text(view.reason, self.host_paths) if view.reason else view.reason
-        return dataclasses.replace(view, reason=reason, quote_log=quote)
+        phases = self._ready_phases(env) if view.state == "ready" and env is not None else ()
+        return dataclasses.replace(view, reason=reason, quote_log=quote, ready_phases=phases)
+
+    def _ready_phases(self, env: Environment) -> tuple[tuple[str, float], ...]:
+        """The phases of the apply that made the environment ready (its last run)."""
+        if env.last_run_id is None:
+            return ()
+        with self.db.session() as session:
+            run = session.get(Run, env.last_run_id)
+        if run is None or run.operation != "apply" or run.status != "succeeded":
+            return ()
+        return tuple(ordered(run.timings))
 
     # ----- syncing -----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from app.db.models import Run
 from app.lifecycle.states import Status
+from app.lifecycle.timings import ordered
 
 T = TypeVar("T")
 
@@ -85,6 +86,11 @@ class SiloOut(BaseModel):
     failed_attempts: int = Field(default=0, description="Failed runs in a row")
 
 
+class PhaseOut(BaseModel):
+    name: str
+    seconds: float
+
+
 class RunOut(BaseModel):
     id: int
     target_kind: str
@@ -99,6 +105,11 @@ class RunOut(BaseModel):
     started_at: datetime
     finished_at: datetime | None
     duration_seconds: float | None
+    phases: list[PhaseOut] = Field(
+        default_factory=list,
+        description="Seconds spent in each phase, in order: queue, init, plan, apply or"
+        " destroy, output",
+    )
 
 
 class LogOut(BaseModel):
@@ -172,4 +183,5 @@ def run_out(run: Run) -> RunOut:
         started_at=run.started_at,
         finished_at=run.finished_at,
         duration_seconds=_duration(run),
+        phases=[PhaseOut(name=name, seconds=seconds) for name, seconds in ordered(run.timings)],
     )
