@@ -531,3 +531,16 @@ def test_escape_is_inert(raw: str) -> None:
     assert unescaped(out, "|") == 0
     assert unescaped(out, "[") == 0
     assert all(out[i + 1 : i + 2] == ZWJ for i, ch in enumerate(out) if ch == "@")
+
+
+def test_ready_says_how_long_it_took_and_where_the_time_went() -> None:
+    shown = render_status_comment(
+        view(ready_phases=(("queue", 0.4), ("init", 1.25), ("apply", 75.0), ("output", 0.2)))
+    )
+    assert (
+        "| **Ready in** | 1 min 17 s (queue 0.4 s · init 1.2 s · apply 1 min 15 s · output" in shown
+    )
+    # Only a ready environment says it; a name a pod made up is escaped, not rendered.
+    assert "Ready in" not in render_status_comment(view("updating", ready_phases=(("a", 1.0),)))
+    odd = render_status_comment(view(ready_phases=(("<b>x</b>", 1.0),)))
+    assert "<b>" not in odd and "&lt;b&gt;x&lt;/b&gt; 1.0 s" in odd

@@ -60,6 +60,11 @@ def test_pr_lifecycle_comment_deployment_and_url(
         assert url is not None
         page = fetch(url).text
         assert first in page and "Hello reviewers" in page
+        ready = status_comments(fake)[-1]["body"]
+        # How long it took, and where the time went (issue 18, phase timings).
+        assert re.search(r"\| \*\*Ready in\*\* \| [0-9.]+ s \(queue [0-9.]+ s · init ", ready), (
+            ready
+        )
 
         fake.update_pull(REPO, 1, head_sha=second)
         send(server, fake, "synchronize")

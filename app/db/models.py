@@ -98,6 +98,8 @@ class Silo(SQLModel, table=True):
     token_version: int = Field(
         default=1, sa_column=Column(Integer, nullable=False, server_default="1")
     )
+    #: When the generation now wanted was asked for: a run's queue wait is measured from it.
+    requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     lease_owner: str | None = Field(default=None, max_length=120)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -168,6 +170,8 @@ class Environment(SQLModel, table=True):
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     attempts: int = 0
     last_run_id: int | None = None
+    #: When the generation now wanted was asked for: a run's queue wait is measured from it.
+    requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     sync_version: int = 1  # bumped on every visible change; the PR's notifier follows it
     created_at: datetime = Field(default_factory=utcnow, index=True, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -179,6 +183,20 @@ def warning_time(expires_at: datetime | None, ttl: dict[str, Any] | None) -> dat
     if expires_at is None:
         return None
     return warning_due_at(policy_from_record(ttl), expires_at)
+
+
+@event.listens_for(Silo, "before_insert")
+@event.listens_for(Silo, "before_update")
+@event.listens_for(Environment, "before_insert")
+@event.listens_for(Environment, "before_update")
+def _stamp_request(
+    _mapper: Mapper[Any], _connection: Connection, target: Silo | Environment
+) -> None:
+    """A new generation is a new request: its run's queue wait starts now. A hook rather than
+    a line at each of the places that bump the generation, so none can forget it."""
+    history = inspect(target).attrs.generation.history
+    if target.requested_at is None or history.has_changes():
+        target.requested_at = utcnow()
 
 
 @event.listens_for(Environment, "before_insert")
@@ -391,6 +409,11 @@ class Run(SQLModel, table=True):
     config_sha: str | None = Field(default=None, max_length=64)
     worker: str = Field(default="", max_length=120)
     error: str | None = Field(default=None, sa_column=Column(Text))
+    #: Seconds spent in each phase, in order: ``queue`` (asked for until started), then the
+    #: engine's (``init``, ``plan``, ``apply`` or ``destroy``, ``output``). None: older runs.
+    timings: dict[str, float] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True)
+    )
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 

@@ -149,6 +149,8 @@ class StatusView:
     sleep_after: timedelta | None = None
     #: Its URL answers while asleep and wakes it (the stack says so): say "open its URL".
     wakes_on_request: bool = False
+    #: ready: the seconds the run that made it ready spent in each phase, in order.
+    ready_phases: tuple[tuple[str, float], ...] = ()
 
 
 # --- escaping -----------------------------------------------------------------------------
@@ -316,6 +318,25 @@ def _environment_cell(view: StatusView) -> str:
     return "—"
 
 
+def _seconds(value: float) -> str:
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, secs = divmod(round(value), 60)
+    return f"{minutes} min {secs:02d} s"
+
+
+def _ready_cell(view: StatusView) -> str | None:
+    """How long the environment took to be ready, and where the time went."""
+    if view.state != "ready" or not view.ready_phases:
+        return None
+    total = sum(seconds for _, seconds in view.ready_phases)
+    parts = " · ".join(
+        f"{escape_markdown_inline(_clip(name, 20))} {_seconds(seconds)}"
+        for name, seconds in view.ready_phases
+    )
+    return f"{_seconds(total)} ({parts})"
+
+
 def _table(view: StatusView, label: str) -> list[str]:
     rows = [
         ("Status", _status_cell(view, label)),
@@ -327,6 +348,9 @@ def _table(view: StatusView, label: str) -> list[str]:
     if expires is not None:
         rows.append(("Expires", expires))
     rows += _cost_rows(view)
+    took = _ready_cell(view)
+    if took is not None:
+        rows.append(("Ready in", took))
     logs = _link("run log", view.log_url)
     if logs is not None:
         rows.append(("Logs", logs))

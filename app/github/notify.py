@@ -60,7 +60,7 @@ from app.github.gateway import (
 from app.github.installations import WriteGate, cutoff, record_of, write_gate
 from app.github.money import money_fields
 from app.github.public import public_text
-from app.github.status import status_view
+from app.github.status import ready_phases, status_view
 from app.github.syncqueue import SyncQueue
 from app.github.writes import (
     IN_FLUX,
@@ -312,6 +312,7 @@ class Notifier:
             view,
             reason=reason,
             quote_log=quote,
+            ready_phases=ready_phases(self.db, env) if view.state == "ready" else (),
             **money_fields(self.db, self.policy_file(), self.currency, pull, env, view.now),
         )
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from app.db.models import Environment, PullRequest
+from app.db.models import Environment, PullRequest, Run
+from app.db.session import Database
 from app.github.comment import StatusView
 from app.lifecycle.outputs import wakes_on_request
 from app.lifecycle.service import lifetime_limit
 from app.lifecycle.states import HoldKind, Status
+from app.lifecycle.timings import ordered
 from app.ttl.policy import record_sleep_after
 
-__all__ = ["HOLD_TO_VIEW", "STATUS_TO_VIEW", "status_view"]
+__all__ = ["HOLD_TO_VIEW", "STATUS_TO_VIEW", "ready_phases", "status_view"]
 
 #: The view state of a PR held back, by why; every other hold shows as "not_deployed".
 HOLD_TO_VIEW = {
@@ -90,3 +92,14 @@ def status_view(
         app_slug=app_slug,
         commands_help=commands_help,
     )
+
+
+def ready_phases(db: Database, env: Environment | None) -> tuple[tuple[str, float], ...]:
+    """The phases of the apply that made the environment ready (its last run), in order."""
+    if env is None or env.last_run_id is None:
+        return ()
+    with db.session() as session:
+        run = session.get(Run, env.last_run_id)
+    if run is None or run.operation != "apply" or run.status != "succeeded":
+        return ()
+    return tuple(ordered(run.timings))

@@ -33,6 +33,7 @@ from app.lifecycle.lease import Claim, LeaseLost, Mutate
 from app.lifecycle.runs import LineEcho, PhaseEcho
 from app.lifecycle.service import mark_pull_dirty
 from app.lifecycle.states import Status, check_transition
+from app.lifecycle.timings import queue_wait
 from app.logging import log_context
 from app.source.fetch import SourceProvider
 from app.stacks.catalog import Catalog
@@ -330,6 +331,7 @@ class Reconciler:
             if row.status != old_status:
                 check_transition(old_status, row.status)
             if start_run is not None:
+                start_run.timings = {"queue": queue_wait(row.requested_at, start_run.started_at)}
                 session.add(start_run)
                 session.flush()  # assigns its id
                 if isinstance(row, Environment):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from app.engine.executor import Executor
 from app.engine.logs import RunLogWriter
 from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob
 from app.lifecycle.lease import Claim, Lease, LeaseLost
+from app.lifecycle.timings import PhaseMarks
 from app.logging import log_context
 from app.stacks.catalog import StackError
 
@@ -78,11 +80,12 @@ class Runs:
         self,
         run: Run,
         writer: RunLogWriter,
+        marks: PhaseMarks,
         status: str,
         error: str | None = None,
         exit_code: int | None = None,
     ) -> None:
-        """The run's outcome and the last of its log, in one transaction."""
+        """The run's outcome, its phase timings and the last of its log, in one transaction."""
         with self.db.session() as session:
             chunk = writer.take_chunk(final=True)
             if chunk is not None:
@@ -90,16 +93,18 @@ class Runs:
             row = session.get(Run, run.id)
             assert row is not None
             row.status, row.error, row.exit_code = status, error, exit_code
+            row.timings = marks.finish(time.monotonic())
             row.finished_at = utcnow()
             session.add(row)
             session.commit()
 
-    def _set_phase(self, run: Run, label: str) -> Callable[[str], None]:
+    def _set_phase(self, run: Run, label: str, marks: PhaseMarks) -> Callable[[str], None]:
         def on_phase(phase: str) -> None:
+            timings = marks.enter(phase, time.monotonic())
             with self.db.session() as session:
                 row = session.get(Run, run.id)
                 if row is not None:
-                    row.phase = phase
+                    row.phase, row.timings = phase, timings
                     session.add(row)
                     session.commit()
             if self.echo_phase:
@@ -122,31 +127,32 @@ class Runs:
         echo_line = self.echo_line
         echo = (lambda line: echo_line(label, line)) if echo_line else None
         writer = RunLogWriter(self.db, run.id or 0, echo=echo)
+        marks = PhaseMarks(run.timings)
         cancel = asyncio.Event()
         job.run_id = run.id
         heartbeat = asyncio.create_task(self.lease.heartbeat(claim, cancel))
         try:
             result = await self.runner.execute(
-                job, writer.line, self._set_phase(run, label), cancel
+                job, writer.line, self._set_phase(run, label, marks), cancel
             )
         except EngineCancelled as exc:
-            self._finish(run, writer, "cancelled", str(exc), exc.exit_code)
+            self._finish(run, writer, marks, "cancelled", str(exc), exc.exit_code)
             if cancel.is_set():
                 raise LeaseLost(f"{claim.kind} {claim.id}") from exc
             return None, f"the engine {exc}", writer.tail
         except EngineFailed as exc:
-            self._finish(run, writer, "failed", str(exc), exc.exit_code)
+            self._finish(run, writer, marks, "failed", str(exc), exc.exit_code)
             # Outputs the failed apply left: the caller scrubs their sensitive values.
             return exc.outputs or None, f"the engine's {exc}", writer.tail
         except (EngineError, StackError, OSError) as exc:
             writer.line(f"runbot: {exc}")
-            self._finish(run, writer, "failed", str(exc))
+            self._finish(run, writer, marks, "failed", str(exc))
             return None, str(exc), writer.tail
         except asyncio.CancelledError:
             writer.line("runbot: worker shutting down; another worker will continue this run")
-            self._finish(run, writer, "cancelled", "worker shut down")
+            self._finish(run, writer, marks, "cancelled", "worker shut down")
             raise
         finally:
             heartbeat.cancel()
-        self._finish(run, writer, "succeeded", exit_code=0)
+        self._finish(run, writer, marks, "succeeded", exit_code=0)
         return result.outputs, None, writer.tail

@@ -422,6 +422,7 @@ class Lifecycle(Sleeping):
                     reason="expired",
                     trigger="ttl",
                     generation=Environment.generation + 1,
+                    requested_at=now,
                     next_attempt_at=None,
                     updated_at=now,
                     sync_version=Environment.sync_version + 1,

@@ -38,6 +38,7 @@ def _new_desire(trigger: str, now: datetime) -> dict[str, Any]:
     return {
         "trigger": trigger,
         "generation": Environment.generation + 1,
+        "requested_at": now,  # a new generation is a new request (its run's queue wait)
         "sync_version": Environment.sync_version + 1,
         "next_attempt_at": None,
         "updated_at": now,

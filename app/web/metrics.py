@@ -36,21 +36,30 @@ from app.github.transport import GATEWAY_STATS
 from app.lifecycle.orphans import OrphanKind
 from app.lifecycle.states import Status
 from app.lifecycle.sweep import SweepReport
+from app.lifecycle.timings import ORDER
 
 KNOWN_EVENTS = HANDLED_EVENTS | {"push", "check_run", "deployment", "deployment_status"}
 RUN_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
+PHASE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+PHASES = frozenset(ORDER)
 
 
 class RunObserver:
     """Counts the runs one worker finished, each exactly once, without touching the worker."""
 
     def __init__(
-        self, db: Database, runs: Counter, durations: Histogram, destroy_failures: Counter
+        self,
+        db: Database,
+        runs: Counter,
+        durations: Histogram,
+        destroy_failures: Counter,
+        phases: Histogram,
     ) -> None:
         self.db = db
         self.runs = runs
         self.durations = durations
         self.destroy_failures = destroy_failures
+        self.phases = phases
         self._after = 0  # every run id <= this was seen, finished or in `_open`
         self._open: set[int] = set()
         self._lock = threading.Lock()
@@ -79,6 +88,9 @@ class RunObserver:
                 self.destroy_failures.labels(run.target_kind, stack).inc()
             seconds = max((run.finished_at - run.started_at).total_seconds(), 0.0)
             self.durations.labels(run.operation, stack).observe(seconds)
+            for phase, spent in (run.timings or {}).items():
+                if phase in PHASES:  # the names come from runners and pods: bound the labels
+                    self.phases.labels(phase, run.operation, run.target_kind).observe(spent)
 
 
 def _stacks_of(session: Session, runs: list[Run]) -> dict[tuple[str, str], str]:
@@ -320,7 +332,15 @@ class Metrics:
             ["kind", "stack"],
             registry=self.registry,
         )
-        self.observer = RunObserver(db, runs, durations, destroy_failures)
+        phases = Histogram(
+            "runbot_run_phase_seconds",
+            "Time runs finished by this process spent in each phase: queue (asked for until"
+            " started), init, plan, apply, destroy, output",
+            ["phase", "operation", "kind"],
+            buckets=PHASE_BUCKETS,
+            registry=self.registry,
+        )
+        self.observer = RunObserver(db, runs, durations, destroy_failures, phases)
         self.worker_id = worker_id
         self.registry.register(StateCollector(db))
         self.registry.register(CostCollector(db, by_repository))

@@ -12,6 +12,7 @@ from app.db.models import Environment, Run
 from app.github.sleeping import sleep_why, wake_ways
 from app.lifecycle.outputs import wakes_on_request
 from app.lifecycle.states import Desired, Status
+from app.lifecycle.timings import ordered
 from app.ttl.policy import record_sleep_after
 
 T = TypeVar("T")
@@ -105,6 +106,11 @@ class SiloOut(BaseModel):
     failed_attempts: int = Field(default=0, description="Failed runs in a row")
 
 
+class PhaseOut(BaseModel):
+    name: str
+    seconds: float
+
+
 class RunOut(BaseModel):
     id: int
     target_kind: str
@@ -119,6 +125,11 @@ class RunOut(BaseModel):
     started_at: datetime
     finished_at: datetime | None
     duration_seconds: float | None
+    phases: list[PhaseOut] = Field(
+        default_factory=list,
+        description="Seconds spent in each phase, in order: queue, init, plan, apply or"
+        " destroy, output",
+    )
 
 
 class LogOut(BaseModel):
@@ -195,6 +206,7 @@ def run_out(run: Run) -> RunOut:
         started_at=run.started_at,
         finished_at=run.finished_at,
         duration_seconds=_duration(run),
+        phases=[PhaseOut(name=name, seconds=seconds) for name, seconds in ordered(run.timings)],
     )
 
 
