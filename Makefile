@@ -20,7 +20,8 @@ test: install
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25 -n 3 -m "not serial"
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=10 -m serial
 
 # ruff first: it takes a second, mypy (configured in pyproject.toml) about a minute.
 lint: install

@@ -101,6 +101,18 @@ def ephemeral_ports() -> tuple[int, int]:
         return 32768, 60999
 
 
+def worker_share(low: int, high: int) -> tuple[int, int]:
+    """This pytest-xdist worker's slice of [low, high): workers never pick the same ports,
+    so one cannot take a range between another's check and its servers' bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return low, high
+    index = int(worker[2:]) % count
+    width = (high - low) // count
+    return low + index * width, low + (index + 1) * width
+
+
 def free_port_range(count: int) -> int:
     """A base port with `count` free loopback ports above it, for one local silo."""
     rng = random.Random()
@@ -109,8 +121,9 @@ def free_port_range(count: int) -> int:
     # GitHub) takes its local port from there, and could take a slot's port between this check
     # and the server's bind.
     top = min(32768, ephemeral_ports()[0]) - count
+    low, top = worker_share(10000, top)
     for _ in range(200):
-        base = rng.randrange(10000, top, step)
+        base = rng.randrange(low, max(top, low + 1), step)
         if port_range_free(base, count):
             return base
     raise RuntimeError("no free port range on loopback")

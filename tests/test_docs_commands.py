@@ -32,6 +32,9 @@ from app.setup import AUTOMATIC_EVENTS, EVENTS, PERMISSIONS
 from app.stacks.catalog import load_stack
 from tests.conftest import ROOT, TEMPLATES, port_range_free
 
+# Runs the local stack on its default ports (47100...): run alone, after the parallel pass.
+pytestmark = pytest.mark.serial
+
 DOCS = [
     ROOT / "README.md",
     ROOT / "CHANGELOG.md",

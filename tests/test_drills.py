@@ -49,6 +49,9 @@ from tests.helpers import (
 )
 from tests.test_processes import pr_event, process_env, runbot, wait_healthy
 
+# Kill -9 drills wait on real restarts: run alone, after the parallel pass (`make test`).
+pytestmark = pytest.mark.serial
+
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 
 DRILL_POINTS = int(os.environ.get("RUNBOT_DRILL_POINTS", "20"))

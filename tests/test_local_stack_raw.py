@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port_range
+
 pytestmark = [
     pytest.mark.engine,
     pytest.mark.skipif(
@@ -124,22 +126,6 @@ class Target:
         )
 
 
-def free_port_base(start: int = 17300, width: int = 4) -> int:
-    """First base >= start whose `width` ports are all free on loopback (below the ephemeral
-    range, where outgoing connections could take one before the server binds it)."""
-    for base in range(start, start + 2000, 10):
-        try:
-            for port in range(base, base + width):
-                with socket.socket() as sock:
-                    # As the server does: TIME_WAIT leftovers of earlier runs do not block it.
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port block")
-
-
 def refused(url: str) -> bool:
     port = int(url.rstrip("/").rsplit(":", 1)[1])
     try:
@@ -172,7 +158,7 @@ def silo(tmp_path: Path):
     variables = {
         "runbot_silo_name": "local-test",
         "runbot_workspace_dir": str(tmp_path / "workspace"),
-        "port_base": free_port_base(),
+        "port_base": free_port_range(4),
         "capacity": 3,
     }
     outputs, log = target.apply(variables)

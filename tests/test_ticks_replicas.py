@@ -29,7 +29,8 @@ from tests.fakegithub.server import FakeGitHub
 from tests.helpers import fail_every_silo, wait_for
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
-pytestmark = pytest.mark.postgres
+# Replicas race on a 0.2 s tick: run alone, after the parallel pass (`make test`).
+pytestmark = [pytest.mark.postgres, pytest.mark.serial]
 
 PULLS = range(1, 9)
 # Warnings fall due 2 s after creation and are paced at one write per second per process, so
