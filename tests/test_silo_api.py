@@ -73,7 +73,7 @@ def suspend(site: Site, env_id: str) -> None:
     with site.rt.db.session() as session:
         row = session.get(Environment, env_id)
         assert row is not None
-        row.desired, row.status = "suspended", "suspended"
+        row.desired, row.status = "suspended", "sleeping"
         row.slept_at, row.sleep_reason = utcnow(), "idle"
         session.add(row)
         session.commit()

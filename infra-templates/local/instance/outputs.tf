@@ -1,6 +1,11 @@
 output "url" {
-  description = "Address of the environment's page."
-  value       = "http://${local.url_host}:${local.port}/"
+  description = "Address of the environment: through the silo's ingress (<ingress_url><id>/), or the slot's port for a silo without one."
+  value       = local.url
+}
+
+output "direct_url" {
+  description = "The slot's own port, bypassing the ingress (no traffic report, no wake-up)."
+  value       = local.direct_url
 }
 
 output "port" {
