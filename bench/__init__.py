@@ -34,4 +34,5 @@ BENCHMARKS = {
     "scale": "bench.scale",
     "footprint": "bench.footprint",
     "sandbox": "bench.sandbox",
+    "wake": "bench.wake",
 }

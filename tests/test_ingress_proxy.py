@@ -246,13 +246,14 @@ def test_an_unreachable_runbot_is_logged_and_never_breaks_proxying(
     log = (ingress.shared / "ingress.log").read_text()
     assert "cannot reach runbot" in log and "retrying" in log
     assert "t0ken-never-on-a-command-line" not in log
-    pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    for pid in pids:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        assert b"t0ken-never-on-a-command-line" not in argv
+    # Neither on a command line nor in the environment of any process still running.
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        for name in ("cmdline", "environ"):
+            try:
+                seen = Path(f"/proc/{pid}/{name}").read_bytes()
+            except OSError:
+                continue
+            assert b"t0ken-never-on-a-command-line" not in seen, (pid, name)
 
 
 def test_start_refuses_a_bad_port_and_stop_is_idempotent(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ instances come and go without a restart. It reports traffic (the last request ti
 API, and for a sleeping instance answers a self-refreshing "waking up" page (503, Retry-After)
 while it asks runbot to wake it. Standard library only, Python >= 3.8.
 
-Commands (values from the environment, never the command line; the silo token above all):
+Commands (values from the environment, never the command line; `start` hands the silo token
+to `serve` on its stdin, so it is in no long-lived process's environment either):
   start  RUNBOT_SHARED_DIR RUNBOT_SILO_NAME RUNBOT_INGRESS_HOST RUNBOT_INGRESS_PORT, and
          RUNBOT_API_URL RUNBOT_SILO_TOKEN RUNBOT_REPORT_INTERVAL; stop a running one, start one
   stop   RUNBOT_SHARED_DIR RUNBOT_INGRESS_HOST RUNBOT_INGRESS_PORT; stop it, wait until it is gone
@@ -88,6 +89,11 @@ class Reporter:
     def saw(self, instance_id):
         with self.lock:
             self.seen[instance_id] = datetime.now(timezone.utc)
+
+    def awake(self, instance_id):
+        """Its app answered: the next time it sleeps, its first request wakes it at once."""
+        with self.lock:
+            self.woken.pop(instance_id, None)
 
     def wake(self, instance_id):
         """Ask runbot to wake `instance_id`, at most once per WAKE_DEBOUNCE seconds."""
@@ -277,6 +283,7 @@ def make_handler(silo, shared_dir, reporter, stop_token, on_stop):
                     backend.putheader(key, value)
                 backend.endheaders(body)
                 resp = backend.getresponse()
+                reporter.awake(instance_id)
                 self._relay(resp)
             except (OSError, HTTPException) as exc:
                 with contextlib.suppress(OSError):
@@ -385,13 +392,9 @@ def serve(argv):
         interval = float(os.environ.get("RUNBOT_REPORT_INTERVAL") or "5")
     except ValueError:
         interval = 5.0
-    reporter = Reporter(
-        os.environ.get("RUNBOT_API_URL", ""),
-        args.silo,
-        os.environ.get("RUNBOT_SILO_TOKEN", ""),
-        max(interval, 0.05),
-    )
-    os.environ.pop("RUNBOT_SILO_TOKEN", None)  # kept in memory only, not passed on
+    # The token comes on stdin from `start`: never in this long-lived process's environ.
+    token = sys.stdin.readline().strip()
+    reporter = Reporter(os.environ.get("RUNBOT_API_URL", ""), args.silo, token, max(interval, 0.05))
     if not reporter.enabled:
         log("no runbot_api_url or runbot_silo_token: traffic is not reported, nothing wakes")
     try:
@@ -509,12 +512,14 @@ def cmd_start():
         sys.executable, os.path.abspath(__file__), "serve", "--silo", silo,
         "--dir", cfg["dir"], "--host", cfg["host"], "--port", str(cfg["port"]),
     ]  # fmt: skip
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    child_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("TF_") and k != "RUNBOT_SILO_TOKEN"
+    }
     with open(os.path.join(cfg["dir"], LOG_FILE), "ab") as out:
         # Detached, as the page server: local-exec waits for every holder of its pipes.
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cfg["dir"],
@@ -522,6 +527,9 @@ def cmd_start():
             start_new_session=True,
             close_fds=True,
         )
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.write((os.environ.get("RUNBOT_SILO_TOKEN", "") + "\n").encode())
+    proc.stdin.close()
     with open(os.path.join(cfg["dir"], PID_FILE), "w", encoding="utf-8") as fh:
         fh.write(f"{proc.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT
