@@ -170,3 +170,14 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def manual_clock() -> Iterator[Any]:
+    """runbot's clock stopped at 2030-03-04 09:00 UTC for the test; move it with `.advance`."""
+    from datetime import UTC, datetime
+
+    from app import clock
+
+    with clock.using(clock.ManualClock(datetime(2030, 3, 4, 9, 0, tzinfo=UTC))) as manual:
+        yield manual

@@ -25,7 +25,7 @@ from app.commands.ledger import Ledger
 from app.commands.limits import FloodLimits, is_limited
 from app.commands.registry import VOCABULARY, spec
 from app.commands.replies import Outcome, failed, mention, refusal_text
-from app.db.models import CommentCommand
+from app.db.models import CommentCommand, utcnow
 from app.github.comment import render_reply
 from app.github.gateway import GitHubError, NotFoundOnGitHub, RetryLater
 from app.github.payloads import CommentEvent, comment_event
@@ -191,6 +191,7 @@ class CommandHandler:
                 )
                 text = f"{mention(event.author)}, {message[0].lower()}{message[1:]}"
                 return Outcome("refused", render_reply("Not allowed", text))
+        self._count_as_activity(ctx)
         try:
             return await command.run(ctx)
         except LifecycleError as exc:
@@ -200,6 +201,13 @@ class CommandHandler:
         except GitHubError as exc:
             text = public_text(f"GitHub refused a request: {exc}")
             return failed(f"Could not {parsed.name}", text)
+
+    def _count_as_activity(self, ctx: CommandContext) -> None:
+        """An allowed command is activity: it keeps the PR's environment awake
+        (`ttl.sleep_after`), whatever the command itself does."""
+        env = ctx.live()
+        if env is not None:
+            self.lifecycle.record_traffic({env.id: utcnow()})
 
     async def _role(self, event: CommentEvent) -> Role:
         """The commenter's role, cached briefly: a burst of commands costs one API call."""

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Mapper
 from sqlmodel import Field, SQLModel
 
 from app import clock
-from app.ttl.policy import policy_from_record, warning_due_at
+from app.ttl.policy import policy_from_record, sleep_due_at, warning_due_at
 
 LIVE_PR_CONDITION = "desired != 'absent' AND status != 'destroyed'"
 
@@ -106,6 +106,8 @@ class Environment(SQLModel, table=True):
         UniqueConstraint("silo_name", "slot", name="uq_environment_silo_slot"),
         Index("ix_environment_repo_pr", "repository", "pr_number"),
         Index("ix_environment_pending", "generation", "observed_generation"),
+        # The sleep tick asks for awake ones whose sleep time has come, never scanning the rest.
+        Index("ix_environment_sleep_due", "desired", "sleep_due_at"),
         # The database itself guarantees one live environment per PR, whichever replica or
         # coroutine (webhook, resync, command) tries to create a second one at the same time.
         Index(
@@ -149,6 +151,9 @@ class Environment(SQLModel, table=True):
     #: while it is wanted awake.
     slept_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     sleep_reason: str | None = Field(default=None, max_length=20)
+    # last_activity_at + ttl.sleep_after (None: never sleeps), kept by the flush hook below and
+    # by the Core updates that move last_activity_at: lets the sleep tick use an index.
+    sleep_due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     expires_at: datetime | None = Field(default=None, index=True, sa_type=UTCDateTime)
     # expires_at - ttl.warn_before, kept by the flush hook below: lets the warning tick ask the
     # index for the few environments inside their window instead of scanning every live one.
@@ -175,8 +180,10 @@ def warning_time(expires_at: datetime | None, ttl: dict[str, Any] | None) -> dat
 @event.listens_for(Environment, "before_insert")
 @event.listens_for(Environment, "before_update")
 def _keep_warn_at(_mapper: Mapper[Environment], _connection: Connection, env: Environment) -> None:
-    """Every ORM write of an environment keeps ``warn_at`` in step with its expiry."""
+    """Every ORM write of an environment keeps ``warn_at`` in step with its expiry, and
+    ``sleep_due_at`` with its last activity."""
     env.warn_at = warning_time(env.expires_at, env.ttl)
+    env.sleep_due_at = sleep_due_at(env.ttl, env.last_activity_at)
 
 
 class PullRequest(SQLModel, table=True):

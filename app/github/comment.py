@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from app.github.config_errors import CONFIG_FILENAME
+from app.github.sleeping import sleep_note
 from app.links import invisible_control, safe_link
 from app.ttl.durations import format_duration
 from app.ttl.policy import SUGGESTED_EXTENSION, humanize_until, suggested_extension
@@ -137,6 +138,13 @@ class StatusView:
     commands_help: str = ""
     #: destroy_failed: when runbot tries the destroy again by itself.
     retry_at: datetime | None = None
+    #: Asked to sleep since when, and why (`idle`, `command`, `budget`); None while awake.
+    slept_at: datetime | None = None
+    sleep_reason: str | None = None
+    #: The environment's `ttl.sleep_after`, to say how long it was idle.
+    sleep_after: timedelta | None = None
+    #: Its URL answers while asleep and wakes it (the stack says so): say "open its URL".
+    wakes_on_request: bool = False
 
 
 # --- escaping -----------------------------------------------------------------------------
@@ -297,7 +305,7 @@ def _expires_cell(view: StatusView) -> str | None:
 
 
 def _environment_cell(view: StatusView) -> str:
-    if view.state == "ready":
+    if view.state == "ready" or (view.state == "sleeping" and view.wakes_on_request):
         safe = safe_link(view.url)
         if safe is not None:
             return f"[{escape_markdown_inline(_clip(safe, _FIELD_CHARS))}]({safe})"
@@ -353,8 +361,16 @@ def _notes(view: StatusView) -> list[str]:
             "> ⚠️ **The destroy failed; runbot retries it by itself, less and less often"
             f"{when}.** The environment keeps its slot until a destroy succeeds.{hint}"
         )
-    if view.state == "sleeping" and view.commands_available:
-        notes.append(f"It has no live URL while asleep. Comment `{PREFIX} wake` to wake it.")
+    sleeping = sleep_note(
+        view.state,
+        view.slept_at,
+        view.sleep_reason,
+        view.sleep_after,
+        url_wakes=view.wakes_on_request and safe_link(view.url) is not None,
+        commands=view.commands_available,
+    )
+    if sleeping is not None:
+        notes.append(sleeping)
     return notes
 
 

@@ -205,10 +205,23 @@ class TTLConfig(BaseModel):
     idle: timedelta = TTLPolicy.idle
     max: timedelta = TTLPolicy.max
     warn_before: timedelta = TTLPolicy.warn_before
+    #: Put the environment to sleep after this long without activity (None: never).
+    sleep_after: timedelta | None = None
 
     @field_validator("idle", "max", "warn_before", mode="before")
     @classmethod
     def _duration(cls, value: object) -> timedelta:
+        return _check_duration(value)
+
+    @field_validator("sleep_after", mode="before")
+    @classmethod
+    def _sleep_duration(cls, value: object) -> timedelta | None:
+        # `sleep_after: off` (YAML reads a bare off as false), or left empty: awake until it
+        # expires.
+        if value is None or value is False or (isinstance(value, str) and value.strip() == ""):
+            return None
+        if isinstance(value, str) and value.strip().lower() == "off":
+            return None
         return _check_duration(value)
 
     @model_validator(mode="after")
@@ -225,7 +238,21 @@ class TTLConfig(BaseModel):
                 f"({format_duration(self.idle)}), or the warning would go out before any activity",
                 ["warn_before"],
             )
+        if self.sleep_after is not None and self.sleep_after >= self.idle:
+            raise _Problem(
+                f"sleep_after ({format_duration(self.sleep_after)}) must be shorter than idle "
+                f"({format_duration(self.idle)}), or the environment expires before it ever "
+                f"sleeps; write for example `sleep_after: {_suggest_sleep(self.idle)}`, or "
+                "leave sleep_after out",
+                ["sleep_after"],
+            )
         return self
+
+
+def _suggest_sleep(idle: timedelta) -> str:
+    """A sleep_after that would fire under this idle TTL: 2h, or half of a shorter idle."""
+    half = timedelta(seconds=max(1, int(idle.total_seconds()) // 2))
+    return format_duration(min(timedelta(hours=2), half))
 
 
 class LabelsConfig(BaseModel):
@@ -350,7 +377,12 @@ class RepoConfig(BaseModel):
 
     def ttl_policy(self) -> TTLPolicy:
         """The TTL arithmetic's view of ``ttl``."""
-        return TTLPolicy(idle=self.ttl.idle, max=self.ttl.max, warn_before=self.ttl.warn_before)
+        return TTLPolicy(
+            idle=self.ttl.idle,
+            max=self.ttl.max,
+            warn_before=self.ttl.warn_before,
+            sleep_after=self.ttl.sleep_after,
+        )
 
 
 def default_silo(stack: str | GitStack | LocalStack) -> str:

@@ -30,7 +30,8 @@ _EXAMPLES: dict[str, str] = {
     "vars": "stack: local\nvars:\n  greeting: hi\n  replicas: 2\n  features: [search, billing]",
     "ttl": "stack: local\nttl:\n  idle: 48h        # destroy after 48h without pushes\n"
     "  max: 7d          # never keep an environment longer than 7d\n"
-    "  warn_before: 1h  # comment 1h before it expires",
+    "  warn_before: 1h  # comment 1h before it expires\n"
+    "  sleep_after: 2h  # sleep after 2h without pushes, commands or traffic",
     "drafts": "stack: local\ndrafts: false",
     "forks": "stack: local\nforks: off  # or: approve",
     "labels": "stack: local\nlabels:\n  require: [preview]",

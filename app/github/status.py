@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from app.db.models import Environment, PullRequest
 from app.github.comment import StatusView
+from app.lifecycle.outputs import wakes_on_request
 from app.lifecycle.service import lifetime_limit
 from app.lifecycle.states import HoldKind, Status
+from app.ttl.policy import record_sleep_after
 
 __all__ = ["HOLD_TO_VIEW", "STATUS_TO_VIEW", "status_view"]
 
@@ -60,6 +62,7 @@ def status_view(
         reason = pull.hold_reason  # e.g. checks failed: staying at the last good SHA
     expires = env.expires_at if env.status != Status.DESTROYED else None
     failed = env.status in (Status.FAILED, Status.DESTROY_FAILED)
+    wakes = env.status == Status.SLEEPING and wakes_on_request(env.outputs)
     run_link = f"{public_url}/environments/{env.id}"
     if env.last_run_id:
         run_link += f"#run-{env.last_run_id}"
@@ -71,7 +74,7 @@ def status_view(
         reason=reason,
         environment_id=env.id,
         silo=env.silo_name,
-        url=env.url if env.status == Status.READY else None,
+        url=env.url if env.status == Status.READY or wakes else None,
         deployed_sha=env.deployed_sha,
         head_sha=env.head_sha,
         expires_at=expires,
@@ -80,6 +83,10 @@ def status_view(
         log_url=run_link,
         log_tail=log_tail if failed else (),
         retry_at=env.next_attempt_at if env.status == Status.DESTROY_FAILED else None,
+        slept_at=env.slept_at,
+        sleep_reason=env.sleep_reason,
+        sleep_after=record_sleep_after(env.ttl),
+        wakes_on_request=wakes,
         app_slug=app_slug,
         commands_help=commands_help,
     )

@@ -45,3 +45,14 @@ def public_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
         name: ("(sensitive)" if item.get("sensitive") else item.get("value"))
         for name, item in outputs.items()
     }
+
+
+#: The instance output a stack sets to true when its `url` answers while the environment
+#: sleeps and wakes it (a silo ingress that calls runbot's wake API).
+WAKES_ON_REQUEST = "runbot_wakes_on_request"
+
+
+def wakes_on_request(outputs: dict[str, Any]) -> bool:
+    """The stack says opening the URL wakes the environment; only a literal true counts."""
+    item = outputs.get(WAKES_ON_REQUEST)
+    return isinstance(item, dict) and item.get("value") is True and not item.get("sensitive")

@@ -15,9 +15,11 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from app.db.models import Environment, PullRequest, Silo, utcnow
+from app.db.models import Environment, Silo, utcnow
 from app.db.session import Database
 from app.lifecycle.ids import new_environment_id
+from app.lifecycle.pulls import mark_pull_dirty, pull_id
+from app.lifecycle.sleep import Sleeping
 from app.lifecycle.states import LIVE, Desired, Status
 from app.stacks.catalog import Catalog, StackError, StackSource, validate_name
 from app.stacks.mapping import (
@@ -35,6 +37,17 @@ from app.ttl.policy import (
     policy_record,
 )
 from app.ttl.policy import extend as extend_expiry
+
+__all__ = [
+    "Conflict",
+    "Lifecycle",
+    "LifecycleError",
+    "NotFound",
+    "lifetime_limit",
+    "mark_pull_dirty",
+    "pull_id",
+    "ttl_policy_of",
+]
 
 REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
 SHA = re.compile(r"^[0-9a-f]{4,64}$")
@@ -63,26 +76,6 @@ def lifetime_limit(env: Environment) -> datetime | None:
     return env.created_at + timedelta(seconds=seconds) if seconds else None
 
 
-def mark_pull_dirty(
-    session: Any, repository: str, pr_number: int, *, withdraw_approval: bool = False
-) -> None:
-    """The PR's status comment and deployment must be re-rendered: bump its sync version.
-    ``withdraw_approval``: a teardown runbot decided (expiry) ends what `/runbot deploy`
-    approved, so the code does not come back without a maintainer looking again."""
-    values: dict[str, Any] = {"sync_version": PullRequest.sync_version + 1}
-    if withdraw_approval:
-        values["approved_sha"] = None
-    session.exec(
-        update(PullRequest)
-        .where(col(PullRequest.id) == pull_id(repository, pr_number))
-        .values(**values)
-    )
-
-
-def pull_id(repository: str, number: int) -> str:
-    return f"{repository}#{number}"
-
-
 def _touch(target: Silo | Environment, session: Any) -> None:
     target.generation += 1
     target.next_attempt_at = None
@@ -99,7 +92,7 @@ def _retry_destroy_now(target: Silo | Environment, session: Any) -> None:
     session.add(target)
 
 
-class Lifecycle:
+class Lifecycle(Sleeping):
     def __init__(self, db: Database, catalog: Catalog, default_capacity: int = 20) -> None:
         self.db = db
         self.catalog = catalog
@@ -361,16 +354,16 @@ class Lifecycle:
             return env
 
     def set_suspended(self, env_id: str, suspended: bool, trigger: str = "cli") -> Environment:
+        """`/runbot sleep|wake` and the dashboard: the same bookkeeping as automatic sleep
+        (reason ``command``), and asking counts as activity either way."""
+        now = utcnow()
         with self.db.session() as session:
-            env = self._live_env(session, env_id)
-            env.desired = Desired.SUSPENDED if suspended else Desired.PRESENT
-            env.trigger = trigger
-            if not suspended:
-                self._record_activity(env, utcnow())
-            _touch(env, session)
-            session.add(env)
-            session.commit()
-            return env
+            self._live_env(session, env_id)
+        if suspended:
+            self.sleep_by_command(env_id, trigger, now)
+        elif not self.wake_up(env_id, trigger, now):
+            self.record_traffic({env_id: now})  # already awake: only the activity counts
+        return self.get_environment(env_id)
 
     def wake_up(self, env_id: str, trigger: str, now: datetime) -> bool:
         """Wanted awake again (traffic, a command): False when it was not asleep. One

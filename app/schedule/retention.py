@@ -227,6 +227,8 @@ class Retention:
 
     def prune_caches(self, now: datetime) -> int:
         """Git trees and mirrors, and repository stacks, unused for the cache retention."""
+        # Against the files' mtimes, which the system's clock wrote: deliberately not `now`,
+        # so a simulated clock (tests, the cost benchmark) never ages a cache in use.
         older_than = time.time() - self.cache_retention.total_seconds()
         commits, directories = self.live_sources()
         removed = prune_git_cache(self.data_dir / "stacks-cache", commits, older_than)

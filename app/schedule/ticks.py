@@ -1,4 +1,5 @@
-"""The scheduler's ticks: TTL warnings and reaping, resync, and stale-lease recovery.
+"""The scheduler's ticks: sleep when idle, TTL warnings and reaping, resync, and stale-lease
+recovery.
 
 Every replica runs every tick (APScheduler, in memory), so each tick is idempotent and safe
 when several run at once: a warning or a reap is claimed with a conditional UPDATE that exactly
@@ -13,7 +14,7 @@ import contextlib
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ from app.github.gateway import GitHubError, RetryLater
 from app.lifecycle.service import lifetime_limit, pull_id, ttl_policy_of
 from app.lifecycle.states import Desired, Status
 from app.schedule.retention import Pruned, Retention
-from app.ttl.policy import is_expired, needs_warning
+from app.ttl.policy import is_expired, needs_warning, record_sleep_after, sleep_due_at
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -42,6 +43,7 @@ __all__ = [
     "LeaseReport",
     "Ticks",
     "due_for_reaping",
+    "due_for_sleep",
     "due_for_warning",
     "register_ticks",
     "warning_digest",
@@ -50,7 +52,7 @@ __all__ = [
 
 log = logging.getLogger("runbot.schedule")
 
-#: Counters for metrics: ``reaped``, ``warned`` (expiries marked), ``warnings_posted``,
+#: Counters for metrics: ``slept``, ``reaped``, ``warned`` (expiries marked), ``warnings_posted``,
 #: ``warnings_deferred`` (GitHub unavailable, retried next tick), ``expired_leases:<kind>``,
 #: ``released_leases``, ``pruned_deliveries``, ``pruned_<what>`` for each field of ``Pruned``.
 TICK_STATS: Counter[str] = Counter()
@@ -70,6 +72,18 @@ def due_for_reaping(env: Environment, now: datetime) -> bool:
         and env.status != Status.DESTROYED
         and is_expired(env.expires_at, now)
     )
+
+
+def due_for_sleep(
+    ttl: Mapping[str, float] | None, last_activity_at: datetime, now: datetime
+) -> datetime | None:
+    """The cut-off to sleep an environment with (activity at or before it: asleep), or None
+    when it has no ``sleep_after`` or was active within it."""
+    sleep_after = record_sleep_after(ttl)
+    if sleep_after is None or last_activity_at + sleep_after > now:
+        return None
+    # put_to_sleep wants activity strictly before its cut-off; timestamps are microseconds.
+    return now - sleep_after + timedelta(microseconds=1)
 
 
 def due_for_warning(env: Environment, now: datetime) -> bool:
@@ -128,6 +142,49 @@ class Ticks:
         self.delivery_lease = delivery_lease
         self.delivery_retention = delivery_retention
         self.retention = retention
+
+    # ----- sleep -------------------------------------------------------------------------------
+
+    async def sleep_idle(self, now: datetime | None = None) -> list[str]:
+        """Put to sleep every ready, awake environment idle for its ``ttl.sleep_after``
+        (reason ``idle``; the expiry stays); returns the ids this replica put to sleep.
+
+        The index on (desired, sleep_due_at) hands over only the candidates. A candidate
+        whose ``sleep_due_at`` lags its activity (a write that moved only
+        ``last_activity_at``) gets it corrected instead, so it stops being one.
+        """
+        now = now or utcnow()
+        with self.db.session() as session:
+            candidates = session.exec(
+                select(Environment.id, Environment.ttl, Environment.last_activity_at)
+                .where(col(Environment.desired) == Desired.PRESENT)
+                .where(col(Environment.sleep_due_at) <= now)
+                .where(col(Environment.status) == Status.READY)
+            ).all()
+        slept: list[str] = []
+        for env_id, ttl, last_activity_at in candidates:
+            cutoff = due_for_sleep(ttl, last_activity_at, now)
+            if cutoff is None:
+                self._correct_sleep_due(env_id, ttl, last_activity_at)
+            elif self.lifecycle.put_to_sleep(env_id, "idle", now, idle_before=cutoff):
+                slept.append(env_id)
+        if slept:
+            TICK_STATS["slept"] += len(slept)
+            log.info("put %d idle environment(s) to sleep: %s", len(slept), ", ".join(slept))
+            self.wake()
+        return slept
+
+    def _correct_sleep_due(
+        self, env_id: str, ttl: Mapping[str, float] | None, last_activity_at: datetime
+    ) -> None:
+        with self.db.session() as session:
+            session.exec(
+                update(Environment)
+                .where(col(Environment.id) == env_id)
+                .where(col(Environment.last_activity_at) == last_activity_at)
+                .values(sleep_due_at=sleep_due_at(ttl, last_activity_at))
+            )
+            session.commit()
 
     # ----- TTL ---------------------------------------------------------------------------------
 
@@ -368,7 +425,10 @@ def register_ticks(
             if mine:
                 await resync()
 
+    # Each job is called without arguments, so it reads the time from `app.clock`: a test or
+    # the cost benchmark moves a ManualClock and the real scheduler follows it.
     jobs: list[tuple[str, Callable[[], object], float]] = [
+        ("sleep_idle", ticks.sleep_idle, interval),
         ("reap_expired", ticks.reap_expired, interval),
         ("warn_expiring", ticks.warn_expiring, interval),
         ("recover_leases", ticks.recover_leases, interval),

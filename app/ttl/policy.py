@@ -21,6 +21,7 @@ __all__ = [
     "needs_warning",
     "policy_from_record",
     "policy_record",
+    "sleep_due_at",
     "warning_due_at",
 ]
 
@@ -28,11 +29,13 @@ __all__ = [
 @dataclass(frozen=True)
 class TTLPolicy:
     """How long an environment lives: ``idle`` after the last activity, never beyond ``max``
-    after creation, with a heads-up ``warn_before`` the expiry."""
+    after creation, with a heads-up ``warn_before`` the expiry. ``sleep_after`` (None: never)
+    puts it to sleep that long after its last activity, keeping the expiry."""
 
     idle: timedelta = timedelta(hours=48)
     max: timedelta = timedelta(days=7)
     warn_before: timedelta = timedelta(hours=1)
+    sleep_after: timedelta | None = None
 
     def __post_init__(self) -> None:
         if self.idle <= timedelta(0):
@@ -41,6 +44,8 @@ class TTLPolicy:
             raise ValueError(f"max must be positive, got {self.max}")
         if self.warn_before < timedelta(0):
             raise ValueError(f"warn_before must not be negative, got {self.warn_before}")
+        if self.sleep_after is not None and self.sleep_after <= timedelta(0):
+            raise ValueError(f"sleep_after must be positive, got {self.sleep_after}")
 
 
 @dataclass(frozen=True)
@@ -53,23 +58,45 @@ class ExtendResult:
 
 
 def policy_from_record(record: Mapping[str, float] | None) -> TTLPolicy:
-    """The policy stored with an environment (seconds per field); none stored: the defaults."""
+    """The policy stored with an environment (seconds per field); none stored: the defaults.
+    Records written before `sleep_after` existed have no such key: they never sleep."""
     if not record:
         return TTLPolicy()
     return TTLPolicy(
         idle=timedelta(seconds=record["idle"]),
         max=timedelta(seconds=record["max"]),
         warn_before=timedelta(seconds=record["warn_before"]),
+        sleep_after=record_sleep_after(record),
     )
 
 
+def record_sleep_after(record: Mapping[str, float] | None) -> timedelta | None:
+    """The stored ``sleep_after``, None when the record has none (or a zero/garbage one)."""
+    seconds = record.get("sleep_after") if record else None
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
+        return timedelta(seconds=seconds)
+    return None
+
+
 def policy_record(policy: TTLPolicy) -> dict[str, float]:
-    """What `policy_from_record` reads back: the policy in seconds, JSON-ready."""
-    return {
+    """What `policy_from_record` reads back: the policy in seconds, JSON-ready (no
+    ``sleep_after`` key when it is off, so such records read the same as older ones)."""
+    record = {
         "idle": policy.idle.total_seconds(),
         "max": policy.max.total_seconds(),
         "warn_before": policy.warn_before.total_seconds(),
     }
+    if policy.sleep_after is not None:
+        record["sleep_after"] = policy.sleep_after.total_seconds()
+    return record
+
+
+def sleep_due_at(record: Mapping[str, float] | None, last_activity_at: datetime) -> datetime | None:
+    """When an environment idle since ``last_activity_at`` falls asleep; None: it never does."""
+    sleep_after = record_sleep_after(record)
+    if sleep_after is None:
+        return None
+    return _aware("last_activity_at", last_activity_at) + sleep_after
 
 
 def _aware(name: str, value: datetime) -> datetime:

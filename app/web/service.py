@@ -55,6 +55,7 @@ from app.web.views import (
     UsageSeries,
     pr_url,
     run_out,
+    sleep_fields,
 )
 
 SiloAction = Literal["update", "destroy", "rotate-token"]
@@ -136,6 +137,7 @@ class Service:
             outputs=public_outputs(env.outputs),
             retry_at=_retry_at(env),
             failed_attempts=env.attempts,
+            **sleep_fields(env, live),
         )
 
     def _silo_out(self, session: Any, silo: Silo, principal: Principal) -> SiloOut:
@@ -530,6 +532,8 @@ class Service:
         refusal = await self._refusal(principal, env, action)
         if refusal is not None:
             raise Forbidden(refusal)
+        # A dashboard or API action is activity: it keeps the environment awake.
+        await run_in_threadpool(self.rt.lifecycle.record_traffic, {env_id: utcnow()})
         request = ActionRequest(
             lifecycle=self.rt.lifecycle,
             env_id=env_id,

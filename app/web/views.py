@@ -8,8 +8,11 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field, computed_field
 
-from app.db.models import Run
-from app.lifecycle.states import Status
+from app.db.models import Environment, Run
+from app.github.sleeping import sleep_why, wake_ways
+from app.lifecycle.outputs import wakes_on_request
+from app.lifecycle.states import Desired, Status
+from app.ttl.policy import record_sleep_after
 
 T = TypeVar("T")
 
@@ -65,6 +68,18 @@ class EnvironmentOut(BaseModel):
         default=None, description="destroy_failed: when the destroy is retried by itself"
     )
     failed_attempts: int = Field(default=0, description="Failed runs in a row")
+    last_activity_at: datetime | None = Field(
+        default=None, description="Last push, command, dashboard action or request"
+    )
+    slept_at: datetime | None = Field(
+        default=None, description="Asked to sleep since (None while wanted awake)"
+    )
+    sleep_reason: str | None = Field(default=None, description="idle, command or budget")
+    sleep_why: str | None = Field(default=None, description="Why it sleeps, in words")
+    sleeps_at: datetime | None = Field(
+        default=None, description="When it falls asleep if idle until then (ttl.sleep_after)"
+    )
+    wake_ways: list[str] = Field(default_factory=list, description="How to wake it")
 
 
 class SiloOut(BaseModel):
@@ -173,3 +188,22 @@ def run_out(run: Run) -> RunOut:
         finished_at=run.finished_at,
         duration_seconds=_duration(run),
     )
+
+
+def sleep_fields(env: Environment, live: bool) -> dict[str, Any]:
+    """Since when and why it sleeps and how to wake it, as the status comment says it."""
+    if not live:
+        return {}
+    asleep = env.slept_at is not None
+    return {
+        "last_activity_at": env.last_activity_at,
+        "slept_at": env.slept_at,
+        "sleep_reason": env.sleep_reason,
+        "sleep_why": sleep_why(env.sleep_reason, record_sleep_after(env.ttl)) if asleep else None,
+        "sleeps_at": env.sleep_due_at if env.desired == Desired.PRESENT else None,
+        "wake_ways": wake_ways(
+            env.status == Status.SLEEPING and wakes_on_request(env.outputs), True
+        )
+        if asleep
+        else [],
+    }
