@@ -365,51 +365,6 @@ class Lifecycle(Sleeping):
             self.record_traffic({env_id: now})  # already awake: only the activity counts
         return self.get_environment(env_id)
 
-    def wake_up(self, env_id: str, trigger: str, now: datetime) -> bool:
-        """Wanted awake again (traffic, a command): False when it was not asleep. One
-        conditional UPDATE, so of several ingress calls for one env exactly one wakes it."""
-        with self.db.session() as session:
-            moved = session.exec(
-                update(Environment)
-                .where(col(Environment.id) == env_id)
-                .where(col(Environment.desired) == Desired.SUSPENDED)
-                .where(col(Environment.status) != Status.DESTROYED)
-                .values(
-                    desired=Desired.PRESENT,
-                    slept_at=None,
-                    sleep_reason=None,
-                    trigger=trigger,
-                    generation=Environment.generation + 1,
-                    sync_version=Environment.sync_version + 1,
-                    next_attempt_at=None,
-                    updated_at=now,
-                )
-            ).rowcount
-            env = session.get(Environment, env_id) if moved == 1 else None
-            if env is not None:
-                self._record_activity(env, now)
-                mark_pull_dirty(session, env.repository, env.pr_number)
-                session.add(env)
-            session.commit()
-            return env is not None
-
-    def record_traffic(self, seen: dict[str, datetime]) -> int:
-        """Last-request times from a silo's ingress: each env's `last_activity_at` only moves
-        forward, never past now (+1 min of clock skew); unknown ids are ignored. The idle sleep
-        reads it."""
-        ceiling = utcnow() + timedelta(minutes=1)
-        moved = 0
-        with self.db.session() as session:
-            query = select(Environment).where(col(Environment.id).in_(list(seen)))
-            for env in session.exec(query.where(col(Environment.status) != Status.DESTROYED)):
-                at = min(seen[env.id], ceiling)
-                if env.last_activity_at < at:  # the expiry stays: no comment churn per request
-                    env.last_activity_at = at
-                    session.add(env)
-                    moved += 1
-            session.commit()
-        return moved
-
     def rotate_silo_token(self, name: str) -> Silo:
         """A new `runbot_silo_token`: the old one stops verifying now; the re-apply this asks for
         gives the silo (its ingress) the new one."""
