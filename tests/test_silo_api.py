@@ -234,3 +234,27 @@ def test_target_records_keep_no_silo_token() -> None:
 
     kept, secret = _recordable({"runbot_silo_token": "abc123", "other": "x"}, (), ["abc123", "x"])
     assert kept["runbot_silo_token"] == "" and secret == ["other"]
+
+
+def test_the_cli_rotates_a_silos_token_and_names_an_unknown_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli.main import cli
+    from app.runtime import build_runtime
+
+    monkeypatch.setenv("RUNBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RUNBOT_ENGINE", "embedded")
+    rt = build_runtime(make_settings(tmp_path))
+    seed_silo(rt.db, "one", {})
+    before = rt.silo_tokens.token("one", 1)
+    runner = CliRunner()
+    done = runner.invoke(cli, ["silo", "rotate-token", "one", "--no-wait"], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    silo = rt.lifecycle.get_silo("one")
+    assert silo.token_version == 2 and silo.generation == 2  # re-applied with the new token
+    assert rt.silo_tokens.token("one", silo.token_version) != before
+    assert before not in done.output
+    unknown = runner.invoke(cli, ["silo", "rotate-token", "ghost", "--no-wait"])
+    assert unknown.exit_code == 1 and "runbot silo list" in unknown.output
