@@ -145,6 +145,8 @@ def test_path_prefix_is_stripped_and_the_prefix_forwarded(
     assert seen["headers"]["Host"] == f"127.0.0.1:{ingress.port}"  # passed through
     status, headers, _ = ingress.request("GET", "/pr-1-abc?q=2")
     assert status == 308 and headers["location"] == "/pr-1-abc/?q=2"
+    status, _, body = ingress.request("GET", "/pr-1-abc/?next=/a/b")
+    assert status == 200 and json.loads(body)["path"] == "/?next=/a/b"
 
 
 def test_host_routing_and_request_bodies_pass_through(ingress: Ingress, backend: Backend) -> None:

@@ -54,6 +54,7 @@ HOP_BY_HOP = frozenset(
         "trailers",
         "transfer-encoding",
         "upgrade",
+        "expect",  # answered here (HTTP/1.0: the client sends its body anyway), not forwarded
     }
 )
 MAX_BODY = 64 * 1024 * 1024
@@ -198,6 +199,7 @@ def make_handler(silo, shared_dir, reporter, stop_token, on_stop):
     class Handler(BaseHTTPRequestHandler):
         server_version = "runbot-ingress/1"
         protocol_version = "HTTP/1.0"  # one request per connection: no framing to get wrong
+        timeout = 60  # seconds a client may take per read: a slow one cannot hold a thread
 
         def log_message(self, fmt, *args):
             log(f"{self.address_string()} {fmt % args}")
@@ -234,19 +236,18 @@ def make_handler(silo, shared_dir, reporter, stop_token, on_stop):
             route = read_route(shared_dir, label) if label else None
             if route is not None:
                 return label, route, self.path, ""
-            path = self.path
+            path, query_sep, query = self.path.partition("?")
             if not path.startswith("/"):
                 return None
             first, sep, rest = path[1:].partition("/")
-            first, query_sep, query = first.partition("?")
             route = read_route(shared_dir, first)
             if route is None:
                 return None
+            query = query_sep + query
             if not sep:  # /<id> or /<id>?q: the app's links are relative to /<id>/
-                target = f"/{first}/" + (f"?{query}" if query_sep else "")
-                self._simple(308, "moved\n", [("Location", target)])
+                self._simple(308, "moved\n", [("Location", f"/{first}/{query}")])
                 return False
-            return first, route, "/" + rest, f"/{first}"
+            return first, route, f"/{rest}{query}", f"/{first}"
 
         def _handle(self):
             if self.path.startswith(CONTROL):
