@@ -100,6 +100,10 @@ def test_ingress_proxies_reports_traffic_and_wakes_a_sleeping_environment(
     with rt.db.session() as session:
         records = json.dumps([r.variables for r in session.exec(select(TargetRecord))])
     assert token not in records and "runbot_silo_token" in records
+    for line in processes_matching(f"ingress.py serve --silo {SILO}"):
+        pid = line.split()[0]
+        for name in ("cmdline", "environ"):
+            assert token not in Path(f"/proc/{pid}/{name}").read_bytes().decode(errors="replace")
 
     # Sleep for real: the app stops, the ingress answers the waking page and asks runbot.
     rt.lifecycle.set_suspended(env.id, True)
