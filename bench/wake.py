@@ -88,7 +88,7 @@ def run(ctx: Context) -> list[Row]:
         rt = runtime_for(data, public_url=serve.url)
         # port_base + 1: the ingress takes port_base - 1, inside the range checked free.
         apply_silo(rt, SILO, "local", {"port_base": base + 1, "capacity": 4})
-        with serve.start():
+        with serve:
             sha = os.urandom(20).hex()
             fake.add_pull(repo, 1, sha, "feature/wake")
             post_event(serve.webhook_url, pr_event(fake, "opened", repo, 1))
