@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TextIO
 
@@ -31,6 +31,7 @@ from sqlmodel import col, select
 from app.db.models import Environment, OutboxMessage, PullRequest
 from app.github.intake import sign_body
 from app.github.samples import pull_request_payload
+from app.lifecycle.service import LifecycleError
 from app.lifecycle.states import HoldKind, Status
 from app.logging import configure_logging
 from app.runtime import Runtime
@@ -241,6 +242,8 @@ async def _serve_and_play(
             except DemoError:
                 await play.close_open()  # a failed step leaves no environment running
                 raise
+            finally:
+                await play.close_silos()
         return 0
     finally:
         server.should_exit = True
@@ -283,6 +286,21 @@ class _Play:
             except DemoError as exc:
                 print(f"    could not clean up PR #{number}: {exc}", flush=True)
 
+    async def close_silos(self, timeout: float = 120) -> None:
+        """The silos the demo used go too: their ingress is the last process left running."""
+        lifecycle = self.rt.lifecycle
+        names = [s.name for s in lifecycle.list_silos() if s.status != Status.DESTROYED]
+        for name in names:
+            say(f"destroying silo {name}: nothing is left running")
+            with suppress(LifecycleError):
+                lifecycle.destroy_silo(name, force=True)
+        deadline = time.monotonic() + timeout
+        while any(lifecycle.get_silo(n).status != Status.DESTROYED for n in names):
+            if time.monotonic() > deadline:
+                print("    the silos are still being destroyed: `runbot silo list`", flush=True)
+                return
+            await asyncio.sleep(0.2)
+
     def outbox(self) -> None:
         self.seen = _show_outbox(self.rt, self.seen)
 
@@ -315,11 +333,16 @@ class _Play:
         await self.pull_request("closed", 1, second, "feature/demo")
         await _until(self.rt, 1, lambda e: e.status == Status.DESTROYED, "the destroy")
         try:
-            await self.client.get(url, timeout=2)
+            gone = await self.client.get(url, timeout=2)
         except httpx.ConnectError:
             say(f"{url} refuses connections: nothing is left behind")
         else:
-            raise DemoError(f"{url} still answers after destroy")
+            # Behind the silo's ingress the port stays open: it knows no such environment.
+            if gone.status_code != 404 or not gone.headers.get("server", "").startswith(
+                "runbot-ingress/"
+            ):
+                raise DemoError(f"{url} still answers after destroy ({gone.status_code})")
+            say(f"{url} answers 404 from the silo's ingress: nothing is left behind")
         self.outbox()
         await asyncio.sleep(1.5)  # let the notifier post the final status
         self.outbox()

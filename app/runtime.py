@@ -14,6 +14,7 @@ from app.engine.runner import EngineRunner
 from app.engine.sandbox import Sandbox, SandboxUnavailable
 from app.lifecycle.reconcile import Reconciler
 from app.lifecycle.service import Lifecycle
+from app.lifecycle.silotoken import SiloTokens, load_key
 from app.lifecycle.sweep import OrphanSweep
 from app.policy.merge import git_hosts_anywhere
 from app.policy.store import PolicyStore
@@ -46,9 +47,18 @@ class Runtime:
             "destroy_retry_base": self.settings.destroy_retry_base,
             "destroy_retry_max": self.settings.destroy_retry_max,
             "source": self.sources(),
+            "silo_tokens": self.silo_tokens,
         }
         options.update(overrides)
         return Reconciler(self.db, self.catalog, self.runner, self.settings.data_dir, **options)
+
+    @cached_property
+    def silo_tokens(self) -> SiloTokens:
+        """Silo tokens; with several replicas RUNBOT_SILO_TOKEN_SECRET must be the same on all
+        (each data dir's random key differs)."""
+        settings = self.settings
+        key = load_key(settings.silo_token_secret, settings.data_dir)
+        return SiloTokens(key, settings.silo_api)
 
     @cached_property
     def orphans(self) -> OrphanSweep:

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
 
     # Runtime
     public_url: str = "http://127.0.0.1:8000"
+    # Silos' ingresses call runbot's silo API here (`runbot_api_url`); unset: RUNBOT_PUBLIC_URL.
+    silo_api_url: str | None = None
+    # Derives each silo's `runbot_silo_token`; unset: a random key kept in the data dir.
+    silo_token_secret: str | None = None
     max_concurrent_runs: int = Field(default=4, ge=1, le=256)  # across all replicas
     worker_concurrency: int | None = Field(default=None, ge=1, le=256)  # per process
     scheduler_interval: float = Field(default=30.0, gt=0, le=86400)
@@ -151,7 +155,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a 3-letter currency code such as USD, EUR, GBP or CHF")
         return code
 
-    @field_validator("k8s_callback_url")
+    @field_validator("k8s_callback_url", "silo_api_url")
     @classmethod
     def _callback_url(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
@@ -198,6 +202,11 @@ class Settings(BaseSettings):
     def k8s_callback(self) -> str:
         """How the Kubernetes executor's pods reach runbot's API."""
         return self.k8s_callback_url or self.public_url
+
+    @property
+    def silo_api(self) -> str:
+        """How a silo's ingress reaches runbot's silo API."""
+        return self.silo_api_url or self.public_url
 
     @property
     def resolved_database_url(self) -> str:

@@ -43,7 +43,8 @@ WEBHOOK_SECRET = "bench-webhook-secret-0123456789abcdef"
 INSTALLATION = 5151
 OWNER = "bench-org"
 EMBEDDED = [PYTHON, "-m", "app.engine.embedded"]
-URL_IN_COMMENT = re.compile(r"\((http://127\.0\.0\.1:\d+/)\)")
+# The slot's port, or (the local stack's ingress) the silo's port and the environment's id.
+URL_IN_COMMENT = re.compile(r"\((http://127\.0\.0\.1:\d+/(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?)\)")
 
 
 @dataclass
@@ -491,13 +492,16 @@ def answers(url: str, expect: str | None = None, timeout: float = 2.0) -> bool:
 
 
 def refuses(url: str) -> bool:
+    """Nothing answers for it: the port is closed, or the local stack's ingress knows no such
+    environment (404)."""
     try:
-        _client().get(url, timeout=2.0, headers={"Connection": "close"})
+        response = _client().get(url, timeout=2.0, headers={"Connection": "close"})
     except httpx.ConnectError:
         return True
     except httpx.HTTPError:
         return False
-    return False
+    ingress = response.headers.get("server", "").startswith("runbot-ingress/")
+    return ingress and response.status_code == 404
 
 
 def run_async(coro: Any) -> Any:

@@ -7,7 +7,7 @@
   on top of the one engine run it cannot avoid.
 - update: `synchronize` sent → the comment shows the new commit deployed, and the page serves
   it; against `init` + `apply` with the new commit.
-- destroy: `closed` sent → the comment says destroyed, and the URL refuses connections;
+- destroy: `closed` sent → the comment says destroyed, and the URL reaches nothing;
   against `init` + `destroy`.
 
 9 trials (3 with `--quick`), after one warm-up trial of each side that is not counted. Bot and

@@ -22,11 +22,16 @@ def fetch(url: str, timeout: float = 3.0) -> httpx.Response:
 
 
 def refuses(url: str) -> bool:
+    """Nothing answers for the environment at `url`: its port is closed or, behind the local
+    stack's ingress, the ingress knows no such environment (404). A sleeping environment's
+    waking page (503) is not asked for: asking would wake it."""
     try:
-        httpx.get(url, timeout=2.0)
+        response = httpx.get(url, timeout=2.0)
     except httpx.ConnectError:
         return True
-    return False
+    return response.headers.get("server", "").startswith("runbot-ingress/") and (
+        response.status_code == 404
+    )
 
 
 def processes_matching(pattern: str) -> list[str]:

@@ -24,7 +24,8 @@ from tests.helpers import fetch, processes_matching, refuses, wait_for
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 pytestmark = pytest.mark.engine
 
-URL_IN_COMMENT = re.compile(r"\((http://127\.0\.0\.1:\d+/)\)")
+# The silo's ingress and the environment's id (the local stack), or a slot's own port.
+URL_IN_COMMENT = re.compile(r"\((http://127\.0\.0\.1:\d+/(?:[a-z0-9-]+/)?)\)")
 
 
 def status_body(fake: FakeGitHub) -> str:
@@ -167,7 +168,7 @@ def test_sleep_and_wake_stop_and_start_the_server(
         cid = send_comment(server, fake, "/runbot sleep", "alice")  # the PR's author
         wait_for(lambda: the_env(server).status == Status.SLEEPING, timeout=30)
         assert processes_matching(env.id) == []
-        assert refuses(url)
+        assert refuses(env.outputs["direct_url"]["value"])  # the ingress URL would wake it
         slept = the_env(server)
         assert slept.expires_at == env.expires_at  # sleeping keeps the expiry
         wait_for(lambda: [r["content"] for r in fake.reactions(cid)] == ["eyes", "+1"], timeout=10)

@@ -68,7 +68,7 @@ def test_demo_check_serves_the_prs_own_text(tmp_path: Path, postgres_url: str) -
     assert done.returncode == 0, f"{out}\n{done.stderr}\n{log.read_text() if log.exists() else ''}"
     assert "serves the PR's own app: 'Hello from pull request #1'" in out
     assert "now serves 'Pull request #1, second push'" in out
-    assert "refuses connections: nothing is left behind" in out
+    assert "answers 404 from the silo's ingress: nothing is left behind" in out
     assert f"runbot's own log: {log}" in out
     # The screen has the demo's steps only: runbot's log lines are in the file.
     assert '"level": "INFO"' not in out and '"level": "INFO"' in log.read_text()

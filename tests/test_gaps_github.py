@@ -64,7 +64,7 @@ def test_stack_stored_in_the_repository_is_read_at_the_default_branch(
         assert (
             env.stack_source["kind"] == "repo" and env.stack_source["path"] == ".runbot/stacks/web"
         )
-        assert env.url == f"http://127.0.0.1:{port_base}/"
+        assert env.url == f"http://127.0.0.1:{port_base - 1}/{env.id}/"  # the silo's ingress
         assert "a" * 40 in fetch(env.url).text
         rt.lifecycle.destroy_silo("repo-web", force=True)
         wait_for(lambda: rt.lifecycle.get_silo("repo-web").status == Status.DESTROYED, timeout=120)

@@ -43,7 +43,10 @@ def test_silo_update_with_new_vars_reapplies_it_and_its_instances(
     assert silo.status == Status.READY and silo.capacity == 4
     assert silo.outputs["port_base"]["value"] == port_base + 5
     moved = rt.lifecycle.get_environment(env.id)
-    assert moved.status == Status.READY and moved.url == f"http://127.0.0.1:{port_base + 5}/"
+    assert (
+        moved.status == Status.READY and moved.url == f"http://127.0.0.1:{port_base + 4}/{env.id}/"
+    )
+    assert moved.outputs["direct_url"]["value"] == f"http://127.0.0.1:{port_base + 5}/"
     assert env.id in fetch(moved.url).text  # the instance followed the silo's new outputs
     rt.lifecycle.destroy_silo("s", force=True)
     converge_sync(rt, silo_ready(rt, "s"))

@@ -17,7 +17,8 @@ from tests.helpers import fetch, processes_matching, refuses, wait_for
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 pytestmark = pytest.mark.engine
 
-URL_IN_COMMENT = re.compile(r"\((http://127\.0\.0\.1:\d+/)\)")
+# The silo's ingress and the environment's id (the local stack), or a slot's own port.
+URL_IN_COMMENT = re.compile(r"\((http://127\.0\.0\.1:\d+/(?:[a-z0-9-]+/)?)\)")
 
 
 def status_comments(fake: FakeGitHub, number: int = 1) -> list[dict]:

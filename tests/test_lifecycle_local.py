@@ -44,7 +44,8 @@ def test_create_update_destroy_on_local_stack(
     converge_sync(rt, env_settled(rt, env.id))
     env = rt.lifecycle.get_environment(env.id)
     assert env.status == Status.READY, env.reason
-    assert env.url == f"http://127.0.0.1:{port_base + env.slot}/"
+    assert env.url == f"http://127.0.0.1:{port_base - 1}/{env.id}/"  # the silo's ingress
+    assert env.outputs["direct_url"]["value"] == f"http://127.0.0.1:{port_base + env.slot}/"
     page = fetch(env.url).text
     assert "a1b2c3d" in page and "octo/app" in page and env.id in page
     assert len(processes_matching(env.id)) == 1

@@ -313,3 +313,50 @@ def test_restarts_never_leave_two_servers(silo: dict, tmp_path: Path) -> None:
     inst.destroy(variables)
     assert refused(url)
     assert server_pids(instance_id) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"ingress_port": "SLOT"}, "outside the instance ports"),
+        ({"ingress_port": 80}, "ingress_port must be 0"),
+        ({"report_interval": 0}, "report_interval must be between"),
+    ],
+)
+def test_a_bad_ingress_port_or_interval_is_refused_before_anything_starts(
+    tmp_path: Path, extra: dict, message: str
+) -> None:
+    base = free_port_range(4)
+    variables = {
+        "runbot_silo_name": "local-bad",
+        "runbot_workspace_dir": str(tmp_path / "workspace"),
+        "port_base": base,
+        "capacity": 3,
+        **{k: base + 1 if v == "SLOT" else v for k, v in extra.items()},
+    }
+    target = Target("silo", tmp_path, "silo")
+    with pytest.raises(AssertionError) as failed:
+        target.apply(variables)
+    assert message in " ".join(str(failed.value).split())
+    assert not (tmp_path / "workspace" / "shared" / "ingress.pid").exists()
+
+
+def test_the_ingress_routes_to_an_instance_and_stops_with_the_silo(
+    silo: dict, tmp_path: Path
+) -> None:
+    out = silo["outputs"]
+    ingress_url = out["ingress_url"]["value"]
+    assert ingress_url == f"http://127.0.0.1:{silo['vars']['port_base'] - 1}/"
+    instance_id = new_instance_id()
+    inst = Target("instance", tmp_path, "instance")
+    variables = instance_vars(silo, instance_id, ingress_url=ingress_url)
+    outputs, _ = inst.apply(variables)
+    assert outputs["url"]["value"] == f"{ingress_url}{instance_id}/"
+    status, body = get(outputs["url"]["value"])
+    assert status == 200 and instance_id in body
+    # No runbot to report to: the log says so, and proxying works regardless.
+    shared = Path(out["shared_dir"]["value"])
+    assert "traffic is not reported" in (shared / "ingress.log").read_text()
+    inst.destroy(variables)
+    silo["target"].destroy(silo["vars"])
+    assert refused(ingress_url)

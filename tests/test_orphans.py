@@ -34,12 +34,18 @@ from app.lifecycle.orphans import (
     Remedy,
     find_orphans,
 )
-from app.lifecycle.sweep import server_instance
+from app.lifecycle.sweep import ingress_silo, server_instance
 from app.runtime import Runtime, build_runtime
 from tests.apphost import AppServer, app_settings
 from tests.conftest import TEMPLATES, make_settings
 from tests.fakegithub.server import FakeGitHub
-from tests.helpers import converge_sync, env_settled, processes_matching, silo_ready, wait_for
+from tests.helpers import (
+    converge_sync,
+    env_settled,
+    processes_matching,
+    silo_ready,
+    wait_for,
+)
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 
@@ -116,6 +122,26 @@ def test_a_server_of_no_live_environment() -> None:
     assert found[0].pid == 7
 
 
+def test_an_ingress_of_no_live_silo_is_an_orphan_and_a_live_ones_is_not() -> None:
+    found = find_orphans(
+        [state("silo-here")],
+        [FoundProcess(7, "gone", "silo-gone"), FoundProcess(8, "here", "silo-here")],
+        [row("silo-here")],
+        ["silo-here"],
+    )
+    assert kinds(found) == [(OrphanKind.PROCESS_WITHOUT_TARGET, "silo-gone", Remedy.STOP_PROCESS)]
+    assert found[0].pid == 7
+
+
+def test_only_ingresses_started_from_this_data_dir_count(tmp_path: Path) -> None:
+    shared = tmp_path / "workspace" / "silo-a" / "shared"
+    argv = ["python3", str(shared / "ingress.py"), "serve", "--silo", "a", "--dir", str(shared)]
+    assert ingress_silo(argv, tmp_path) == "a"
+    assert ingress_silo([*argv[:-1], "/elsewhere/shared"], tmp_path) is None
+    assert ingress_silo([argv[0], str(shared / "ingress.py"), "stop"], tmp_path) is None
+    assert ingress_silo([argv[0], str(shared / "server.py"), *argv[2:]], tmp_path) is None
+
+
 def test_only_servers_started_from_this_data_dir_count(tmp_path: Path) -> None:
     mine = str(tmp_path / "workspace" / "silo-a" / "shared" / "server.py")
     argv = ["python3", mine, "serve", "--instance-id", "pr-1-x", "--dir", "d"]
@@ -181,7 +207,11 @@ def test_a_row_deleted_by_hand_leaves_an_orphan_destroyed_with_its_template(
     assert processes_matching(f"--instance-id {env.id}") == []
     assert not local_state_file(rt.settings.data_dir, f"env-{env.id}").exists()
     with pytest.raises(httpx.ConnectError):
-        httpx.get(env.url or "", timeout=2)
+        httpx.get(env.outputs["direct_url"]["value"], timeout=2)
+    # Through the silo's ingress nothing answers for it either: no route, or (the sandboxed
+    # orphan destroy cannot see the silo's shared directory to remove it) a route to nothing.
+    gone = httpx.get(env.url or "", timeout=2)
+    assert gone.status_code in (404, 502) and gone.headers["server"].startswith("runbot-ingress/")
     with rt.db.session() as session:
         assert session.get(TargetRecord, f"env-{env.id}") is None
         assert session.get(TargetRecord, "silo-hand") is not None  # the silo is live

@@ -384,7 +384,8 @@ def test_unknown_runbot_variable_is_a_typo(tmp_path: Path) -> None:
 
 def test_silo_cannot_use_instance_runbot_variables(tmp_path: Path) -> None:
     root = make_stack(tmp_path / "s", 'variable "runbot_pr_number" {}\n', MINIMAL_INSTANCE)
-    with pytest.raises(StackError, match="runbot provides only runbot_silo_name, runbot_work"):
+    provided = "runbot_api_url, runbot_silo_name, runbot_silo_token, runbot_work"
+    with pytest.raises(StackError, match=f"runbot provides only {provided}"):
         load_stack("s", root)
 
 

@@ -64,7 +64,12 @@ def test_runbot_variable_sets() -> None:
         "runbot_source_dir",
     }
     assert set(RUNBOT_INSTANCE_VARIABLES) == expected_instance
-    assert set(RUNBOT_SILO_VARIABLES) == {"runbot_silo_name", "runbot_workspace_dir"}
+    assert set(RUNBOT_SILO_VARIABLES) == {
+        "runbot_silo_name",
+        "runbot_workspace_dir",
+        "runbot_api_url",
+        "runbot_silo_token",
+    }
     assert isinstance(RUNBOT_INSTANCE_VARIABLES, frozenset)
 
 
@@ -469,3 +474,17 @@ def test_instance_inputs_takes_the_first_source_that_has_a_value(
                 break
         else:
             assert name not in result
+
+
+def test_the_silo_token_fills_its_variable_and_a_wrong_type_does_not_echo_it() -> None:
+    token = "f" * 64
+    declared = template(var("runbot_silo_token", "string"), var("runbot_api_url", "string"))
+    runbot = {"runbot_api_url": "http://runbot:8000"}
+    filled = silo_inputs(declared, runbot, {}, {"runbot_silo_token": token})
+    assert filled == {"runbot_silo_token": token, "runbot_api_url": "http://runbot:8000"}
+    assert silo_inputs(template(), runbot, {}, {"runbot_silo_token": token}) == {}  # undeclared
+    with pytest.raises(MappingError) as info:
+        silo_inputs(
+            template(var("runbot_silo_token", "number")), {}, {}, {"runbot_silo_token": token}
+        )
+    assert token not in str(info.value) and "runbot_silo_token" in str(info.value)

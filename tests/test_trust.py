@@ -226,7 +226,8 @@ def test_finding_3_silo_outputs_win_and_a_repository_var_naming_one_is_refused(
         pull_event(server, fake, "synchronize")
         wait_for(lambda: status_of(server) == Status.READY, timeout=90)
         env = server.runtime.lifecycle.live_environment_for(REPO, 1)
-        assert env is not None and env.url == f"http://127.0.0.1:{port_base}/"
+        assert env is not None and env.url == f"http://127.0.0.1:{port_base - 1}/{env.id}/"
+        assert env.outputs["direct_url"]["value"] == f"http://127.0.0.1:{port_base}/"
 
 
 def write_stack(root: Path, name: str, url_expression: str) -> None:

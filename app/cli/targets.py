@@ -75,6 +75,20 @@ def silo_update(name: str, var: VarOption = None, wait: WaitOption = True) -> No
     guarded(act)
 
 
+@silo_cli.command("rotate-token")
+def silo_rotate_token(name: str, wait: WaitOption = True) -> None:
+    """Give a silo a new runbot_silo_token; the old one stops working now."""
+    rt = runtime()
+
+    def act() -> None:
+        rt.lifecycle.rotate_silo_token(name)
+        if wait:
+            converge(rt, silo_done(rt, name))
+        show_silo(rt, rt.lifecycle.get_silo(name))
+
+    guarded(act)
+
+
 @silo_cli.command("destroy")
 def silo_destroy(
     name: str,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from app.lifecycle.lease import Claim, Lease
 from app.lifecycle.records import drop_record, record_apply, recorded_workspace
 from app.lifecycle.runs import LineEcho, PhaseEcho, Runs
 from app.lifecycle.scrub import scrub_run_log
+from app.lifecycle.silotoken import TOKEN_VARIABLE, SiloTokens
 from app.lifecycle.states import Action, Desired, Status, plan_action, status_during_apply
 from app.source.fetch import SourceProvider, SourceRefused, SourceUnavailable
 from app.stacks.catalog import Catalog, Stack, StackError, StackSource, load_stack
@@ -45,6 +46,18 @@ NO_SOURCE_NOTE = (
     "runbot: note: the template declares runbot_source_dir but runbot has no source to give"
     ' it (local mode without RUNBOT_LOCAL_REPO), so it is ""'
 )
+
+
+def _recordable(
+    inputs: dict[str, Any], sources: tuple[Path, ...], redact: Iterable[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """What a destroy gets (the orphan sweep's too): no source, as in `inputs()`, and no silo
+    token (derived afresh, never stored; a destroy needs none), with the secret names."""
+    kept = {**inputs, SOURCE_VARIABLE: ""} if sources else dict(inputs)
+    if TOKEN_VARIABLE in kept:
+        kept[TOKEN_VARIABLE] = ""
+    secret = list(redact)
+    return kept, sorted(k for k, v in kept.items() if v in secret and v != "")
 
 
 class Converger:
@@ -64,6 +77,7 @@ class Converger:
         echo_line: LineEcho | None = None,
         echo_phase: PhaseEcho | None = None,
         source: SourceProvider | None = None,
+        silo_tokens: SiloTokens | None = None,
     ) -> None:
         self.db = db
         self.source = source  # the PR's head commit, for templates declaring runbot_source_dir
@@ -75,7 +89,7 @@ class Converger:
         self.git_limits = git_limits  # read per fetch: the policy's hosts follow its reloads
         self.runs = Runs(db, runner, lease, echo_line, echo_phase)
         self.kinds: dict[str, Kind[Any]] = {
-            "silo": SiloKind(default_capacity),
+            "silo": SiloKind(default_capacity, silo_tokens),
             "environment": EnvironmentKind(db, default_capacity),
         }
 
@@ -162,9 +176,7 @@ class Converger:
                 claim.id,
                 target.stack,
                 pinned,
-                # What a destroy gets (the orphan sweep's too): no source, as in `inputs()`.
-                {**inputs, SOURCE_VARIABLE: ""} if sources else inputs,
-                sorted(k for k, v in inputs.items() if v in job.redact),
+                *_recordable(inputs, sources, job.redact),
                 template.backend,
             )
         for path in job.workspaces:

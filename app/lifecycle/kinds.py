@@ -22,6 +22,7 @@ from app.db.models import Environment, Silo, utcnow
 from app.db.session import Database
 from app.lifecycle.lease import Claim, Mutate
 from app.lifecycle.outputs import plain_values, public_values, secret_values, sensitive_values
+from app.lifecycle.silotoken import API_URL_VARIABLE, TOKEN_VARIABLE, SiloTokens
 from app.lifecycle.states import LIVE, Action, Desired, Status, status_after_apply
 from app.links import safe_link
 from app.stacks.mapping import instance_inputs, silo_inputs
@@ -118,8 +119,9 @@ class Kind(ABC, Generic[T]):
 
 
 class SiloKind(Kind[Silo]):
-    def __init__(self, default_capacity: int) -> None:
+    def __init__(self, default_capacity: int, tokens: SiloTokens | None = None) -> None:
         self.default_capacity = default_capacity
+        self.tokens = tokens  # None: runbot_api_url / runbot_silo_token keep their defaults
 
     def read(self, session: Session, key: str) -> Subject[Silo]:
         silo = session.get(Silo, key)
@@ -156,11 +158,22 @@ class SiloKind(Kind[Silo]):
         self, stack: Stack, subject: Subject[Silo], workspace: Path
     ) -> tuple[Template, dict[str, Any]]:
         silo = subject.target
-        runbot = {"runbot_silo_name": silo.name, "runbot_workspace_dir": str(workspace)}
-        return stack.silo, silo_inputs(stack.silo, runbot, silo.vars)
+        runbot: dict[str, Any] = {
+            "runbot_silo_name": silo.name,
+            "runbot_workspace_dir": str(workspace),
+        }
+        secret: dict[str, Any] = {}
+        declared = stack.silo.variables
+        if self.tokens is not None and API_URL_VARIABLE in declared:
+            runbot[API_URL_VARIABLE] = self.tokens.api_url
+        if self.tokens is not None and TOKEN_VARIABLE in declared:
+            secret[TOKEN_VARIABLE] = self.tokens.token(silo.name, silo.token_version)
+        return stack.silo, silo_inputs(stack.silo, runbot, silo.vars, secret)
 
     def redact(self, subject: Subject[Silo]) -> list[str]:
-        return sensitive_values(subject.target.outputs)
+        silo = subject.target
+        token = [self.tokens.token(silo.name, silo.token_version)] if self.tokens else []
+        return [*sensitive_values(silo.outputs), *token]
 
     def forgotten(self, subject: Subject[Silo], claim: Claim) -> Outcome:
         def forget(row: Silo) -> None:

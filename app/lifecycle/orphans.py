@@ -40,10 +40,12 @@ class FoundState:
 
 @dataclass(frozen=True)
 class FoundProcess:
-    """A running local-stack server and the environment id in its argv."""
+    """A running local-stack server and the environment id in its argv (or, for a silo's
+    ingress, the silo's name with `target` "silo-<name>")."""
 
     pid: int
     instance_id: str
+    target: str = ""  # the engine target it belongs to; "": env-<instance_id>
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,14 @@ def find_orphans(
                 )
             )
     for process in processes:
-        row = rows.get(f"env-{process.instance_id}")
+        target = process.target or f"env-{process.instance_id}"
+        row = rows.get(target)
         if row is not None and row.live:
             continue
         found.append(
             Orphan(
                 OrphanKind.PROCESS_WITHOUT_TARGET,
-                f"env-{process.instance_id}",
+                target,
                 f"pid {process.pid}",
                 Remedy.STOP_PROCESS,
                 pid=process.pid,

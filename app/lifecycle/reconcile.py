@@ -32,6 +32,7 @@ from app.lifecycle.converge import Converger
 from app.lifecycle.lease import Claim, LeaseLost, Mutate
 from app.lifecycle.runs import LineEcho, PhaseEcho
 from app.lifecycle.service import mark_pull_dirty
+from app.lifecycle.silotoken import SiloTokens
 from app.lifecycle.states import Status, check_transition
 from app.lifecycle.timings import queue_wait
 from app.logging import log_context
@@ -81,6 +82,7 @@ class Reconciler:
         destroy_retry_base: float = 10.0,
         destroy_retry_max: float = 1800.0,
         source: SourceProvider | None = None,
+        silo_tokens: SiloTokens | None = None,
     ) -> None:
         self.db = db
         # A failed destroy is retried until it succeeds (nothing may leak), ever more slowly.
@@ -109,6 +111,7 @@ class Reconciler:
             echo_line=echo_line,
             echo_phase=echo_phase,
             source=source,
+            silo_tokens=silo_tokens,
         )
 
     # ----- claiming --------------------------------------------------------------------------

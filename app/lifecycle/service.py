@@ -367,6 +367,17 @@ class Lifecycle(Sleeping):
             self.record_traffic({env_id: now})  # already awake: only the activity counts
         return self.get_environment(env_id)
 
+    def rotate_silo_token(self, name: str) -> Silo:
+        """A new `runbot_silo_token`: the old one stops verifying now; the re-apply this asks for
+        gives the silo (its ingress) the new one."""
+        with self.db.session() as session:
+            silo = self._live_silo(session, name)
+            silo.token_version += 1
+            _touch(silo, session)
+            session.add(silo)
+            session.commit()
+            return silo
+
     def extend(
         self,
         env_id: str,

@@ -42,6 +42,7 @@ LineSink = Callable[[str], None]
 APPLIED = frozenset({Status.READY, Status.SLEEPING})
 #: The local stack's server: `python3 <shared>/server.py serve --instance-id <id> ...`.
 SERVER_SCRIPT = "server.py"
+INGRESS_SCRIPT = "ingress.py"  # the local stack's silo ingress
 
 
 @dataclass(frozen=True)
@@ -141,16 +142,36 @@ def server_instance(argv: list[str], data_dir: Path) -> str | None:
     return None  # another runbot's, or nobody's
 
 
+def ingress_silo(argv: list[str], data_dir: Path) -> str | None:
+    """The silo name of a local-stack ingress (`ingress.py serve --silo`) under ``data_dir``."""
+    if "serve" not in argv or "--silo" not in argv or "--dir" not in argv:
+        return None
+    if not any(a.endswith(INGRESS_SCRIPT) for a in argv[1:3]):
+        return None
+    with contextlib.suppress(ValueError, IndexError):
+        Path(argv[argv.index("--dir") + 1]).resolve().relative_to(data_dir.resolve())
+        return argv[argv.index("--silo") + 1]
+    return None
+
+
+def _process_of(pid: int, data_dir: Path) -> FoundProcess | None:
+    argv = _argv(pid)
+    instance = server_instance(argv, data_dir)
+    if instance is not None:
+        return FoundProcess(pid, instance)
+    silo = ingress_silo(argv, data_dir)
+    return FoundProcess(pid, silo, f"silo-{silo}") if silo is not None else None
+
+
 def local_servers(data_dir: Path) -> list[FoundProcess]:
     found: list[FoundProcess] = []
     proc = Path("/proc")
     if not proc.is_dir():
         return found
     for entry in proc.iterdir():
-        if entry.name.isdigit():
-            instance = server_instance(_argv(int(entry.name)), data_dir)
-            if instance is not None:
-                found.append(FoundProcess(int(entry.name), instance))
+        process = _process_of(int(entry.name), data_dir) if entry.name.isdigit() else None
+        if process is not None:
+            found.append(process)
     return found
 
 
@@ -350,7 +371,7 @@ def _gone(pid: int, data_dir: Path, grace: float) -> bool:
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        if server_instance(_argv(pid), data_dir) is None:
+        if _process_of(pid, data_dir) is None:
             return True
         time.sleep(0.05)
     return False

@@ -126,12 +126,17 @@ def refused_message(refused: list[str], provided: Set[str], settable: frozenset[
 
 
 def silo_inputs(
-    template: Template, runbot: dict[str, Any], operator_vars: dict[str, Any]
+    template: Template,
+    runbot: dict[str, Any],
+    operator_vars: dict[str, Any],
+    secret: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Inputs for a silo: runbot values, then the operator's vars."""
-    _check_runbot_keys(runbot, RUNBOT_SILO_VARIABLES, "silo")
+    """Inputs for a silo: runbot values (`secret` ones never shown in errors), then the
+    operator's vars."""
+    _check_runbot_keys({**runbot, **(secret or {})}, RUNBOT_SILO_VARIABLES, "silo")
     sources = (
         _Source(runbot, _RUNBOT_FIX, reveal=True),
+        _Source(dict(secret or {}), _RUNBOT_FIX, reveal=False),
         _Source(operator_vars, "fix the operator's silo var {name!r}", reveal=False),
     )
     return _resolve(

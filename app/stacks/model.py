@@ -40,8 +40,11 @@ RUNBOT_INSTANCE_VARIABLES: frozenset[str] = frozenset(
     }
 )
 
-#: Silo variables runbot fills itself; they win over the operator's vars.
-RUNBOT_SILO_VARIABLES: frozenset[str] = frozenset({"runbot_silo_name", "runbot_workspace_dir"})
+#: Silo variables runbot fills itself; they win over the operator's vars. `runbot_api_url` and
+#: the sensitive `runbot_silo_token` are what a silo's ingress needs to call the silo API.
+RUNBOT_SILO_VARIABLES: frozenset[str] = frozenset(
+    {"runbot_silo_name", "runbot_workspace_dir", "runbot_api_url", "runbot_silo_token"}
+)
 
 
 class StackError(Exception):

@@ -38,6 +38,8 @@ P = ParamSpec("P")
 SILO_ACTIONS: dict[SiloAction, str] = {
     "update": "Re-apply the silo (a git stack moves to its ref's newest commit). Operators only.",
     "destroy": "Destroy the silo; refused while environments live unless `force`. Operators only.",
+    "rotate-token": "A new runbot_silo_token: the old one stops working now, and the silo is"
+    " re-applied with the new one. Operators only.",
 }
 
 
@@ -231,7 +233,7 @@ def api_router(service: Service, auth: Authenticator) -> APIRouter:
             tags=["actions"],
             summary=f"{action.capitalize()} a silo",
             description=summary,
-            name=f"silo_{action}",
+            name=f"silo_{action.replace('-', '_')}",
         )
 
     for silo_action, text in SILO_ACTIONS.items():

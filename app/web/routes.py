@@ -26,6 +26,7 @@ from app.web.dashboard import Dashboard
 from app.web.metrics import Metrics
 from app.web.runtoken import run_token_router
 from app.web.service import Service
+from app.web.siloapi import silo_api_router
 from app.web.surface import SurfaceGuard
 
 STATIC = Path(__file__).parent / "static"
@@ -60,6 +61,7 @@ def mount_web(app: FastAPI, rt: Runtime, hooks: WebHooks) -> Web:
 
     app.include_router(api_router(service, auth))
     app.include_router(run_token_router(rt.db))
+    app.include_router(silo_api_router(rt.lifecycle, lambda: rt.silo_tokens, wake))
     app.include_router(auth.router(dashboard.login_page))
     app.include_router(dashboard.router())
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -60,7 +60,7 @@ from app.web.views import (
     sleep_fields,
 )
 
-SiloAction = Literal["update", "destroy"]
+SiloAction = Literal["update", "destroy", "rotate-token"]
 SILO_ACTIONS: tuple[str, ...] = get_args(SiloAction)
 
 
@@ -585,6 +585,9 @@ class Service:
             elif action == "destroy":
                 await run_in_threadpool(lifecycle.destroy_silo, name, force)
                 message = f"silo {name} is being destroyed"
+            elif action == "rotate-token":
+                await run_in_threadpool(lifecycle.rotate_silo_token, name)
+                message = f"silo {name} has a new token; it is being re-applied with it"
             else:
                 raise Invalid(f"unknown action '{action}'")
         except LifecycleNotFound as exc:

@@ -38,7 +38,10 @@ locals {
     ready_timeout = local.has_source ? tostring(var.ready_timeout) : ""
   }
 
-  url_host = length(regexall(":", var.bind_host)) > 0 ? "[${var.bind_host}]" : var.bind_host
+  url_host   = length(regexall(":", var.bind_host)) > 0 ? "[${var.bind_host}]" : var.bind_host
+  direct_url = "http://${local.url_host}:${local.port}/"
+  # Through the silo's ingress when it has one (silos applied before it existed have none).
+  url = var.ingress_url == "" ? local.direct_url : "${trimsuffix(var.ingress_url, "/")}/${var.runbot_instance_id}/"
 }
 
 # The instance directory. Its destroy also stops the server (idempotent) so nothing survives
@@ -118,4 +121,25 @@ resource "terraform_data" "server" {
   }
 
   depends_on = [terraform_data.page, terraform_data.source]
+}
+
+# Where the silo's ingress finds the instance and whether it sleeps. Written after the server
+# is up (and rewritten once it is stopped), so the ingress proxies only to a started app and
+# shows its "waking up" page while a sleeping one starts. The directory's destroy removes it.
+resource "terraform_data" "route" {
+  triggers_replace = {
+    dir       = terraform_data.files.output.RUNBOT_INSTANCE_DIR
+    port      = local.port
+    host      = var.bind_host
+    suspended = var.runbot_suspended
+  }
+
+  provisioner "local-exec" {
+    command = "python3 \"$SCRIPT\" write-route"
+    environment = merge(local.server_env, {
+      RUNBOT_SUSPENDED = tostring(var.runbot_suspended)
+    })
+  }
+
+  depends_on = [terraform_data.server]
 }

@@ -1,6 +1,11 @@
 output "url" {
-  description = "Address of the environment's page."
-  value       = "http://${local.url_host}:${local.port}/"
+  description = "Address of the environment: through the silo's ingress (<ingress_url><id>/), or the slot's port for a silo without one."
+  value       = local.url
+}
+
+output "direct_url" {
+  description = "The slot's own port, bypassing the ingress (no traffic report, no wake-up)."
+  value       = local.direct_url
 }
 
 output "port" {
@@ -11,4 +16,9 @@ output "port" {
 output "runbot_app_log" {
   description = "The app's log file (its output and the supervisor's lines); \"\" without a source directory."
   value       = var.runbot_source_dir == "" ? "" : "${local.instance_dir}/app.log"
+}
+
+output "runbot_wakes_on_request" {
+  description = "The url goes through the silo's ingress, which wakes a sleeping environment on its first request: the status comment says to open it."
+  value       = true
 }

@@ -74,6 +74,12 @@ variable "bind_host" {
   description = "Silo output: address the server listens on."
 }
 
+variable "ingress_url" {
+  type        = string
+  description = "Silo output: the silo's ingress; \"\" (a silo without one) makes `url` the slot's own port."
+  default     = ""
+}
+
 # Repository configuration.
 
 variable "greeting" {

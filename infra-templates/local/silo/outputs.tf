@@ -24,3 +24,8 @@ output "admin_token" {
   value       = sha256("runbot-admin:${terraform_data.admin_token.id}")
   sensitive   = true
 }
+
+output "ingress_url" {
+  description = "The silo's ingress; environment <id> is at <ingress_url><id>/ (or Host <id>.<anything>)."
+  value       = "http://${local.url_host}:${terraform_data.ingress.input.RUNBOT_INGRESS_PORT}/"
+}

@@ -15,7 +15,11 @@ Commands (values from the environment):
   stop         same variables; stop the app and the server, wait until the port no longer answers
   copy-source  RUNBOT_INSTANCE_DIR RUNBOT_SOURCE_DIR; replace the instance's copy of the source
   write-page   RUNBOT_INSTANCE_DIR RUNBOT_PAGE_JSON; atomically replace the page data
-  stop-all     RUNBOT_SHARED_DIR; stop every instance's app and server (silo destroy)
+  write-route  RUNBOT_INSTANCE_ID RUNBOT_INSTANCE_DIR RUNBOT_BIND_HOST RUNBOT_PORT
+               RUNBOT_SUSPENDED; tell the silo's ingress where the instance listens and
+               whether it sleeps (route.json, read by the ingress on every request)
+  stop-all     RUNBOT_SHARED_DIR; stop every instance's app and server, and the ingress
+               (silo destroy)
   serve        --instance-id --dir --host --port; the page server itself (started by `start`)
 """
 
@@ -38,6 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import runbot_app  # the sibling file: the repository's own app and its supervisor
 
 PAGE_FILE = "page.json"
+ROUTE_FILE = "route.json"  # read by the silo's ingress (ingress.py)
 PID_FILE = "server.pid"
 LOG_FILE = "server.log"
 # A stop by request, not by pid: an engine run in runbot's sandbox has its own PID namespace, so
@@ -430,10 +435,25 @@ def cmd_write_page():
     write_file(os.path.join(instance_dir, PAGE_FILE), json.dumps(data, indent=2) + "\n")
 
 
+def cmd_write_route():
+    cfg = instance_config()
+    suspended = os.environ.get("RUNBOT_SUSPENDED", "") == "true"
+    route = {"port": cfg["port"], "host": cfg["host"], "suspended": suspended}
+    os.makedirs(cfg["dir"], exist_ok=True)
+    write_file(os.path.join(cfg["dir"], ROUTE_FILE), json.dumps(route) + "\n")
+
+
 def cmd_stop_all():
     shared_dir = env("RUNBOT_SHARED_DIR")
     if not os.path.isdir(shared_dir):
         return
+    if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ingress.py")):
+        import ingress  # the sibling file, copied by the same silo apply
+
+        try:
+            ingress.stop_recorded(shared_dir)
+        except ingress.Failure as exc:
+            raise Failure(str(exc)) from None
     for name in sorted(os.listdir(shared_dir)):
         if INSTANCE_ID_RE.match(name) and os.path.isdir(os.path.join(shared_dir, name)):
             runbot_app.stop_app(os.path.join(shared_dir, name))
@@ -449,6 +469,7 @@ def main(argv):
         "stop": cmd_stop,
         "copy-source": cmd_copy_source,
         "write-page": cmd_write_page,
+        "write-route": cmd_write_route,
         "stop-all": cmd_stop_all,
     }
     if argv[:1] == ["serve"]:

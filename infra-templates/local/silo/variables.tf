@@ -40,3 +40,38 @@ variable "bind_host" {
   description = "Address the instance servers listen on. Keep the loopback default unless a proxy in front needs another one."
   default     = "127.0.0.1"
 }
+
+variable "runbot_api_url" {
+  type        = string
+  description = "Where the ingress reaches runbot's silo API (provided by runbot); \"\": traffic is not reported and nothing wakes on a request."
+  default     = ""
+}
+
+variable "runbot_silo_token" {
+  type        = string
+  description = "The silo's token for runbot's silo API (provided by runbot, rotated with `runbot silo rotate-token`)."
+  default     = ""
+  sensitive   = true
+}
+
+variable "ingress_port" {
+  type        = number
+  description = "Port of the silo's one ingress (the environments' URLs); 0: port_base - 1."
+  default     = 0
+
+  validation {
+    condition     = var.ingress_port == 0 || (var.ingress_port >= 1024 && var.ingress_port <= 65535)
+    error_message = "ingress_port must be 0 (port_base - 1) or between 1024 and 65535."
+  }
+}
+
+variable "report_interval" {
+  type        = number
+  description = "Seconds between the ingress's traffic reports to runbot."
+  default     = 5
+
+  validation {
+    condition     = var.report_interval >= 0.1 && var.report_interval <= 3600
+    error_message = "report_interval must be between 0.1 and 3600 seconds."
+  }
+}
