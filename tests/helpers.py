@@ -97,6 +97,21 @@ def nothing_pending(fake: Any, repo: str) -> bool:
     return runs_done and all(s and s[0]["state"] in TERMINAL_DEPLOYMENT_STATES for s in last)
 
 
+def what_is_pending(fake: Any, repo: str) -> str:
+    """The check runs and deployments `nothing_pending` still waits for, one per line."""
+    lines = [
+        f"check run {run['id']} on {run['head_sha'][:12]}: {run['status']}"
+        for run in fake.check_runs(repo)
+        if run["status"] != "completed"
+    ]
+    for deployment in fake.deployments(repo):
+        states = [s["state"] for s in fake.deployment_statuses(repo, deployment["id"])]
+        if not states or states[-1] not in TERMINAL_DEPLOYMENT_STATES:
+            where = deployment.get("environment")
+            lines.append(f"deployment {deployment['id']} ({where}): {states}")
+    return "\n".join(lines)
+
+
 def git(repo: Path, *args: str) -> str:
     """Run git in `repo` as a throwaway committer; its stripped stdout."""
     return subprocess.run(

@@ -155,3 +155,28 @@ def test_an_installation_without_checks_permission_still_gets_its_deployment(
         assert env is not None and env.status == Status.READY
         lifecycle.destroy_environment(env.id)
         wait_for(lambda: not lifecycle.list_environments(), timeout=90)
+
+
+def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(
+    tmp_path: Path, fake_github: FakeGitHub, port_base: int
+) -> None:
+    """GitHub made the deployment and the check run, but runbot never heard back (its answer
+    lost, as when the process is killed just after the request): the next attempt finds and
+    adopts each, so the PR has one of each and neither stays pending."""
+    fake = fake_github
+    fake.lose_next_response(1, match=r"^POST /repos/[^/]+/[^/]+/deployments$")
+    fake.lose_next_response(1, match=r"^POST /repos/[^/]+/[^/]+/check-runs$")
+    with serving(tmp_path, fake, "stack: local\nsilo: trust\n", port_base) as server:
+        fake.add_pull(REPO, 1, A, "feature")
+        pull_event(server, fake, "opened")
+        wait_for(lambda: concluded(fake, A, "success"), timeout=90)
+        wait_for(lambda: the_pull(server).synced_version == the_pull(server).sync_version, 30)
+        assert len(runs(fake, A)) == 1, runs(fake, A)
+        deployments = fake.deployments(REPO)
+        assert len(deployments) == 1, deployments
+        states = [s["state"] for s in fake.deployment_statuses(REPO, deployments[0]["id"])]
+        assert states and states[-1] == "success", states
+        pull = the_pull(server)
+        assert pull.deployment_creating is None and pull.check_run_creating is None
+        lost = [r for r in fake.requests if r.method == "POST" and r.path.endswith("/check-runs")]
+        assert len(lost) == 1  # adopted by a PATCH, never created twice

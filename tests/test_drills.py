@@ -46,6 +46,7 @@ from tests.helpers import (
     processes_matching,
     silo_ready,
     wait_for,
+    what_is_pending,
 )
 from tests.test_processes import pr_event, process_env, runbot, wait_healthy
 
@@ -179,7 +180,12 @@ def test_kill_9_at_random_points_of_pr_lifecycles(
 
         wait_for(comments_right, timeout=120, interval=0.5)
         # Issue 20 must 6: every deployment and every check run ends in a terminal state.
-        wait_for(lambda: nothing_pending(fake, REPO), timeout=60, interval=0.5)
+        try:
+            wait_for(lambda: nothing_pending(fake, REPO), timeout=60, interval=0.5)
+        except AssertionError:
+            raise AssertionError(
+                f"still pending:\n{what_is_pending(fake, REPO)}\n" + log.read_text()[-6000:]
+            ) from None
         for env in envs:
             if env.status != Status.DESTROYED:
                 rt.lifecycle.destroy_environment(env.id)

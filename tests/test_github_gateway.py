@@ -23,6 +23,7 @@ from app.db.session import Database
 from app.github.appgateway import GitHubAppGateway
 from app.github.gateway import (
     MAX_TREE_FILES,
+    CheckRunFields,
     Gateway,
     GitHubError,
     NotFoundOnGitHub,
@@ -682,3 +683,18 @@ async def test_outbox_reads(database: Database) -> None:
     assert await configured.list_open_pulls(None, REPO) == []
     with pytest.raises(GitHubError, match="local mode"):
         await configured.installation_token(1)
+
+
+async def test_outbox_finds_the_check_run_a_cut_off_create_left_open(database: Database) -> None:
+    """Local mode's half of the crash-safe create: an open `runbot` check run on the commit
+    is found; a completed one, or one on another commit, is not."""
+    outbox = OutboxGateway(database, None)
+    sha, other = "a" * 40, "b" * 40
+    assert await outbox.find_check_run(None, REPO, sha) is None
+    queued = CheckRunFields(status="queued", title="Queued", summary="waiting")
+    first = await outbox.create_check_run(None, REPO, sha, queued)
+    await outbox.create_check_run(None, REPO, other, queued)
+    assert await outbox.find_check_run(None, REPO, sha) == first
+    done = CheckRunFields(status="completed", conclusion="success", title="Ready", summary="up")
+    await outbox.update_check_run(None, REPO, first, done)
+    assert await outbox.find_check_run(None, REPO, sha) is None

@@ -262,6 +262,11 @@ class PullRequest(SQLModel, table=True):
     check_run_sha: str | None = Field(default=None, max_length=64)
     check_run_digest: str | None = Field(default=None, max_length=64)
     check_run_done: bool | None = None
+    #: Written just before a deployment or check run is created, cleared once its id is
+    #: recorded: a create cut off in between (a crash) is found and adopted, never left
+    #: pending on GitHub (the deployment's key; the check run's commit).
+    deployment_creating: str | None = Field(default=None, max_length=140)
+    check_run_creating: str | None = Field(default=None, max_length=64)
     #: `.runbot.yml` `comments: quiet` and `deployments: keep`, as last read.
     quiet: bool | None = None
     keep_deployments: bool | None = None

@@ -436,6 +436,28 @@ class GitHubAppGateway:
             ),
         )
 
+    async def find_check_run(
+        self, installation_id: int | None, repo: str, sha: str
+    ) -> int | None:
+        owner, name = split_repo(repo)
+        slug = (await self._bot_login()).lower().removesuffix("[bot]")
+        response = await self._transport.call(
+            installation_id,
+            repo,
+            f"look for the runbot check run on {repo}@{sha[:12]}",
+            "GET",
+            lambda gh: gh.arequest(
+                "GET",
+                f"/repos/{owner}/{name}/commits/{sha}/check-runs",
+                params={"check_name": CHECK_NAME, "filter": "all", "per_page": PER_PAGE},
+            ),
+        )
+        for run in at(_payload(response), "check_runs", default=[]) or []:
+            mine = str(at(run, "app", "slug", default="")).lower() == slug
+            if mine and at(run, "status", default="") != "completed":
+                return int(at(run, "id"))
+        return None
+
     # ------------------------------------------------------------------ people, pulls, CI
 
     async def permission(self, installation_id: int | None, repo: str, username: str) -> Role:

@@ -42,6 +42,7 @@ from app.db.leases import kept_alive
 from app.db.models import Environment, Installation, PullRequest, utcnow
 from app.db.session import Database
 from app.engine.logs import read_log
+from app.github import adopt
 from app.github.comment import (
     CONFIG_MARKER,
     MARKER,
@@ -453,19 +454,8 @@ class Notifier:
         if planned.kind == WriteKind.COMMENT:
             return lambda: self._sync_comment(pull, planned.body, planned.sha or None)
         if planned.kind == WriteKind.DEPLOYMENT:
-
-            async def create() -> None:
-                created = await self.gateway.create_deployment(
-                    installation, repository, planned.sha, f"pr-{pull.number}", planned.description
-                )
-                self._save(
-                    pull.id,
-                    deployment_id=created,
-                    deployment_key=planned.key,
-                    deployment_state=None,
-                )
-
-            return create
+            key, sha, text = planned.key, planned.sha, planned.description
+            return lambda: adopt.create_deployment(self.gateway, pull, key, sha, text, self._save)
         if planned.kind == WriteKind.DEPLOYMENT_STATUS:
             assert planned.deployment_id is not None
             target = planned.deployment_id
@@ -502,7 +492,11 @@ class Notifier:
         except ForbiddenOnGitHub as exc:
             log.warning("%s: check run skipped: %s", pull.id, exc)
             self._save(
-                pull.id, check_run_sha=want.sha, check_run_digest=want.digest, check_run_done=True
+                pull.id,
+                check_run_sha=want.sha,
+                check_run_digest=want.digest,
+                check_run_done=True,
+                check_run_creating=None,
             )
 
     async def _write_check_run(
@@ -526,16 +520,12 @@ class Notifier:
                 return
             self._save(pull.id, check_run_digest=want.digest, check_run_done=want.done)
             return
-        created = await self.gateway.create_check_run(
-            pull.installation_id, pull.repository, want.sha, fields
-        )
-        self._save(
-            pull.id,
-            check_run_id=created,
-            check_run_sha=want.sha,
-            check_run_digest=want.digest,
-            check_run_done=want.done,
-        )
+        recorded = {
+            "check_run_sha": want.sha,
+            "check_run_digest": want.digest,
+            "check_run_done": want.done,
+        }
+        await adopt.create_check_run(self.gateway, pull, want.sha, fields, recorded, self._save)
 
     async def _tidy(self, pull: PullRequest, planned: PlannedWrite) -> None:
         """Delete a closed PR's deployments (each made inactive first if need be) and, when

@@ -289,5 +289,25 @@ class OutboxGateway:
             "PATCH", f"/repos/{repo}/check-runs/{check_run_id}", check_run_body(fields)
         )
 
+    async def find_check_run(
+        self, installation_id: int | None, repo: str, sha: str
+    ) -> int | None:
+        created = await self._messages("POST", [f"/repos/{repo}/check-runs"])
+        ours = [m for m in created if m.id is not None and m.body.get("head_sha") == sha]
+        done = {
+            m.path
+            for m in await self._messages(
+                "PATCH", [f"/repos/{repo}/check-runs/{m.id}" for m in ours]
+            )
+            if m.body.get("status") == "completed"
+        }
+        open_runs = [
+            m.id
+            for m in ours
+            if m.body.get("status") != "completed"
+            and f"/repos/{repo}/check-runs/{m.id}" not in done
+        ]
+        return open_runs[-1] if open_runs else None
+
     async def aclose(self) -> None:
         """Nothing to release: the database belongs to the caller."""

@@ -298,6 +298,9 @@ class _Token:
     permissions: dict[str, str] = field(default_factory=dict)
 
 
+_LOST = -1  # `_take_fault`'s answer for a fault that lets the request through first
+
+
 @dataclass
 class _Fault:
     status: int
@@ -306,6 +309,7 @@ class _Fault:
     match: re.Pattern[str] | None
     retry_after: int | None = None
     secondary: bool = False
+    after: bool = False  # the request is carried out; only its answer is lost
 
 
 @dataclass(frozen=True)
@@ -588,6 +592,14 @@ class FakeGitHub:
         """
         with self._lock:
             self._faults.append(_Fault(status, n, None, re.compile(match) if match else None))
+
+    def lose_next_response(self, n: int = 1, *, match: str | None = None) -> None:
+        """Carry out the next *n* (matching) requests, then answer 502: the response lost on
+        the way back, as when a client is killed after GitHub committed its write."""
+        with self._lock:
+            self._faults.append(
+                _Fault(502, n, None, re.compile(match) if match else None, after=True)
+            )
 
     def outage(self, seconds: float, status: int = 502, *, match: str | None = None) -> None:
         """Answer every (matching) request with *status* for *seconds* from now."""
@@ -1937,7 +1949,10 @@ class FakeGitHub:
         path = request.url.path
         version = request.headers.get("x-github-api-version", schema.DEFAULT_API_VERSION)
         self._requests.append(RecordedRequest(arrived, request.method, path, body, auth.kind))
-        fault = self._take_fault(request.method, path)
+        fault, lost = self._take_fault(request.method, path), None
+        if fault is not None and fault.status == _LOST:
+            lost = self._error(_GitHubError(502, "Server Error"))
+            fault, lost.headers = None, {"retry-after": "1"}  # retried soon, not in 30 s
         if fault is not None:
             return self._render(fault, auth)
         if version not in schema.api_versions():
@@ -1961,7 +1976,7 @@ class FakeGitHub:
                 )
             except schema.SchemaViolation as exc:
                 self._violations.append(Violation("response", route.method, path, str(exc)))
-        return self._render(resp, auth, version)
+        return self._render(lost or resp, auth, version)
 
     def _handle(self, request: Request, route: _Route, body: Any, raw: bytes, auth: _Auth) -> _Resp:
         if auth.kind == "invalid":
@@ -2063,6 +2078,8 @@ class FakeGitHub:
                 fault.count -= 1
                 if fault.count <= 0:
                     self._faults.remove(fault)
+            if fault.after:
+                return _Resp(_LOST, None)
             rid = uuid.uuid4().hex[:16].upper()
             if fault.secondary:
                 headers = (
