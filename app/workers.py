@@ -31,6 +31,7 @@ from app.github.tarball import github_download
 from app.intent.processor import IntentProcessor
 from app.lifecycle.reconcile import Reconciler, default_worker_id
 from app.lifecycle.states import HoldKind, Status
+from app.pool.keeper import PoolKeeper
 from app.runtime import Runtime
 from app.schedule.budgets import BudgetTick
 from app.schedule.retention import Retention
@@ -83,6 +84,7 @@ class Workers:
     ticks: Ticks
     scheduler: AsyncIOScheduler
     budgets: BudgetTick | None = None
+    pool: PoolKeeper | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _notify_after_pass: bool = False
@@ -175,12 +177,21 @@ class Workers:
             redecide=lambda: intent.reconcile_held(kinds=(HoldKind.BUDGET,)),
             wake=wake_all,
         )
+        workers.pool = PoolKeeper(rt.db, rt.lifecycle, rt.policy, rt.lifecycle.default_capacity)
         rt.policy.listeners.append(workers._policy_reloaded)
         reconciler.listeners.append(workers._environment_changed)
         reconciler.after_pass = workers._reconciler_passed
         intent.on_change = workers._intent_changed
         intent.command_handler = commands
         return workers
+
+    async def keep_pool(self) -> None:
+        """The warm pool's tick; what it changed is worked on at once."""
+        assert self.pool is not None
+        report = await self.pool.tick()
+        if report.made or report.retired or report.fallbacks:
+            self.reconciler.wakeup.set()
+            self.notifier.wakeup.set()
 
     def _intent_changed(self) -> None:
         """A PR's desired state changed: the reconciler claims first, the notifier after.
@@ -252,6 +263,7 @@ class Workers:
             self.rt.settings.scheduler_interval,
             orphans=(self.sweep_orphans, self.rt.settings.orphan_sweep_interval),
             budgets=self.budgets.tick if self.budgets is not None else None,
+            pool=self.keep_pool if self.pool is not None else None,
         )
         self.scheduler.start()
         # The operator policy: reread when its file changes, and on SIGHUP.

@@ -38,7 +38,10 @@ from app import clock
 from app.cost.rates import hourly_of
 from app.ttl.policy import policy_from_record, sleep_due_at, warning_due_at
 
-LIVE_PR_CONDITION = "desired != 'absent' AND status != 'destroyed'"
+#: A live row that belongs to a PR: an unclaimed warm-pool instance (no PR yet) is not one.
+LIVE_PR_CONDITION = (
+    "desired != 'absent' AND status != 'destroyed' AND (pool_state IS NULL OR pool_state != 'warm')"
+)
 
 
 def utcnow() -> datetime:
@@ -173,9 +176,40 @@ class Environment(SQLModel, table=True):
     #: When the generation now wanted was asked for: a run's queue wait is measured from it.
     requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     sync_version: int = 1  # bumped on every visible change; the PR's notifier follows it
+    #: The warm pool (`app.pool`): None for an environment created for its PR; `warm` while
+    #: unclaimed (pr_number 0), `claiming` once a PR took it until the PR's values are
+    #: applied, then `claimed`; `fallback` for a fresh create after a claim failed to update.
+    pool_state: str | None = Field(default=None, max_length=20, index=True)
+    #: What a warm instance was made for (`app.pool.plan.pool_key`): one that no longer
+    #: matches its pool's is remade.
+    pool_key: str | None = Field(default=None, max_length=64)
+    claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, index=True, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     destroyed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class WarmPool(SQLModel, table=True):
+    """A repository's wish for warm instances in one silo, as its PRs' events last showed it.
+
+    Written by intent when a PR of the repository is reconciled with a usable config; the
+    pool keeper (`app.pool.keeper`) keeps that many unclaimed instances applied with these
+    neutral values: no PR, the default branch's head, the configuration's vars."""
+
+    silo_name: str = Field(primary_key=True, max_length=63)
+    repository: str = Field(primary_key=True, max_length=200)
+    installation_id: int | None = Field(default=None, sa_type=BigInteger)
+    #: The default branch and its head commit, whose `.runbot.yml` was read.
+    default_branch: str = Field(default="", max_length=255)
+    config_sha: str = Field(default="", max_length=64)
+    vars: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: The unclaimed instances wanted now, as last resolved (0: none; the stack asks for none).
+    size: int = 0
+    key: str = Field(default="", max_length=64)
+    #: Unclaimed instances whose apply failed in a row, and until when none is made again.
+    failures: int = 0
+    paused_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 def warning_time(expires_at: datetime | None, ttl: dict[str, Any] | None) -> datetime | None:

@@ -436,9 +436,7 @@ class GitHubAppGateway:
             ),
         )
 
-    async def find_check_run(
-        self, installation_id: int | None, repo: str, sha: str
-    ) -> int | None:
+    async def find_check_run(self, installation_id: int | None, repo: str, sha: str) -> int | None:
         owner, name = split_repo(repo)
         slug = (await self._bot_login()).lower().removesuffix("[bot]")
         response = await self._transport.call(

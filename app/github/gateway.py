@@ -191,9 +191,7 @@ class Gateway(Protocol):
         self, installation_id: int | None, repo: str, check_run_id: int, fields: CheckRunFields
     ) -> None: ...
 
-    async def find_check_run(
-        self, installation_id: int | None, repo: str, sha: str
-    ) -> int | None:
+    async def find_check_run(self, installation_id: int | None, repo: str, sha: str) -> int | None:
         """The App's newest `runbot` check run on ``sha`` that is not completed: the one a
         create cut off before its id was recorded left behind."""
         ...

@@ -289,9 +289,7 @@ class OutboxGateway:
             "PATCH", f"/repos/{repo}/check-runs/{check_run_id}", check_run_body(fields)
         )
 
-    async def find_check_run(
-        self, installation_id: int | None, repo: str, sha: str
-    ) -> int | None:
+    async def find_check_run(self, installation_id: int | None, repo: str, sha: str) -> int | None:
         created = await self._messages("POST", [f"/repos/{repo}/check-runs"])
         ours = [m for m in created if m.id is not None and m.body.get("head_sha") == sha]
         done = {

@@ -33,6 +33,7 @@ from app.github.intake import ACTIVITY, parse_json
 from app.github.payloads import PullFacts
 from app.intent.bounds import refusals
 from app.intent.configs import ConfigPrefetch, ConfigReader
+from app.intent.creates import start_environment, want_pool
 from app.intent.decide import (
     CUTOFF_HOLDS,
     Create,
@@ -50,6 +51,7 @@ from app.intent.decide import (
 from app.intent.deliveries import DeliveryQueue
 from app.intent.installations import Installations
 from app.intent.sources import SiloChooser
+from app.lifecycle.pool import of_a_pr
 from app.lifecycle.service import Lifecycle, LifecycleError, pull_id
 from app.lifecycle.states import Desired, Status
 from app.logging import log_context
@@ -435,23 +437,12 @@ class IntentProcessor:
                     trigger="push",
                     config_sha=pull.config_sha,
                 )
+                want_pool(self.lifecycle, pull, config, live.silo_name)
                 if decision.settle:
                     self._settle_burst(live.id)
             elif isinstance(decision, Create):
                 silo = await self.silos.ensure(pull, config)
-                self.lifecycle.create_environment(
-                    silo,
-                    pull.repository,
-                    pull.number,
-                    decision.sha,
-                    pull.head_ref,
-                    pull.author,
-                    dict(config.vars),
-                    trigger="pull_request",
-                    installation_id=pull.installation_id,
-                    ttl=config.ttl_policy(),
-                    config_sha=pull.config_sha,
-                )
+                start_environment(self.lifecycle, pull, config, silo, decision.sha)
         except (LifecycleError, StackError) as exc:
             self._hold(key, HoldKind.CANNOT_DEPLOY, f"cannot deploy: {exc}")
             return
@@ -493,6 +484,7 @@ class IntentProcessor:
                         Environment.repository == repository,
                         Environment.desired != Desired.ABSENT,
                         Environment.status != Status.DESTROYED,
+                        of_a_pr(),  # unclaimed pool instances count against the pool's cap
                     )
                 ).one()
             )

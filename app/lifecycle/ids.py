@@ -21,3 +21,8 @@ def new_environment_id(pr_number: int, suffix_length: int = 5) -> str:
     if not DNS_LABEL.match(env_id):
         raise ValueError(f"PR number {pr_number} gives an id longer than 63 characters")
     return env_id
+
+
+def new_pool_id(suffix_length: int = 8) -> str:
+    """A warm-pool instance's id: it names no PR, and keeps its id when a PR claims it."""
+    return "warm-" + "".join(secrets.choice(_ALPHABET) for _ in range(suffix_length))

@@ -354,6 +354,8 @@ class EnvironmentKind(Kind[Environment]):
             shown = isinstance(url, str) and not outputs["url"].get("sensitive") and safe_link(url)
             row.url = url if shown else None
             row.attempts = 0
+            if row.pool_state == "claiming" and row.generation == claim.generation:
+                row.pool_state = "claimed"  # the PR's values are applied: a claim that held
             # A newer change that arrived during this run may carry a "wait until the
             # pushes stop" time (intent's burst coalescing); keep it. Anything else in
             # next_attempt_at was a retry delay, now spent.

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import case, func, or_, update
 from sqlmodel import col, select
 
 from app.db.models import Environment, Run, Silo, utcnow
@@ -122,7 +122,7 @@ class Reconciler:
             .where(model.generation != model.observed_generation)
             .where(or_(col(model.lease_expires_at).is_(None), col(model.lease_expires_at) < now))
             .where(or_(col(model.next_attempt_at).is_(None), col(model.next_attempt_at) <= now))
-            .order_by(col(model.updated_at))
+            .order_by(*_priority(model), col(model.updated_at))
             .limit(1)
         )
 
@@ -387,6 +387,14 @@ class Reconciler:
         self.save(claim, mutate, release=True)
         if retry:
             log.warning("destroy of %s %s failed; retrying in %.1f s", claim.kind, claim.id, delay)
+
+
+def _priority(model: type[Target]) -> list[Any]:
+    """PR work before the warm pool's: an unclaimed instance is made or remade only when no
+    PR's environment waits (the pool refills in the background)."""
+    if model is Environment:
+        return [case((col(Environment.pool_state) == "warm", 1), else_=0)]
+    return []
 
 
 async def cancel_quietly(task: asyncio.Task[Any]) -> None:

@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 from app.db.models import Environment, Silo, utcnow
 from app.db.session import Database
 from app.lifecycle.ids import new_environment_id
+from app.lifecycle.pool import Pooling, of_a_pr
 from app.lifecycle.pulls import mark_pull_dirty, pull_id
 from app.lifecycle.sleep import Sleeping
 from app.lifecycle.states import LIVE, Desired, Status
@@ -92,7 +93,7 @@ def _retry_destroy_now(target: Silo | Environment, session: Any) -> None:
     session.add(target)
 
 
-class Lifecycle(Sleeping):
+class Lifecycle(Sleeping, Pooling):
     def __init__(self, db: Database, catalog: Catalog, default_capacity: int = 20) -> None:
         self.db = db
         self.catalog = catalog
@@ -260,7 +261,9 @@ class Lifecycle(Sleeping):
         ttl: TTLPolicy | None = None,
         now: datetime | None = None,
         config_sha: str | None = None,
+        pool_state: str | None = None,
     ) -> Environment:
+        """``pool_state`` `fallback`: made because a claimed warm instance failed to update."""
         if not REPOSITORY.match(repository):
             raise LifecycleError(f"repository '{repository}' is not of the form owner/name")
         if not SHA.match(head_sha):
@@ -293,6 +296,7 @@ class Lifecycle(Sleeping):
                 last_activity_at=now,
                 created_at=now,
                 expires_at=expiry_after_activity(policy, now, now),
+                pool_state=pool_state,
             )
             session.add(env)
             try:
@@ -542,6 +546,7 @@ class Lifecycle(Sleeping):
             query = (
                 select(Environment)
                 .where(Environment.repository == repository, Environment.pr_number == pr_number)
+                .where(of_a_pr())
                 .order_by(col(Environment.created_at).desc())
             )
             return session.exec(query).first()
@@ -553,6 +558,7 @@ class Lifecycle(Sleeping):
                 Environment.repository == repository,
                 Environment.pr_number == pr_number,
                 Environment.status == Status.DESTROY_FAILED,
+                of_a_pr(),
             )
             return list(session.exec(query))
 
@@ -565,6 +571,7 @@ class Lifecycle(Sleeping):
                 .where(
                     Environment.desired != Desired.ABSENT, Environment.status != Status.DESTROYED
                 )
+                .where(of_a_pr())
                 .order_by(col(Environment.created_at).desc())
             )
             return session.exec(query).first()

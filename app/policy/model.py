@@ -36,6 +36,7 @@ __all__ = [
 
 MAX_ENVIRONMENTS_CEILING = 1000  # what `.runbot.yml` itself accepts at most
 MAX_SILOS_CEILING = 1000
+MAX_POOL_CEILING = 50
 #: The largest PR source tarball (unpacked) and file count an operator may allow.
 SOURCE_MAX_BYTES_CEILING = 10 << 30
 SOURCE_MAX_FILES_CEILING = 1_000_000
@@ -126,6 +127,7 @@ class Entry(BaseModel):
     base_branches: list[str] | None = None
     forks: Forks | None = None
     max_environments: int | None = None
+    max_pool: int | None = None
     max_ttl: timedelta | None = None
     max_silos: int | None = None
     quote_logs: bool | None = None
@@ -202,6 +204,11 @@ class Entry(BaseModel):
     @classmethod
     def _max_environments(cls, value: object) -> int:
         return _bounded_int(value, 1, MAX_ENVIRONMENTS_CEILING)
+
+    @field_validator("max_pool", mode="before")
+    @classmethod
+    def _max_pool(cls, value: object) -> int:
+        return _bounded_int(value, 0, MAX_POOL_CEILING)
 
     @field_validator("max_silos", mode="before")
     @classmethod
@@ -308,6 +315,8 @@ class Policy:
     base_branches: tuple[str, ...] = ("default",)
     forks: Forks = Forks.APPROVE
     max_environments: int = 10
+    #: Warm-pool instances a repository may have kept in a silo (0: no pool).
+    max_pool: int = 4
     max_ttl: timedelta = timedelta(days=7)
     max_silos: int = 1
     quote_logs: bool = False

@@ -56,6 +56,8 @@ log = logging.getLogger("runbot.schedule")
 #: ``warnings_deferred`` (GitHub unavailable, retried next tick), ``expired_leases:<kind>``,
 #: ``released_leases``, ``pruned_deliveries``, ``pruned_<what>`` for each field of ``Pruned``.
 TICK_STATS: Counter[str] = Counter()
+#: The warm pool's tick runs at least this often, so a claimed instance is soon replaced.
+POOL_INTERVAL = 5.0
 #: A warning comment being posted right now carries this prefix in ``warned_digest``.
 POSTING = "posting:"
 #: Resync runs on one replica at a time (it reconciles every open PR of every installation).
@@ -418,6 +420,7 @@ def register_ticks(
     interval: float,
     orphans: tuple[Callable[[], Awaitable[object]], float] | None = None,
     budgets: Callable[[], Awaitable[object]] | None = None,
+    pool: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Add the ticks to the process's scheduler (`runbot serve` and `runbot worker` alike)."""
 
@@ -441,6 +444,8 @@ def register_ticks(
         jobs.append(("orphan_sweep", orphans[0], orphans[1]))  # state and processes vs targets
     if budgets is not None:
         jobs.append(("budgets", budgets, interval))  # at 100%: idle ones sleep
+    if pool is not None:
+        jobs.append(("warm_pool", pool, min(interval, POOL_INTERVAL)))  # refill, refresh
     for job_id, func_, seconds in jobs:
         scheduler.add_job(
             func_,

@@ -20,6 +20,7 @@ from app.stacks.model import (
     RUNBOT_INSTANCE_VARIABLES,
     RUNBOT_SILO_VARIABLES,
     Output,
+    PoolSpec,
     Stack,
     StackError,
     StackSource,
@@ -27,6 +28,7 @@ from app.stacks.model import (
     Variable,
     validate_name,
 )
+from app.ttl.durations import DurationError, parse_duration
 
 __all__ = [
     "Catalog",
@@ -113,6 +115,7 @@ def load_stack(name: str, root: Path, source: StackSource | None = None) -> Stac
         instance,
         source or StackSource(kind="catalog"),
         repo_vars=load_manifest(name, root / MANIFEST),
+        pool=load_pool_spec(name, root / MANIFEST),
     )
 
 
@@ -130,10 +133,10 @@ def load_manifest(name: str, path: Path) -> frozenset[str] | None:
         document = yaml.safe_load(_read(path)) or {}
     except yaml.YAMLError as exc:
         raise StackError(f"stack {name!r}: {path} is not valid YAML: {exc}") from None
-    if not isinstance(document, dict) or set(document) - {"repo_vars"}:
+    if not isinstance(document, dict) or set(document) - {"repo_vars", "pool"}:
         raise StackError(
             f"stack {name!r}: {path} may only hold `repo_vars: [names]` (the instance "
-            "variables repositories may set)"
+            "variables repositories may set) and `pool: {size: N, max_age: 24h}`"
         )
     names = document.get("repo_vars", [])
     if not isinstance(names, list) or not all(
@@ -144,6 +147,36 @@ def load_manifest(name: str, path: Path) -> frozenset[str] | None:
             "like [greeting, image_tag]"
         )
     return frozenset(names)
+
+
+_POOL_MAX = 50
+
+
+def load_pool_spec(name: str, path: Path) -> PoolSpec | None:
+    """The manifest's `pool: {size: 2, max_age: 12h}` (or `pool: 2`); None without one."""
+    if not path.is_file():
+        return None
+    try:
+        document = yaml.safe_load(_read(path)) or {}
+    except yaml.YAMLError:
+        return None  # `load_manifest` reports it
+    raw = document.get("pool") if isinstance(document, dict) else None
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raw = {"size": raw}
+    size, age = raw.get("size"), raw.get("max_age", "24h")
+    wrong = set(raw) - {"size", "max_age"}
+    if wrong or isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= _POOL_MAX:
+        raise StackError(
+            f"stack {name!r}: `pool` in {path} must be `{{size: N, max_age: 24h}}` with N a"
+            f" whole number from 0 to {_POOL_MAX}"
+        )
+    try:
+        max_age = parse_duration(str(age))
+    except DurationError as exc:
+        raise StackError(f"stack {name!r}: `pool.max_age` in {path}: {exc}") from None
+    return PoolSpec(size=size, max_age_seconds=int(max_age.total_seconds()))
 
 
 def template_fingerprint(root: Path) -> tuple[Any, ...]:

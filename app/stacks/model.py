@@ -140,6 +140,15 @@ class StackSource:
 
 
 @dataclass(frozen=True)
+class PoolSpec:
+    """A stack's warm pool (`pool:` in its `runbot.yml`): how many instances to keep applied
+    ahead of PRs in each silo, and how old one may grow before it is made again."""
+
+    size: int
+    max_age_seconds: int = 86_400
+
+
+@dataclass(frozen=True)
 class Stack:
     """A silo template and an instance template that belong together."""
 
@@ -151,6 +160,8 @@ class Stack:
     #: The instance variables repositories may set (`repo_vars` in the stack's `runbot.yml`);
     #: None: the stack has no manifest, so any it declares that runbot and the silo leave.
     repo_vars: frozenset[str] | None = None
+    #: None: the manifest asks for no pool (a silo output `runbot_pool_size` still may).
+    pool: PoolSpec | None = None
 
     def provided_names(self) -> frozenset[str]:
         """Instance inputs runbot or the silo decide: a repository can never set them."""

@@ -29,3 +29,8 @@ output "ingress_url" {
   description = "The silo's ingress; environment <id> is at <ingress_url><id>/ (or Host <id>.<anything>)."
   value       = "http://${local.url_host}:${terraform_data.ingress.input.RUNBOT_INGRESS_PORT}/"
 }
+
+output "runbot_pool_size" {
+  description = "The warm pool runbot keeps in this silo for each repository (capped by the policy's max_pool)."
+  value       = var.pool_size
+}

@@ -75,3 +75,14 @@ variable "report_interval" {
     error_message = "report_interval must be between 0.1 and 3600 seconds."
   }
 }
+
+variable "pool_size" {
+  description = "Instances runbot keeps applied ahead of PRs, for each repository using this silo (the warm pool; 0: none)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.pool_size >= 0 && var.pool_size == floor(var.pool_size)
+    error_message = "pool_size must be a whole number, 0 or more."
+  }
+}

@@ -1,0 +1,255 @@
+"""Warm-pool bookkeeping on the desired state: a repository's wish for a pool, an unclaimed
+instance made or retired, a PR claiming one, and the fresh create when a claim fails.
+
+A claim is one conditional UPDATE from `warm` to `claiming` (on PostgreSQL the candidate is
+read `FOR UPDATE SKIP LOCKED`), so of two replicas or coroutines racing for one instance
+exactly one gets it, and a PR that already has an environment is refused by the unique index.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from app.db.models import Environment, WarmPool, utcnow
+from app.lifecycle.ids import new_pool_id
+from app.lifecycle.pulls import mark_pull_dirty
+from app.lifecycle.states import Desired, Status
+from app.ttl.policy import TTLPolicy, expiry_after_activity, policy_record
+
+if TYPE_CHECKING:
+    from app.db.session import Database
+
+__all__ = ["PoolClaim", "Pooling", "of_a_pr", "pause_after"]
+
+#: `Environment.pool_state` values.
+WARM, CLAIMING, CLAIMED, FALLBACK = "warm", "claiming", "claimed", "fallback"
+
+
+def of_a_pr() -> ColumnElement[bool]:
+    """Rows that belong to a PR: every environment but an unclaimed pool instance."""
+    return or_(col(Environment.pool_state).is_(None), col(Environment.pool_state) != WARM)
+
+
+class PoolClaim:
+    """The PR's values a claim applies to the instance it takes."""
+
+    def __init__(
+        self,
+        repository: str,
+        pr_number: int,
+        head_sha: str,
+        head_ref: str,
+        author: str,
+        vars: dict[str, Any],
+        *,
+        installation_id: int | None,
+        ttl: TTLPolicy,
+        config_sha: str | None,
+        trigger: str = "pull_request",
+    ) -> None:
+        self.repository, self.pr_number = repository, pr_number
+        self.head_sha, self.head_ref, self.author, self.vars = head_sha, head_ref, author, vars
+        self.installation_id, self.ttl, self.config_sha = installation_id, ttl, config_sha
+        self.trigger = trigger
+
+
+class Pooling:
+    db: Database
+
+    def want_pool(
+        self,
+        silo: str,
+        repository: str,
+        *,
+        installation_id: int | None,
+        default_branch: str,
+        config_sha: str,
+        vars: dict[str, Any],
+    ) -> None:
+        """Record what the repository's next warm instances in ``silo`` are made of (a read,
+        and a write only when something changed: it runs on the way of PR deliveries)."""
+        with self.db.session() as session:
+            row = session.get(WarmPool, (silo, repository))
+            wanted = (installation_id, default_branch, config_sha, vars)
+            if (
+                row is not None
+                and (
+                    row.installation_id,
+                    row.default_branch,
+                    row.config_sha,
+                    row.vars,
+                )
+                == wanted
+            ):
+                return
+            row = row or WarmPool(silo_name=silo, repository=repository)
+            row.installation_id, row.default_branch = installation_id, default_branch
+            row.config_sha, row.vars, row.updated_at = config_sha, dict(vars), utcnow()
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:  # another replica recorded it at the same moment
+                session.rollback()
+
+    def claim_warm(
+        self, silo: str, values: PoolClaim, now: datetime | None = None
+    ) -> Environment | None:
+        """Take a ready unclaimed instance of the repository's pool in ``silo`` for the PR,
+        and ask for the PR's values to be applied to it; None when none is ready."""
+        now = now or utcnow()
+        with self.db.session() as session:
+            query = (
+                select(Environment.id)
+                .where(
+                    Environment.silo_name == silo,
+                    Environment.repository == values.repository,
+                    Environment.pool_state == WARM,
+                    Environment.status == Status.READY,
+                    Environment.desired == Desired.PRESENT,
+                    Environment.generation == Environment.observed_generation,
+                )
+                .order_by(col(Environment.created_at), col(Environment.id))
+                .limit(1)
+            )
+            if self.db.is_postgres:
+                query = query.with_for_update(skip_locked=True)
+            found = session.exec(query).first()
+            if found is None:
+                return None
+            policy = values.ttl
+            taken = session.exec(
+                update(Environment)
+                .where(col(Environment.id) == found, col(Environment.pool_state) == WARM)
+                .values(pool_state=CLAIMING, claimed_at=now)
+            )
+            if taken.rowcount != 1:
+                session.rollback()
+                return None
+            env = session.get(Environment, found, populate_existing=True)
+            assert env is not None
+            env.pr_number, env.head_sha, env.head_ref = (
+                values.pr_number,
+                values.head_sha,
+                values.head_ref,
+            )
+            env.author, env.vars, env.trigger = values.author, dict(values.vars), values.trigger
+            env.installation_id, env.config_sha = values.installation_id, values.config_sha
+            env.ttl, env.created_at, env.last_activity_at = policy_record(policy), now, now
+            env.expires_at = expiry_after_activity(policy, now, now)
+            env.generation += 1
+            env.next_attempt_at, env.updated_at = None, now
+            env.sync_version += 1
+            mark_pull_dirty(session, env.repository, env.pr_number)
+            session.add(env)
+            try:
+                session.commit()
+            except IntegrityError:  # the PR got an environment meanwhile: leave this one warm
+                session.rollback()
+                return None
+            return env
+
+    def create_pool_instance(self, silo: Any, pool: WarmPool, key: str) -> Environment:
+        """An unclaimed instance: no PR (number 0), the default branch's head, no expiry."""
+        with self.db.session() as session:
+            env = Environment(
+                id=new_pool_id(),
+                silo_name=silo.name,
+                stack=silo.stack,
+                stack_source=dict(silo.stack_source),
+                repository=pool.repository,
+                pr_number=0,
+                installation_id=pool.installation_id,
+                head_sha=pool.config_sha,
+                head_ref=pool.default_branch,
+                vars=dict(pool.vars),
+                trigger="pool",
+                config_sha=pool.config_sha,
+                pool_state=WARM,
+                pool_key=key,
+            )
+            session.add(env)
+            session.commit()
+            return env
+
+    def retire_pool_instance(self, env_id: str, reason: str) -> bool:
+        """Destroy an unclaimed instance, unless a PR claimed it first (False then)."""
+        now = utcnow()
+        with self.db.session() as session:
+            result = session.exec(
+                update(Environment)
+                .where(
+                    col(Environment.id) == env_id,
+                    col(Environment.pool_state) == WARM,
+                    col(Environment.desired) != Desired.ABSENT,
+                )
+                .values(
+                    desired=Desired.ABSENT,
+                    reason=reason,
+                    trigger="pool",
+                    generation=Environment.generation + 1,
+                    next_attempt_at=None,
+                    requested_at=now,
+                    updated_at=now,
+                )
+            )
+            session.commit()
+            return result.rowcount == 1
+
+    def pool_members(self, silo: str, repository: str) -> list[Environment]:
+        """The pool's unclaimed instances that are not on their way out."""
+        with self.db.session() as session:
+            query = select(Environment).where(
+                Environment.silo_name == silo,
+                Environment.repository == repository,
+                Environment.pool_state == WARM,
+                Environment.desired != Desired.ABSENT,
+                Environment.status != Status.DESTROYED,
+            )
+            return list(session.exec(query))
+
+    def failed_claims(self) -> list[Environment]:
+        """Claimed instances whose update to their PR's values failed: each gets a fresh one."""
+        with self.db.session() as session:
+            query = select(Environment).where(
+                Environment.pool_state == CLAIMING,
+                Environment.status == Status.FAILED,
+                Environment.desired != Desired.ABSENT,
+                Environment.generation == Environment.observed_generation,
+            )
+            return list(session.exec(query))
+
+    def pause_pool(self, silo: str, repository: str, failures: int, until: datetime | None) -> None:
+        with self.db.session() as session:
+            session.exec(
+                update(WarmPool)
+                .where(col(WarmPool.silo_name) == silo, col(WarmPool.repository) == repository)
+                .values(failures=failures, paused_until=until)
+            )
+            session.commit()
+
+    def record_pool_size(self, silo: str, repository: str, size: int, key: str) -> None:
+        with self.db.session() as session:
+            session.exec(
+                update(WarmPool)
+                .where(
+                    col(WarmPool.silo_name) == silo,
+                    col(WarmPool.repository) == repository,
+                    (col(WarmPool.size) != size) | (col(WarmPool.key) != key),
+                )
+                .values(size=size, key=key)
+            )
+            session.commit()
+
+    def pools(self) -> list[WarmPool]:
+        with self.db.session() as session:
+            return list(session.exec(select(WarmPool).order_by(col(WarmPool.silo_name))))
+
+
+#: How long a pool whose instances keep failing waits before making another: doubling.
+def pause_after(failures: int) -> timedelta:
+    return timedelta(seconds=min(3600.0, 30.0 * 2 ** max(0, failures - 1)))

@@ -1,0 +1,1 @@
+"""The warm pool: instances kept applied ahead of PRs, handed to the next PR that opens."""
