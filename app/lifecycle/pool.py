@@ -121,7 +121,6 @@ class Pooling:
             found = session.exec(query).first()
             if found is None:
                 return None
-            policy = values.ttl
             taken = session.exec(
                 update(Environment)
                 .where(col(Environment.id) == found, col(Environment.pool_state) == WARM)
@@ -132,26 +131,30 @@ class Pooling:
                 return None
             env = session.get(Environment, found, populate_existing=True)
             assert env is not None
-            env.pr_number, env.head_sha, env.head_ref = (
-                values.pr_number,
-                values.head_sha,
-                values.head_ref,
-            )
-            env.author, env.vars, env.trigger = values.author, dict(values.vars), values.trigger
-            env.installation_id, env.config_sha = values.installation_id, values.config_sha
-            env.ttl, env.created_at, env.last_activity_at = policy_record(policy), now, now
-            env.expires_at = expiry_after_activity(policy, now, now)
-            env.generation += 1
-            env.next_attempt_at, env.updated_at = None, now
-            env.sync_version += 1
-            mark_pull_dirty(session, env.repository, env.pr_number)
-            session.add(env)
             try:
-                session.commit()
-            except IntegrityError:  # the PR got an environment meanwhile: leave this one warm
+                self._bind(session, env, values, now)
+            except IntegrityError:  # the PR got an environment meanwhile: this one stays warm
                 session.rollback()
                 return None
             return env
+
+    @staticmethod
+    def _bind(session: Any, env: Environment, values: PoolClaim, now: datetime) -> None:
+        """Give the claimed instance its PR's values and a new generation to apply them."""
+        policy = values.ttl
+        env.pr_number, env.head_sha = values.pr_number, values.head_sha
+        env.head_ref, env.author = values.head_ref, values.author
+        env.vars, env.trigger = dict(values.vars), values.trigger
+        env.installation_id, env.config_sha = values.installation_id, values.config_sha
+        env.ttl, env.created_at, env.last_activity_at = policy_record(policy), now, now
+        env.expires_at = expiry_after_activity(policy, now, now)
+        env.generation += 1
+        env.next_attempt_at, env.updated_at = None, now
+        env.sync_version += 1
+        session.add(env)
+        session.flush()  # the one-live-per-PR index speaks here, before the PR is marked
+        mark_pull_dirty(session, env.repository, env.pr_number)
+        session.commit()
 
     def create_pool_instance(self, silo: Any, pool: WarmPool, key: str) -> Environment:
         """An unclaimed instance: no PR (number 0), the default branch's head, no expiry."""
