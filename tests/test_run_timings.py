@@ -20,6 +20,7 @@ from app.web.views import run_out
 from tests.apphost import free_port
 from tests.conftest import make_settings
 from tests.helpers import converge_sync, env_settled, silo_ready
+from tests.test_url_wait import slow_app  # noqa: F401 (a fixture)
 from tests.webtools import WebServer
 
 TIMED = Path(__file__).parent / "fixtures" / "stacks-timed"
@@ -136,3 +137,26 @@ def test_phase_names_a_runner_made_up_stay_out_of_the_metric_labels(
     prefix = 'runbot_run_phase_seconds_count{kind="environment",operation="apply",phase='
     assert prefix + '"queue"} 1.0' in body and prefix + '"apply"} 1.0' in body
     assert "x" * 300 not in body
+
+
+def test_a_run_waits_for_the_url_it_was_asked_to(
+    tmp_path: Path,
+    slow_app: tuple[str, dict[str, float]],  # noqa: F811 (the fixture imported above)
+) -> None:
+    """The stack outputs `runbot_wait_for_url`: the run's `url` phase lasts until the app
+    (503 for 0.6 s, then 200) answers, after the engine's phases."""
+    url, state = slow_app
+    rt = build_runtime(make_settings(tmp_path, templates_dir=TIMED))
+    rt.lifecycle.create_silo("timed", "timed", {})
+    converge_sync(rt, silo_ready(rt, "timed"))
+    env = rt.lifecycle.create_environment(
+        "timed", "octo/app", 7, "a" * 40, "f", "alice", vars={"app_url": url}
+    )
+    converge_sync(rt, env_settled(rt, env.id))
+    env = rt.lifecycle.get_environment(env.id)
+    assert env.status == Status.READY and env.url == url
+    with rt.db.session() as session:
+        run = session.get(Run, env.last_run_id)
+    assert run is not None and run.timings is not None
+    assert run.timings["url"] >= 0.5 and state["asked"] >= 2
+    assert [p.name for p in run_out(run).phases][-1] == "url"

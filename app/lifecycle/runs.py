@@ -17,6 +17,7 @@ from app.engine.logs import RunLogWriter
 from app.engine.runner import EngineCancelled, EngineError, EngineFailed, EngineJob
 from app.lifecycle.lease import Claim, Lease, LeaseLost
 from app.lifecycle.timings import PhaseMarks
+from app.lifecycle.urlwait import url_to_wait_for, wait_for_url
 from app.logging import log_context
 from app.stacks.catalog import StackError
 
@@ -131,10 +132,15 @@ class Runs:
         cancel = asyncio.Event()
         job.run_id = run.id
         heartbeat = asyncio.create_task(self.lease.heartbeat(claim, cancel))
+        on_phase = self._set_phase(run, label, marks)
         try:
-            result = await self.runner.execute(
-                job, writer.line, self._set_phase(run, label, marks), cancel
+            result = await self.runner.execute(job, writer.line, on_phase, cancel)
+            waited = (
+                url_to_wait_for(result.outputs, job.variables) if job.operation == "apply" else None
             )
+            if waited is not None:
+                on_phase("url")
+                await wait_for_url(*waited, writer.line)
         except EngineCancelled as exc:
             self._finish(run, writer, marks, "cancelled", str(exc), exc.exit_code)
             if cancel.is_set():

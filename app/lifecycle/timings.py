@@ -12,7 +12,7 @@ from datetime import datetime
 __all__ = ["ORDER", "PhaseMarks", "ordered", "queue_wait", "ready_after"]
 
 #: Phases shown in this order; any other name a runner reports follows them.
-ORDER = ("queue", "init", "plan", "apply", "destroy", "output")
+ORDER = ("queue", "init", "plan", "apply", "destroy", "output", "url")
 
 
 def queue_wait(requested_at: datetime | None, started_at: datetime) -> float:

@@ -22,3 +22,8 @@ output "runbot_wakes_on_request" {
   description = "The url goes through the silo's ingress, which wakes a sleeping environment on its first request: the status comment says to open it."
   value       = true
 }
+
+output "runbot_wait_for_url" {
+  description = "runbot asks the url after each apply until it answers (the run's url phase), before it shows the environment ready."
+  value       = true
+}
