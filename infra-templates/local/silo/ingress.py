@@ -4,8 +4,8 @@
 Routes `/<instance id>/...` (prefix stripped, X-Forwarded-Prefix set) and Host
 `<instance id>.<anything>` to the instance's port, read from `<shared dir>/<id>/route.json` on
 every request (the instance template writes it; its destroy removes the directory), so
-instances come and go without a restart. It reports traffic (the last request time per instance, batched) to runbot's silo
-API, and for a sleeping instance answers a self-refreshing "waking up" page (503, Retry-After)
+instances come and go without a restart. It reports traffic (the last request time per
+instance, batched) to runbot's silo API, and for a sleeping instance answers a self-refreshing "waking up" page (503, Retry-After)
 while it asks runbot to wake it. Standard library only, Python >= 3.8.
 
 Commands (values from the environment, never the command line; `start` hands the silo token
@@ -260,7 +260,9 @@ def make_handler(silo, shared_dir, reporter, stop_token, on_stop):
             if found is False:
                 return
             if found is None:
-                self._simple(404, "no environment here: the path must start with /<environment id>/\n")
+                self._simple(
+                    404, "no environment here: the path must start with /<environment id>/\n"
+                )
                 return
             instance_id, route, path, prefix = found
             reporter.saw(instance_id)
@@ -269,7 +271,9 @@ def make_handler(silo, shared_dir, reporter, stop_token, on_stop):
             except ValueError as exc:
                 self._simple(400, f"{exc}\n")
                 return
-            backend = HTTPConnection(connect_host(route["host"]), route["port"], timeout=BACKEND_TIMEOUT)
+            backend = HTTPConnection(
+                connect_host(route["host"]), route["port"], timeout=BACKEND_TIMEOUT
+            )
             try:
                 try:
                     backend.connect()
@@ -280,7 +284,9 @@ def make_handler(silo, shared_dir, reporter, stop_token, on_stop):
                         self._simple(502, f"{instance_id} is not answering; try again shortly\n")
                     return
                 backend.putrequest(self.command, path, skip_host=True, skip_accept_encoding=True)
-                for key, value in self._forward_headers(prefix, len(body) if body is not None else None):
+                for key, value in self._forward_headers(
+                    prefix, len(body) if body is not None else None
+                ):
                     backend.putheader(key, value)
                 backend.endheaders(body)
                 resp = backend.getresponse()
@@ -361,7 +367,11 @@ def make_handler(silo, shared_dir, reporter, stop_token, on_stop):
 
         def _relay(self, resp):
             self.send_response_only(resp.status, resp.reason)
-            named = {t.strip().lower() for v in resp.headers.get_all("Connection", []) for t in v.split(",")}
+            named = {
+                t.strip().lower()
+                for v in resp.headers.get_all("Connection", [])
+                for t in v.split(",")
+            }
             for key, value in resp.getheaders():
                 lower = key.lower()
                 if lower in HOP_BY_HOP or lower in named:
@@ -467,7 +477,9 @@ def is_ours(pid, shared_dir):
             argv = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
     except OSError:
         return False
-    return "serve" in argv and "--dir" in argv and argv[argv.index("--dir") + 1 :][:1] == [shared_dir]
+    return (
+        "serve" in argv and "--dir" in argv and argv[argv.index("--dir") + 1 :][:1] == [shared_dir]
+    )
 
 
 def stop(cfg):
@@ -491,7 +503,9 @@ def stop(cfg):
     deadline = time.monotonic() + START_TIMEOUT
     while health(cfg) is not None:
         if time.monotonic() > deadline:
-            raise Failure(f"the ingress on {cfg['host']}:{cfg['port']} still answers after stopping")
+            raise Failure(
+                f"the ingress on {cfg['host']}:{cfg['port']} still answers after stopping"
+            )
         time.sleep(0.05)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(cfg["dir"], PID_FILE))
@@ -536,14 +550,18 @@ def cmd_start():
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise Failure(f"the ingress exited with code {proc.returncode}; see {LOG_FILE}:\n{tail(cfg)}")
+            raise Failure(
+                f"the ingress exited with code {proc.returncode}; see {LOG_FILE}:\n{tail(cfg)}"
+            )
         info = health(cfg)
         if info and info.get("pid") == proc.pid:
             print(f"runbot: ingress of silo {silo} on {cfg['host']}:{cfg['port']} (pid {proc.pid})")
             return
         time.sleep(0.05)
     proc.terminate()
-    raise Failure(f"the ingress did not answer on {cfg['host']}:{cfg['port']} within {START_TIMEOUT:.0f}s:\n{tail(cfg)}")
+    raise Failure(
+        f"the ingress did not answer on {cfg['host']}:{cfg['port']} within {START_TIMEOUT:.0f}s:\n{tail(cfg)}"
+    )
 
 
 def tail(cfg, lines=20):
@@ -566,7 +584,11 @@ def stop_recorded(shared_dir):
     try:
         with open(os.path.join(shared_dir, STATE_FILE), encoding="utf-8") as fh:
             data = json.load(fh)
-        cfg = {"dir": os.path.abspath(shared_dir), "host": str(data["host"]), "port": int(data["port"])}
+        cfg = {
+            "dir": os.path.abspath(shared_dir),
+            "host": str(data["host"]),
+            "port": int(data["port"]),
+        }
     except (OSError, ValueError, KeyError, TypeError):
         return
     stop(cfg)
