@@ -29,7 +29,7 @@ CLAIMER = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     from app.db.session import Database
-    from app.lifecycle.pool import PoolClaim
+    from app.lifecycle.pool import PullValues
     from app.lifecycle.service import Lifecycle
     from app.stacks.catalog import Catalog
     from app.ttl.policy import TTLPolicy
@@ -40,7 +40,7 @@ CLAIMER = textwrap.dedent(
         time.sleep(0.001)
     got = {}
     for number in [int(n) for n in numbers.split(",")]:
-        claim = PoolClaim(
+        claim = PullValues(
             "octo-org/hello", number, f"{number:040x}", f"b{number}", "wendy", {},
             installation_id=1, ttl=TTLPolicy(), config_sha="c" * 40,
         )
@@ -175,3 +175,37 @@ def test_a_broken_pool_in_a_manifest_is_refused_with_the_fix(tmp_path: Path, tex
     manifest.write_text(text + "\n")
     with pytest.raises(StackError, match="pool"):
         load_pool_spec("s", manifest)
+
+
+def test_the_pool_key_follows_template_contents_not_file_times(tmp_path: Path) -> None:
+    """A fresh checkout of the same templates keeps the pool; an edit remakes it."""
+    import os
+    import shutil
+
+    from app.stacks.catalog import Catalog
+
+    shutil.copytree(ROOT / "tests" / "fixtures" / "stacks-pool", tmp_path / "stacks")
+    catalog = Catalog(tmp_path / "stacks")
+    _, before = catalog.get_with_digest("pooled")
+    main = tmp_path / "stacks" / "pooled" / "instance" / "main.tf"
+    os.utime(main, ns=(1, 1))  # what a checkout that rewrites the file does to its times
+    assert catalog.get_with_digest("pooled")[1] == before
+    main.write_text(main.read_text() + "\n# an edit\n")
+    after = catalog.get_with_digest("pooled")[1]
+    assert after != before
+    assert catalog.get_with_digest("pooled") == (catalog.get("pooled"), after)
+
+
+def test_a_warm_instance_cannot_be_redeployed_and_is_left_as_it_was(database_url: str) -> None:
+    from app.lifecycle.service import Conflict, Lifecycle
+    from app.stacks.catalog import Catalog
+
+    db = Database(database_url)
+    db.migrate()
+    seed_pool(db)
+    lifecycle = Lifecycle(db, Catalog(ROOT / "infra-templates"))
+    with pytest.raises(Conflict, match=r"warm pool instance.*runbot_pool_size"):
+        lifecycle.redeploy("warm-00000000", trigger="api")
+    kept = lifecycle.get_environment("warm-00000000")
+    assert (kept.pool_state, kept.desired, kept.generation) == ("warm", "present", 1)
+    assert len(lifecycle.list_environments()) == WARM

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from app.db.models import Environment, PullRequest
 from app.github.config import RepoConfig
-from app.lifecycle.pool import PoolClaim
+from app.lifecycle.pool import PullValues
 from app.lifecycle.service import Lifecycle
 
 __all__ = ["start_environment", "want_pool"]
@@ -31,32 +31,15 @@ def start_environment(
     """Claim a ready warm instance for the PR (its values then applied as an update), or
     create one; either way the pool refills in the background."""
     want_pool(lifecycle, pull, config, silo)
-    claimed = lifecycle.claim_warm(
-        silo,
-        PoolClaim(
-            pull.repository,
-            pull.number,
-            sha,
-            pull.head_ref,
-            pull.author,
-            dict(config.vars),
-            installation_id=pull.installation_id,
-            ttl=config.ttl_policy(),
-            config_sha=pull.config_sha,
-        ),
-    )
-    if claimed is not None:
-        return claimed
-    return lifecycle.create_environment(
-        silo,
+    values = PullValues(
         pull.repository,
         pull.number,
         sha,
         pull.head_ref,
         pull.author,
         dict(config.vars),
-        trigger="pull_request",
         installation_id=pull.installation_id,
         ttl=config.ttl_policy(),
         config_sha=pull.config_sha,
     )
+    return lifecycle.claim_warm(silo, values) or lifecycle.create_for_pull(silo, values)

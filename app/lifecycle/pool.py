@@ -8,6 +8,7 @@ exactly one gets it, and a PR that already has an environment is refused by the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,12 +20,12 @@ from app.db.models import Environment, WarmPool, utcnow
 from app.lifecycle.ids import new_pool_id
 from app.lifecycle.pulls import mark_pull_dirty
 from app.lifecycle.states import Desired, Status
-from app.ttl.policy import TTLPolicy, expiry_after_activity, policy_record
+from app.ttl.policy import TTLPolicy, expiry_after_activity, policy_from_record, policy_record
 
 if TYPE_CHECKING:
     from app.db.session import Database
 
-__all__ = ["PoolClaim", "Pooling", "of_a_pr", "pause_after"]
+__all__ = ["Pooling", "PullValues", "of_a_pr", "pause_after"]
 
 #: `Environment.pool_state` values.
 WARM, CLAIMING, CLAIMED, FALLBACK = "warm", "claiming", "claimed", "fallback"
@@ -35,27 +36,36 @@ def of_a_pr() -> ColumnElement[bool]:
     return or_(col(Environment.pool_state).is_(None), col(Environment.pool_state) != WARM)
 
 
-class PoolClaim:
-    """The PR's values a claim applies to the instance it takes."""
+@dataclass(frozen=True)
+class PullValues:
+    """What a PR gives its environment: applied by a create, a claim or a redeploy."""
 
-    def __init__(
-        self,
-        repository: str,
-        pr_number: int,
-        head_sha: str,
-        head_ref: str,
-        author: str,
-        vars: dict[str, Any],
-        *,
-        installation_id: int | None,
-        ttl: TTLPolicy,
-        config_sha: str | None,
-        trigger: str = "pull_request",
-    ) -> None:
-        self.repository, self.pr_number = repository, pr_number
-        self.head_sha, self.head_ref, self.author, self.vars = head_sha, head_ref, author, vars
-        self.installation_id, self.ttl, self.config_sha = installation_id, ttl, config_sha
-        self.trigger = trigger
+    repository: str
+    pr_number: int
+    head_sha: str
+    head_ref: str
+    author: str
+    vars: dict[str, Any]
+    installation_id: int | None
+    ttl: TTLPolicy
+    config_sha: str | None
+    trigger: str = "pull_request"
+
+    @classmethod
+    def of(cls, env: Environment, trigger: str) -> PullValues:
+        """The values an environment was given, to give them again to a fresh one."""
+        return cls(
+            env.repository,
+            env.pr_number,
+            env.head_sha,
+            env.head_ref,
+            env.author,
+            dict(env.vars),
+            installation_id=env.installation_id,
+            ttl=policy_from_record(env.ttl),
+            config_sha=env.config_sha,
+            trigger=trigger,
+        )
 
 
 class Pooling:
@@ -97,7 +107,7 @@ class Pooling:
                 session.rollback()
 
     def claim_warm(
-        self, silo: str, values: PoolClaim, now: datetime | None = None
+        self, silo: str, values: PullValues, now: datetime | None = None
     ) -> Environment | None:
         """Take a ready unclaimed instance of the repository's pool in ``silo`` for the PR,
         and ask for the PR's values to be applied to it; None when none is ready."""
@@ -139,7 +149,7 @@ class Pooling:
             return env
 
     @staticmethod
-    def _bind(session: Any, env: Environment, values: PoolClaim, now: datetime) -> None:
+    def _bind(session: Any, env: Environment, values: PullValues, now: datetime) -> None:
         """Give the claimed instance its PR's values and a new generation to apply them."""
         policy = values.ttl
         env.pr_number, env.head_sha = values.pr_number, values.head_sha

@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from app.db.models import Environment, Silo, utcnow
 from app.db.session import Database
 from app.lifecycle.ids import new_environment_id
-from app.lifecycle.pool import Pooling, of_a_pr
+from app.lifecycle.pool import WARM, Pooling, PullValues, of_a_pr
 from app.lifecycle.pulls import mark_pull_dirty, pull_id
 from app.lifecycle.sleep import Sleeping
 from app.lifecycle.states import LIVE, Desired, Status
@@ -475,25 +475,45 @@ class Lifecycle(Sleeping, Pooling):
             session.commit()
             return True
 
-    def redeploy(self, env_id: str, trigger: str = "cli") -> Environment:
+    def create_for_pull(
+        self, silo: str, values: PullValues, pool_state: str | None = None
+    ) -> Environment:
+        return self.create_environment(
+            silo,
+            values.repository,
+            values.pr_number,
+            values.head_sha,
+            values.head_ref,
+            values.author,
+            dict(values.vars),
+            trigger=values.trigger,
+            installation_id=values.installation_id,
+            ttl=values.ttl,
+            config_sha=values.config_sha,
+            pool_state=pool_state,
+        )
+
+    def redeploy(
+        self,
+        env_id: str,
+        trigger: str = "cli",
+        reason: str = "redeploy",
+        pool_state: str | None = None,
+    ) -> Environment:
         """Start over: a failed or destroyed environment is re-created fresh (new id);
-        a live one is destroyed and a fresh one created in its place."""
+        a live one is destroyed and a fresh one created in its place, with the same values.
+        A warm pool instance is the keeper's to remake, not anyone's to redeploy."""
         with self.db.session() as session:
             env = self._load_env(session, env_id)
+        if env.pool_state == WARM:
+            raise Conflict(
+                f"environment '{env_id}' is a warm pool instance, not a PR's: the pool keeper"
+                " remakes it when its templates or default branch change; to change the pool,"
+                " change its size (the stack's `pool.size`, the silo's `runbot_pool_size`)"
+            )
         if env.status not in (Status.DESTROYED,) and env.desired != Desired.ABSENT:
-            self.destroy_environment(env.id, reason="redeploy", trigger=trigger)
-        return self.create_environment(
-            env.silo_name,
-            env.repository,
-            env.pr_number,
-            env.head_sha,
-            env.head_ref,
-            env.author,
-            env.vars,
-            trigger=trigger,
-            installation_id=env.installation_id,
-            ttl=ttl_policy_of(env),
-        )
+            self.destroy_environment(env.id, reason=reason, trigger=trigger)
+        return self.create_for_pull(env.silo_name, PullValues.of(env, trigger), pool_state)
 
     def retry(self, env_id: str, trigger: str = "cli") -> Environment:
         """Run the desired state again (after a failure, or to re-apply unchanged inputs)."""

@@ -12,7 +12,6 @@ worst make one instance too many for a tick (retired as surplus on the next).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,9 +26,8 @@ from app.lifecycle.pool import CLAIMED, CLAIMING, FALLBACK, pause_after
 from app.lifecycle.service import LifecycleError
 from app.lifecycle.states import Desired, Status
 from app.pool.plan import Member, Plan, Want, plan_pool, pool_key, pool_size
-from app.stacks.catalog import StackError, template_fingerprint
+from app.stacks.catalog import StackError
 from app.stacks.model import PoolSpec
-from app.ttl.policy import policy_from_record
 
 if TYPE_CHECKING:
     from app.db.session import Database
@@ -82,13 +80,12 @@ class PoolKeeper:
         return report
 
     def spec_of(self, silo: Silo) -> tuple[PoolSpec | None, str] | None:
-        """The stack's pool spec and its templates' fingerprint; None: it cannot be pooled
+        """The stack's pool spec and the digest of its templates; None: it cannot be pooled
         (a stack from a repository or git is read per commit, not kept by the operator)."""
         if silo.stack_source.get("kind", "catalog") != "catalog":
             return None
-        stack = self.lifecycle.catalog.get(silo.stack)
-        shown = repr(template_fingerprint(stack.root)).encode()
-        return stack.pool, hashlib.sha256(shown).hexdigest()
+        stack, digest = self.lifecycle.catalog.get_with_digest(silo.stack)
+        return stack.pool, digest
 
     def _keep_one(self, pool: WarmPool, now: datetime, report: PoolReport) -> None:
         with self.db.session() as session:
@@ -171,23 +168,10 @@ class PoolKeeper:
                 continue  # another replica took it
             why = " ".join((env.reason or "its update failed").split())[:300]
             try:
-                self.lifecycle.destroy_environment(
+                fresh = self.lifecycle.redeploy(
                     env.id,
+                    trigger="pool-fallback",
                     reason=f"the warm instance could not take this PR's values ({why})",
-                    trigger="pool-fallback",
-                )
-                fresh = self.lifecycle.create_environment(
-                    env.silo_name,
-                    env.repository,
-                    env.pr_number,
-                    env.head_sha,
-                    env.head_ref,
-                    env.author,
-                    dict(env.vars),
-                    trigger="pool-fallback",
-                    installation_id=env.installation_id,
-                    ttl=policy_from_record(env.ttl),
-                    config_sha=env.config_sha,
                     pool_state=FALLBACK,
                 )
             except LifecycleError as exc:

@@ -7,6 +7,7 @@ Terraform run, as a StackError that names `file:line` and says what to change.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -191,6 +192,21 @@ def template_fingerprint(root: Path) -> tuple[Any, ...]:
     return tuple(found)
 
 
+def template_digest(root: Path) -> str:
+    """A hash of the contents of a stack's two templates: what its instances are made of,
+    unchanged by a fresh checkout that rewrites the same files."""
+    digest = hashlib.sha256()
+    for part in ("silo", "instance"):
+        with contextlib.suppress(OSError):
+            for entry in sorted(os.scandir(root / part), key=lambda e: e.name):
+                if entry.is_file():
+                    with contextlib.suppress(OSError):
+                        content = Path(entry.path).read_bytes()
+                        digest.update(f"{part}/{entry.name}:{len(content)}:".encode())
+                        digest.update(content)
+    return digest.hexdigest()
+
+
 class Catalog:
     """The operator's templates directory: one sub-directory per stack."""
 
@@ -200,6 +216,7 @@ class Catalog:
         # twice on its critical path (the input check, then the run): parses are kept while
         # none of the template files changed (name, size, mtime), so edits apply at once.
         self._parsed: dict[str, tuple[tuple[Any, ...], Stack]] = {}
+        self._digests: dict[str, tuple[tuple[Any, ...], str]] = {}
 
     def names(self) -> list[str]:
         """Sorted names of the stacks present (directories with silo/ or instance/)."""
@@ -214,14 +231,27 @@ class Catalog:
             raise StackError(
                 f"unknown stack {name!r}: the catalog at {self.templates_dir} has: {available}"
             )
+        return self._load(name)[0]
+
+    def get_with_digest(self, name: str) -> tuple[Stack, str]:
+        """A stack and `template_digest` of its templates, re-read only when a file's name,
+        size or mtime changed."""
+        stack, fingerprint = self._load(name)
+        cached = self._digests.get(name)
+        if cached is None or cached[0] != fingerprint:
+            cached = (fingerprint, template_digest(self.templates_dir / name))
+            self._digests[name] = cached
+        return stack, cached[1]
+
+    def _load(self, name: str) -> tuple[Stack, tuple[Any, ...]]:
         root = self.templates_dir / name
         fingerprint = template_fingerprint(root)
         cached = self._parsed.get(name)
         if cached is not None and cached[0] == fingerprint:
-            return cached[1]
+            return cached[1], fingerprint
         stack = load_stack(name, root, StackSource(kind="catalog"))
         self._parsed[name] = (fingerprint, stack)
-        return stack
+        return stack, fingerprint
 
     def check_all(self) -> dict[str, StackError | None]:
         """Load every stack for `runbot doctor`: None when fine, else the problem.
