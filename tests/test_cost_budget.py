@@ -10,6 +10,7 @@ the budget in the policy file and reloading lets it go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -44,7 +45,9 @@ def policy_text(monthly: float) -> str:
 
 
 class BudgetHost:
-    def __init__(self, tmp_path: Path, fake: FakeGitHub, database_url: str) -> None:
+    def __init__(
+        self, tmp_path: Path, fake: FakeGitHub, database_url: str, config: str = CONFIG
+    ) -> None:
         self.fake = fake
         self.policy = tmp_path / "policy.yml"
         self.write_policy(10)
@@ -61,7 +64,7 @@ class BudgetHost:
         self.workers = Workers.build(self.rt, gateway=self.gateway)
         assert self.workers.budgets is not None
         self.budgets = self.workers.budgets
-        seed_repo(fake, CONFIG)
+        seed_repo(fake, config)
 
     def write_policy(self, monthly: float) -> None:
         temporary = self.policy.with_suffix(".tmp")
@@ -111,14 +114,24 @@ class BudgetHost:
             return pull.hold_kind
 
 
+@contextlib.asynccontextmanager
+async def budget_host(
+    tmp_path: Path, fake: FakeGitHub, database_url: str, config: str = CONFIG
+) -> AsyncIterator[BudgetHost]:
+    host = BudgetHost(tmp_path, fake, database_url, config)
+    try:
+        yield host
+    finally:
+        await host.gateway.aclose()
+        host.rt.db.dispose()
+
+
 @pytest.fixture
 async def host(
     tmp_path: Path, fake_github: FakeGitHub, database_url: str
 ) -> AsyncIterator[BudgetHost]:
-    host = BudgetHost(tmp_path, fake_github, database_url)
-    yield host
-    await host.gateway.aclose()
-    host.rt.db.dispose()
+    async with budget_host(tmp_path, fake_github, database_url) as host:
+        yield host
 
 
 async def test_money_in_the_comment_and_a_budget_over_a_month(host: BudgetHost) -> None:

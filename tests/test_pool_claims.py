@@ -154,6 +154,8 @@ def test_the_plan_never_takes_more_slots_than_free_and_waits_when_paused() -> No
     assert {env_id for env_id, _ in shrink.retire} == {"0", "1"}  # the newest go
     assert plan_pool(Want(6, "k", timedelta(days=1), free_slots=1), members, NOW).create == 1
     assert plan_pool(Want(6, "k", timedelta(days=1), 5, paused=True), members, NOW).create == 0
+    spent = plan_pool(Want(6, "k", timedelta(days=1), 5, over_budget=True), members, NOW)
+    assert spent.create == 0 and sorted(spent.retire) == [(str(i), Retire.BUDGET) for i in range(4)]
 
 
 def test_pool_size_takes_the_silo_output_over_the_manifest_and_obeys_the_cap() -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, update
 from sqlmodel import col, select
 
+from app.db.budgets import Levels, levels
 from app.db.models import Environment, Silo, WarmPool, utcnow
 from app.lifecycle.pool import CLAIMED, CLAIMING, FALLBACK, pause_after
 from app.lifecycle.service import LifecycleError
@@ -48,6 +49,7 @@ _RETIRE_REASONS = {
     "max_age": "pool refresh: older than the pool's max_age",
     "surplus": "pool refresh: the pool was made smaller",
     "failed": "pool refresh: its apply failed",
+    "budget": "pool refresh: the monthly budget is spent; the pool refills when it is not",
 }
 
 
@@ -72,9 +74,14 @@ class PoolKeeper:
         now = now or utcnow()
         report = PoolReport()
         self._fall_back(report)
-        for pool in self.lifecycle.pools():
+        pools = self.lifecycle.pools()
+        if not pools:
+            return report
+        with self.db.session() as session:
+            spent = levels(session, self.policy.current, now)
+        for pool in pools:
             try:
-                self._keep_one(pool, now, report)
+                self._keep_one(pool, now, report, spent)
             except (LifecycleError, StackError) as exc:
                 log.warning("pool %s/%s: %s", pool.silo_name, pool.repository, exc)
         return report
@@ -87,7 +94,7 @@ class PoolKeeper:
         stack, digest = self.lifecycle.catalog.get_with_digest(silo.stack)
         return stack.pool, digest
 
-    def _keep_one(self, pool: WarmPool, now: datetime, report: PoolReport) -> None:
+    def _keep_one(self, pool: WarmPool, now: datetime, report: PoolReport, spent: Levels) -> None:
         with self.db.session() as session:
             silo = session.get(Silo, pool.silo_name)
         members = self.lifecycle.pool_members(pool.silo_name, pool.repository)
@@ -110,6 +117,7 @@ class PoolKeeper:
             max_age=timedelta(seconds=manifest.max_age_seconds if manifest else 86_400),
             free_slots=self._free_slots(silo) if silo.status == Status.READY else 0,
             paused=paused_until is not None and paused_until > now,
+            over_budget=spent.covers(pool.repository, pool.silo_name),
         )
         plan = plan_pool(
             want,

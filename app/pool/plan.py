@@ -3,7 +3,7 @@
 A pool keeps `size` unclaimed instances applied for one repository in one silo. An instance
 made for other templates, another default-branch head or other vars (its `pool_key`), or older
 than `max_age`, is retired and made again; the pool never takes the silo's last free slots,
-which stay for PRs whose repository has no pool.
+which stay for PRs whose repository has no pool, and keeps nothing while a budget is spent.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Retire(StrEnum):
     TOO_OLD = "max_age"
     SURPLUS = "surplus"  # the pool was made smaller
     FAILED = "failed"  # its own apply failed: made again
+    BUDGET = "budget"  # the repository's or the silo's monthly budget is spent
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Want:
     free_slots: int
     #: After failed applies the pool waits before it makes any more (`WarmPool.paused_until`).
     paused: bool = False
+    #: A monthly budget over the repository or the silo is spent: no instance waits unused.
+    over_budget: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ def plan_pool(want: Want, members: Sequence[Member], now: datetime) -> Plan:
             retire.append((member.id, Retire.TOO_OLD))
         else:
             keep.append(member)
+    if want.over_budget:
+        return Plan(create=0, retire=(*retire, *((m.id, Retire.BUDGET) for m in keep)))
     # The newest go first when the pool shrinks: the oldest are the likeliest to be ready.
     retire += [(member.id, Retire.SURPLUS) for member in keep[want.size :]]
     create = 0 if want.paused else max(0, min(want.size - len(keep), want.free_slots))

@@ -20,6 +20,7 @@ from app.cost.budget import Level
 from app.db.budgets import Levels, Scope, levels
 from app.db.models import Environment, PullRequest, utcnow
 from app.db.session import Database
+from app.lifecycle.pool import of_a_pr
 from app.lifecycle.service import Lifecycle
 from app.lifecycle.states import Desired, HoldKind, Status
 from app.policy.model import PolicyFile
@@ -100,6 +101,7 @@ class BudgetTick:
                     select(Environment.id)
                     .where(Environment.desired == Desired.PRESENT)
                     .where(Environment.status == Status.READY)
+                    .where(of_a_pr())  # the pool keeper retires unclaimed ones instead
                     .where(
                         or_(
                             col(Environment.repository).in_(repos),
