@@ -26,6 +26,7 @@ from app.github.markdown import (
     tail_lines,
     utc,
 )
+from app.github.origin import PoolOrigin, pool_origin_line
 from app.github.sleeping import sleep_note
 from app.links import safe_link
 from app.ttl.durations import format_duration
@@ -144,6 +145,8 @@ class StatusView:
     wakes_on_request: bool = False
     #: ready: the seconds the run that made it ready spent in each phase, in order.
     ready_phases: tuple[tuple[str, float], ...] = ()
+    #: Whether the environment was taken from the warm pool (or made after a failed claim).
+    pool_origin: PoolOrigin = PoolOrigin.NONE
 
 
 # --- the status comment -------------------------------------------------------------------
@@ -226,6 +229,9 @@ def _table(view: StatusView, label: str) -> list[str]:
     expires = _expires_cell(view)
     if expires is not None:
         rows.append(("Expires", expires))
+    origin = pool_origin_line(view.pool_origin, view.silo)
+    if origin is not None:
+        rows.append(("Warm pool", origin))
     rows += _cost_rows(view)
     took = _ready_cell(view)
     if took is not None:

@@ -23,7 +23,7 @@ from sqlalchemy import func, update
 from sqlmodel import col, select
 
 from app.db.models import Environment, Silo, WarmPool, utcnow
-from app.lifecycle.pool import CLAIMED, CLAIMING, FALLBACK, pause_after
+from app.lifecycle.pool import CLAIMED, CLAIMING, FALLBACK, FALLBACK_TRIGGER, pause_after
 from app.lifecycle.service import LifecycleError
 from app.lifecycle.states import Desired, Status
 from app.pool.plan import Member, Plan, Want, plan_pool, pool_key, pool_size
@@ -174,7 +174,7 @@ class PoolKeeper:
                 self.lifecycle.destroy_environment(
                     env.id,
                     reason=f"the warm instance could not take this PR's values ({why})",
-                    trigger="pool-fallback",
+                    trigger=FALLBACK_TRIGGER,
                 )
                 fresh = self.lifecycle.create_environment(
                     env.silo_name,
@@ -184,7 +184,7 @@ class PoolKeeper:
                     env.head_ref,
                     env.author,
                     dict(env.vars),
-                    trigger="pool-fallback",
+                    trigger=FALLBACK_TRIGGER,
                     installation_id=env.installation_id,
                     ttl=policy_from_record(env.ttl),
                     config_sha=env.config_sha,
