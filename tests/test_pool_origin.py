@@ -1,20 +1,25 @@
 """Issue 18: the status comment, the check run and the CLI tell where an environment came from:
 taken from the warm pool, made fresh after a claim failed, or made for its PR. Rendering is
-pure.
+pure; the CLI listing reads a real database.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from app.db.models import Environment, PullRequest
+from app.cli.main import cli
+from app.db.models import Environment, PullRequest, Silo
 from app.github.checkrun import CheckStatus, desired_check_run
 from app.github.comment import StatusView, render_status_comment, render_status_reply
 from app.github.origin import PoolOrigin
 from app.github.status import pool_origin
 from app.lifecycle.pool import FALLBACK_TRIGGER
+from app.runtime import build_runtime
+from tests.conftest import make_settings
 from tests.test_comment_rendering import DEPLOYED
 from tests.test_comment_rendering import view as rendering_view
 from tests.test_github_writes import env as writes_env
@@ -118,3 +123,28 @@ def test_the_origin_follows_the_rows_pool_state(
     fields: dict[str, object], origin: PoolOrigin
 ) -> None:
     assert pool_origin(env(**fields)) is origin
+
+
+def test_the_cli_list_labels_warm_instances_not_pr_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = build_runtime(make_settings(tmp_path))
+    with runtime.db.session() as session:
+        session.add(Silo(name="pool", stack="local", status="ready", observed_generation=1))
+        session.commit()
+        session.add(env(id="warm-0a1b2c3d", pr_number=0, pool_state="warm"))
+        session.add(env(id="pr-7-abc", pr_number=7, pool_state="claimed"))
+        session.commit()
+    monkeypatch.setenv("RUNBOT_DATA_DIR", str(tmp_path / "data"))
+    runner = CliRunner()
+
+    listed = runner.invoke(cli, ["env", "list"], catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    lines = {line.split()[0]: line for line in listed.output.splitlines()}
+    assert "o/r warm pool" in lines["warm-0a1b2c3d"] and "#0" not in lines["warm-0a1b2c3d"]
+    assert "o/r#7" in lines["pr-7-abc"] and "warm pool" not in lines["pr-7-abc"]
+
+    shown = runner.invoke(cli, ["env", "show", "warm-0a1b2c3d"], catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    assert "pr        o/r warm pool" in shown.output and "#0" not in shown.output
+    assert "pool      warm" in shown.output
