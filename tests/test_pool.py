@@ -14,6 +14,7 @@ import pytest
 from sqlmodel import select
 
 from app.db.models import Environment
+from app.github.comment import MARKER
 from app.lifecycle.states import Status
 from tests.apphost import INSTALLATION, REPO, AppServer, app_settings, seed_repo
 from tests.fakegithub.server import FakeGitHub
@@ -26,6 +27,15 @@ pytestmark = pytest.mark.engine
 
 POOLED = Path(__file__).parent / "fixtures" / "stacks-pool"
 CONFIG = "stack: pooled\nsilo: pool\n"
+CLAIMED = (
+    "This environment was taken from the warm pool of silo `pool`; "
+    "only this PR's change was applied."
+)
+CLAIMED_ROW = f"| **Warm pool** | {CLAIMED} |"
+FALLBACK_ROW = (
+    "| **Warm pool** | The warm instance failed to take this PR's change; "
+    "runbot made a fresh one. |"
+)
 
 
 @contextmanager
@@ -68,6 +78,16 @@ def warm_ready(server: AppServer) -> list[Environment]:
     ]
 
 
+def status_comment(fake: FakeGitHub, number: int) -> str:
+    bodies = [c["body"] for c in fake.comments(REPO, number) if c["body"].startswith(MARKER)]
+    return bodies[-1] if bodies else ""
+
+
+def check_summary(fake: FakeGitHub, sha: str) -> str:
+    runs = [run for run in fake.check_runs(REPO, sha) if run["name"] == "runbot"]
+    return runs[-1]["output"]["summary"] if runs else ""
+
+
 def live(server: AppServer, number: int) -> Environment | None:
     return server.runtime.lifecycle.live_environment_for(REPO, number)
 
@@ -107,6 +127,11 @@ def test_a_pr_takes_a_warm_instance_and_the_pool_refills(
         assert taken is not None and taken.id in warm_ids  # the same id, now the PR's
         assert taken.pool_state == "claimed" and taken.outputs["pr_number"]["value"] == 2
         assert taken.claimed_at is not None
+        # The PR is told where its environment came from, in its comment and its check run.
+        wait_for(lambda: CLAIMED_ROW in status_comment(fake, 2), timeout=30)
+        assert "Preview environment ready" in status_comment(fake, 2)
+        wait_for(lambda: CLAIMED in check_summary(fake, "2" * 40), timeout=30)
+        assert "Warm pool" not in status_comment(fake, 1)  # created cold, for its PR
 
         # Refilled in the background, with a new instance: the claimed one never goes back.
         wait_for(lambda: len(warm_ready(server)) == 2, timeout=90)
@@ -138,6 +163,9 @@ def test_a_claim_that_fails_to_update_falls_back_to_a_fresh_create(
         assert gone.desired == "absent" and gone.trigger == "pool-fallback"
         assert (gone.reason or "").startswith("the warm instance could not take this PR's")
         assert "apply failed" in (gone.reason or "")  # the run's log holds the rest
+        wait_for(lambda: FALLBACK_ROW in status_comment(fake, 2), timeout=30)
+        comment = status_comment(fake, 2)
+        assert f"`{fresh.id}`" in comment and CLAIMED not in comment
 
 
 def test_the_pool_is_made_again_when_the_default_branch_moves(

@@ -61,9 +61,14 @@ async def test_a_spent_budget_empties_the_pool_and_a_raised_one_fills_it(host: B
         payload["installation"] = {"id": INSTALLATION, "node_id": "MDIz"}
         assert await host.workers.intent.handle("pull_request", payload)
         assert len(keeper.keep().made) == 2
-        await host.converge(lambda: len(warm_ready(host)) == 2)
+
+        def pr_settled() -> bool:
+            env = lifecycle.live_environment_for(REPO, 1)
+            return env is not None and settled(env)
+
+        await host.converge(lambda: len(warm_ready(host)) == 2 and pr_settled())
         pr_env = lifecycle.live_environment_for(REPO, 1)
-        assert pr_env is not None and settled(pr_env)
+        assert pr_env is not None and pr_env.status == Status.READY
 
         # Three instances at 1/h: after 4 hours, 12 of 10 are spent.
         waiting = sorted(e.id for e in warm_ready(host))

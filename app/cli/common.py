@@ -14,6 +14,7 @@ from app.db.models import Environment, Silo
 from app.db.session import DatabaseError
 from app.engine.runner import EngineError
 from app.lifecycle.outputs import public_outputs
+from app.lifecycle.pool import WARM
 from app.lifecycle.service import LifecycleError
 from app.lifecycle.states import Status
 from app.runtime import Runtime, build_runtime
@@ -102,11 +103,19 @@ def show_silo(rt: Runtime, silo: Silo) -> None:
         raise typer.Exit(1)
 
 
+def pr_label(env: Environment, width: int = 0) -> str:
+    """`owner/repo#12`, or `owner/repo warm pool` for an unclaimed pool instance: its PR
+    number is 0, and "PR #0" would send an operator looking for a PR that does not exist."""
+    if env.pool_state == WARM:
+        return f"{env.repository} {'warm pool':<{width}}"
+    return f"{env.repository}#{env.pr_number:<{width}}"
+
+
 def show_env(rt: Runtime, env: Environment) -> None:
     typer.echo(f"environment {env.id}: {env.status}" + (f" ({env.reason})" if env.reason else ""))
-    typer.echo(
-        f"  pr        {env.repository}#{env.pr_number}  sha {env.head_sha}  ref {env.head_ref!r}"
-    )
+    typer.echo(f"  pr        {pr_label(env)}  sha {env.head_sha}  ref {env.head_ref!r}")
+    if env.pool_state:
+        typer.echo(f"  pool      {env.pool_state}")
     typer.echo(f"  silo      {env.silo_name}  slot {env.slot if env.slot is not None else '-'}")
     typer.echo(f"  url       {env.url or '-'}")
     if env.expires_at:

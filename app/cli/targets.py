@@ -19,6 +19,7 @@ from app.cli.common import (
     fail,
     guarded,
     parse_vars,
+    pr_label,
     runtime,
     show_env,
     show_silo,
@@ -202,8 +203,7 @@ def env_list(
         typer.echo("no environments")
     for env in envs:
         typer.echo(
-            f"{env.id:22} {env.status:11} {env.repository}#{env.pr_number:<6}"
-            f" slot={env.slot!s:4} {env.url or ''}"
+            f"{env.id:22} {env.status:11} {pr_label(env, 6)} slot={env.slot!s:4} {env.url or ''}"
         )
 
 

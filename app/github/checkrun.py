@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from app.db.models import Environment, PullRequest
-from app.github.comment import StatusView, escape_markdown_inline
+from app.github.comment import StatusView
+from app.github.markdown import escape_markdown_inline
+from app.github.origin import pool_origin_line
 from app.lifecycle.states import HoldKind
 
 __all__ = ["CheckRunWant", "CheckStatus", "desired_check_run", "superseded"]
@@ -84,6 +86,7 @@ def desired_check_run(
             sha, CheckStatus.COMPLETED, "Closed", why, conclusion="neutral", details_url=details
         )
     reason = _reason(view)
+    origin = pool_origin_line(view.pool_origin, view.silo) or ""
     pending = env is not None and env.generation != env.observed_generation
     state = view.state
     if state == "ready" and (pending or (view.deployed_sha and view.deployed_sha != sha)):
@@ -97,7 +100,7 @@ def desired_check_run(
     def run(
         status: CheckStatus, title: str, text: str, conclusion: str | None = None
     ) -> CheckRunWant:
-        summary = f"{text}\n\n{reason}" if reason else text
+        summary = "\n\n".join(part for part in (text, origin, reason) if part)
         return CheckRunWant(sha, status, title, summary, conclusion, details)
 
     if state == "waiting_ci":
@@ -111,7 +114,8 @@ def desired_check_run(
     if state == "ready":
         url = view.url or ""
         text = f"The environment is ready: {url}" if url else "The environment is ready."
-        return CheckRunWant(sha, CheckStatus.COMPLETED, "Ready", text, "success", details)
+        summary = f"{text}\n\n{origin}" if origin else text
+        return CheckRunWant(sha, CheckStatus.COMPLETED, "Ready", summary, "success", details)
     if state == "failed":
         return run(CheckStatus.COMPLETED, "Failed", "The environment failed.", "failure")
     if state == "sleeping":

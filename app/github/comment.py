@@ -10,11 +10,25 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from app.github.config_errors import CONFIG_FILENAME
+from app.github.markdown import (
+    FIELD_CHARS,
+    clip,
+    defuse_markers,
+    escape_markdown_inline,
+    fit_tail,
+    inline_code,
+    markdown_link,
+    one_line,
+    short_sha,
+    tail_lines,
+    utc,
+)
+from app.github.origin import PoolOrigin, pool_origin_line
 from app.github.sleeping import sleep_note
-from app.links import invisible_control, safe_link
+from app.links import safe_link
 from app.ttl.durations import format_duration
 from app.ttl.policy import SUGGESTED_EXTENSION, humanize_until, suggested_extension
 
@@ -48,13 +62,7 @@ TARGET_COMMENT_CHARS = 60_000
 DEPLOYMENT_DESCRIPTION_CHARS = 140
 
 _REASON_CHARS = 1_000
-_FIELD_CHARS = 200
 _BODY_CHARS = 50_000
-_TAIL_LINE_CHARS = 2_000
-_SHORT_SHA = 7
-
-_ZWJ = "\u200d"
-_ZWSP = "\u200b"
 
 # state -> (emoji, heading, label for the Status row)
 _STATES: dict[str, tuple[str, str, str]] = {
@@ -92,22 +100,8 @@ _DEPLOYMENT_STATES: dict[str, str] = {
     "not_deployed": "inactive",
 }
 
-# Markdown punctuation that can start emphasis, code, links, table cells, strikethrough or
-# math anywhere in a line; each gets a backslash. ``(``/``)``/``!`` only matter next to ``[``/``]``.
-_INLINE_SPECIAL = frozenset("\\`*_[]|~$")
-_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-# Text that would turn into a block construct (heading, list, quote...) at the start of a line.
-_LEADING_BLOCK = re.compile(r"^([-+=]|\d+[.)])")
-# Everything str.splitlines() breaks on, so no stray line break survives into a table row.
-_LINE_BREAKS = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
-# Safe inside a code span within a table cell, and what ids, SHAs and silo names look like.
-_CODE_SAFE = re.compile(r"[A-Za-z0-9._:/@+=,#%~-]+")
-_HEX_SHA = re.compile(r"[0-9a-fA-F]{7,64}")
 _GITHUB_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})(?:\[bot\])?")
 _APP_SLUG = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,99})")
-_FENCE_RUN = re.compile(r"`{3,}|~{3,}")
-_DETAILS_TAG = re.compile(r"<(/?)(details|summary)", re.IGNORECASE)
-_OUR_MARKERS = re.compile(r"<!--(\s*runbot:)", re.IGNORECASE)
 _HEADING_LINE = re.compile(r"#{1,6}(\s|$)")
 
 
@@ -151,120 +145,8 @@ class StatusView:
     wakes_on_request: bool = False
     #: ready: the seconds the run that made it ready spent in each phase, in order.
     ready_phases: tuple[tuple[str, float], ...] = ()
-
-
-# --- escaping -----------------------------------------------------------------------------
-
-
-def _one_line(text: str) -> str:
-    """Collapse line breaks to spaces and drop controls, so the text stays in its table cell."""
-    text = _LINE_BREAKS.sub(" ", text).replace("\t", " ")
-    return "".join(ch for ch in text if not invisible_control(ch))
-
-
-def _clip(text: str, limit: int) -> str:
-    """Cut before escaping, so an escape sequence is never split in half."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def escape_markdown_inline(text: str) -> str:
-    """Make arbitrary text render literally inside a markdown line (or table cell).
-
-    Strips line breaks, invisible controls and surrounding blanks (leading spaces could
-    make an indented code block), backslash-escapes markdown punctuation (so no
-    code spans, emphasis, links or table cells can be opened), turns ``<``/``>``/``&`` into
-    entities (so no HTML such as ``</details>`` or ``<script>``), and puts a zero-width joiner
-    after ``@`` and ``#`` so ``@everyone`` pings nobody and ``#1`` links no issue.
-    """
-    text = _one_line(text).strip()
-    out: list[str] = []
-    for ch in text:
-        if ch in _HTML_ENTITIES:
-            out.append(_HTML_ENTITIES[ch])
-        elif ch in _INLINE_SPECIAL:
-            out.append("\\" + ch)
-        elif ch in "@#":
-            out.append(("\\#" if ch == "#" else ch) + _ZWJ)
-        else:
-            out.append(ch)
-    escaped = "".join(out)
-    # "- x", "1. x", "=" or "+" at the very start would become a list or heading.
-    return _LEADING_BLOCK.sub(lambda m: _escape_block_start(m.group(1)), escaped)
-
-
-def _escape_block_start(token: str) -> str:
-    if token[-1] in ".)":
-        return token[:-1] + "\\" + token[-1]
-    return "\\" + token
-
-
-def _code(text: str | None, limit: int = _FIELD_CHARS) -> str:
-    """An id as inline code (copy-pastable), or escaped text when it holds odd characters."""
-    if not text:
-        return "—"
-    text = _clip(_one_line(text).strip(), limit)
-    if not text:
-        return "—"
-    if _CODE_SAFE.fullmatch(text):
-        return f"`{text}`"
-    return escape_markdown_inline(text)
-
-
-def _link(label: str, url: str | None) -> str | None:
-    safe = safe_link(url)
-    return None if safe is None else f"[{escape_markdown_inline(label)}]({safe})"
-
-
-def _utc(moment: datetime) -> str:
-    """Absolute time for people in any timezone; naive datetimes are rejected upstream."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _short_sha(sha: str | None) -> str:
-    if sha and _HEX_SHA.fullmatch(sha.strip()):
-        return f"`{sha.strip()[:_SHORT_SHA].lower()}`"
-    return _code(sha, limit=12)
-
-
-def _defuse_markers(text: str) -> str:
-    """Our HTML-comment markers inside other text must not make a comment look like ours."""
-    return _OUR_MARKERS.sub(lambda m: f"<!{_ZWSP}--{m.group(1)}", text)
-
-
-def _neutralise_block(text: str) -> str:
-    """Keep engine output from ending our code fence or ``<details>`` block.
-
-    A zero-width space splits every run of three or more backticks (or tildes) and every
-    ``<details>``/``<summary>`` tag: invisible when read, inert when parsed.
-    """
-    text = _FENCE_RUN.sub(lambda m: _ZWSP.join(m.group()), text)
-    text = _DETAILS_TAG.sub(lambda m: f"<{_ZWSP}{m.group(1)}{m.group(2)}", text)
-    return _defuse_markers(text)
-
-
-def _tail_lines(log_tail: tuple[str, ...]) -> list[str]:
-    """One entry per physical line, each capped and cleaned for display in a code block."""
-    lines: list[str] = []
-    for entry in log_tail:
-        for raw in str(entry).splitlines() or [""]:
-            line = "".join(ch for ch in raw if not invisible_control(ch))
-            if len(line) > _TAIL_LINE_CHARS:
-                line = line[: _TAIL_LINE_CHARS - 1] + "…"
-            lines.append(_neutralise_block(line))
-    return lines
-
-
-def _fit_tail(lines: list[str], budget: int) -> tuple[list[str], int]:
-    """Keep the last lines that fit in ``budget`` chars; the end of a log is where errors are."""
-    kept: list[str] = []
-    used = 0
-    for line in reversed(lines):
-        if used + len(line) + 1 > budget:
-            break
-        kept.append(line)
-        used += len(line) + 1
-    kept.reverse()
-    return kept, len(lines) - len(kept)
+    #: Whether the environment was taken from the warm pool (or made after a failed claim).
+    pool_origin: PoolOrigin = PoolOrigin.NONE
 
 
 # --- the status comment -------------------------------------------------------------------
@@ -276,7 +158,7 @@ def _slug(app_slug: str | None) -> str | None:
 
 
 def _status_cell(view: StatusView, label: str) -> str:
-    reason = _clip(_one_line(view.reason or "").strip(), _REASON_CHARS)
+    reason = clip(one_line(view.reason or "").strip(), _REASON_CHARS)
     return f"{label} — {escape_markdown_inline(reason)}" if reason else label
 
 
@@ -285,12 +167,12 @@ def _commit_cell(view: StatusView) -> str:
     if not deployed and not head:
         return "—"
     if not deployed:
-        return _short_sha(head)
+        return short_sha(head)
     if not head or head.strip().lower() == deployed.strip().lower():
-        return _short_sha(deployed)
+        return short_sha(deployed)
     if view.state in _ROLLING_OUT:
-        return f"{_short_sha(deployed)} → updating to {_short_sha(head)}"
-    return f"{_short_sha(deployed)} (latest commit {_short_sha(head)} is not deployed)"
+        return f"{short_sha(deployed)} → updating to {short_sha(head)}"
+    return f"{short_sha(deployed)} (latest commit {short_sha(head)} is not deployed)"
 
 
 def _when(expires_at: datetime, now: datetime) -> str:
@@ -298,7 +180,7 @@ def _when(expires_at: datetime, now: datetime) -> str:
     relative = humanize_until(expires_at, now)
     if expires_at <= now:
         relative = f"expired {relative}" if relative != "now" else "expiring now"
-    return f"{relative} ({_utc(expires_at)})"
+    return f"{relative} ({utc(expires_at)})"
 
 
 def _expires_cell(view: StatusView) -> str | None:
@@ -306,7 +188,7 @@ def _expires_cell(view: StatusView) -> str | None:
         return None
     cell = _when(view.expires_at, view.now)
     if view.max_expires_at is not None:
-        cell += f"; can be extended until {_utc(view.max_expires_at)}"
+        cell += f"; can be extended until {utc(view.max_expires_at)}"
     return cell
 
 
@@ -314,7 +196,7 @@ def _environment_cell(view: StatusView) -> str:
     if view.state == "ready" or (view.state == "sleeping" and view.wakes_on_request):
         safe = safe_link(view.url)
         if safe is not None:
-            return f"[{escape_markdown_inline(_clip(safe, _FIELD_CHARS))}]({safe})"
+            return f"[{escape_markdown_inline(clip(safe, FIELD_CHARS))}]({safe})"
     return "—"
 
 
@@ -331,7 +213,7 @@ def _ready_cell(view: StatusView) -> str | None:
         return None
     total = sum(seconds for _, seconds in view.ready_phases)
     parts = " · ".join(
-        f"{escape_markdown_inline(_clip(name, 20))} {_seconds(seconds)}"
+        f"{escape_markdown_inline(clip(name, 20))} {_seconds(seconds)}"
         for name, seconds in view.ready_phases
     )
     return f"{_seconds(total)} ({parts})"
@@ -341,17 +223,20 @@ def _table(view: StatusView, label: str) -> list[str]:
     rows = [
         ("Status", _status_cell(view, label)),
         ("Commit", _commit_cell(view)),
-        ("Environment id", _code(view.environment_id)),
-        ("Silo", _code(view.silo)),
+        ("Environment id", inline_code(view.environment_id)),
+        ("Silo", inline_code(view.silo)),
     ]
     expires = _expires_cell(view)
     if expires is not None:
         rows.append(("Expires", expires))
+    origin = pool_origin_line(view.pool_origin, view.silo)
+    if origin is not None:
+        rows.append(("Warm pool", origin))
     rows += _cost_rows(view)
     took = _ready_cell(view)
     if took is not None:
         rows.append(("Ready in", took))
-    logs = _link("run log", view.log_url)
+    logs = markdown_link("run log", view.log_url)
     if logs is not None:
         rows.append(("Logs", logs))
     lines = [f"| **Environment** | {_environment_cell(view)} |", "| --- | --- |"]
@@ -363,13 +248,13 @@ def _cost_rows(view: StatusView) -> list[tuple[str, str]]:
     """The environment's money so far and per hour, when its stack outputs a cost."""
     if view.cost is None:
         return []
-    return [("Cost", escape_markdown_inline(_clip(view.cost, _FIELD_CHARS)))]
+    return [("Cost", escape_markdown_inline(clip(view.cost, FIELD_CHARS)))]
 
 
 def _budget_notes(view: StatusView) -> list[str]:
     if view.budget_warning is None:
         return []
-    return [f"> ⚠️ **{escape_markdown_inline(_clip(view.budget_warning, 400))}**"]
+    return [f"> ⚠️ **{escape_markdown_inline(clip(view.budget_warning, 400))}**"]
 
 
 def _notes(view: StatusView) -> list[str]:
@@ -393,7 +278,7 @@ def _notes(view: StatusView) -> list[str]:
         hint = f" Comment `{PREFIX} redeploy` to bring it back." if view.commands_available else ""
         notes.append(f"This environment expired and was destroyed.{hint}")
     if view.state == "destroy_failed":
-        when = f" next at {_utc(view.retry_at)}" if view.retry_at is not None else ""
+        when = f" next at {utc(view.retry_at)}" if view.retry_at is not None else ""
         hint = (
             f" Once the cause is fixed, comment `{PREFIX} destroy` to retry now."
             if view.commands_available
@@ -432,10 +317,10 @@ def _failure_details(
 ) -> list[str]:
     """The last log lines in a collapsed, fenced block, trimmed from the top to ``budget``;
     without ``quote`` (a public repository), only the link to the run log."""
-    link = _link("full run log", log_url)
+    link = markdown_link("full run log", log_url)
     more = f"See the {link}." if link else ""
     if not quote:
-        where = f"the {_link('run log', log_url)}" if log_url else "runbot's dashboard"
+        where = f"the {markdown_link('run log', log_url)}" if log_url else "runbot's dashboard"
         return [
             f"This repository is public, so the engine's output is not quoted here: it is in "
             f"{where}, for people who may see it."
@@ -446,7 +331,7 @@ def _failure_details(
             body.append(more)
         return ["<details><summary>Last log lines</summary>", "", *body, "", "</details>"]
     # Room for the wrapper and the "N earlier lines omitted" note, whatever N is.
-    kept, dropped = _fit_tail(lines, max(budget - 400 - len(more), 0))
+    kept, dropped = fit_tail(lines, max(budget - 400 - len(more), 0))
     out = ["<details><summary>Last log lines</summary>", ""]
     if dropped:
         out += [f"_{dropped} earlier line(s) omitted._ {more}".rstrip(), ""]
@@ -463,17 +348,17 @@ def render_status_comment(view: StatusView) -> str:
     """
     emoji, heading, label = _STATES.get(
         view.state,
-        ("⚪", "Preview environment", escape_markdown_inline(_clip(str(view.state), 40))),
+        ("⚪", "Preview environment", escape_markdown_inline(clip(str(view.state), 40))),
     )
     head = [MARKER, f"### {emoji} {heading}", "", *_table(view, label)]
     notes = _notes(view)
     if notes:
         head += ["", "\n\n".join(notes)]
-    foot = ["", *_commands_footer(view), "", f"<sub>Updated {_utc(view.now)}</sub>", ""]
+    foot = ["", *_commands_footer(view), "", f"<sub>Updated {utc(view.now)}</sub>", ""]
     if view.state in _FAILED:
         fixed = len("\n".join(head)) + len("\n".join(foot)) + 2
         details = _failure_details(
-            _tail_lines(view.log_tail),
+            tail_lines(view.log_tail),
             TARGET_COMMENT_CHARS - fixed,
             view.log_url,
             quote=view.quote_log,
@@ -510,7 +395,7 @@ def render_config_error(problem_markdown: str, docs_url: str | None = None) -> s
     ``problem_markdown`` is trusted markdown (e.g. ``ConfigError.markdown()``, fences and
     all); it is only length-capped and kept from carrying our markers.
     """
-    problem = _cap_markdown(_defuse_markers(_strip_heading(problem_markdown)), _BODY_CHARS)
+    problem = _cap_markdown(defuse_markers(_strip_heading(problem_markdown)), _BODY_CHARS)
     lines = [
         CONFIG_MARKER,
         f"### ⚠️ runbot could not use `{CONFIG_FILENAME}`",
@@ -520,7 +405,7 @@ def render_config_error(problem_markdown: str, docs_url: str | None = None) -> s
         f"No environment is deployed for this pull request until `{CONFIG_FILENAME}` is "
         "fixed: correct it on this branch and push.",
     ]
-    link = _link(f"{CONFIG_FILENAME} reference", docs_url)
+    link = markdown_link(f"{CONFIG_FILENAME} reference", docs_url)
     if link is not None:
         lines += ["", f"Every field is described, with examples, in the {link}."]
     return "\n".join(lines) + "\n"
@@ -547,16 +432,16 @@ def render_expiry_warning(
         else f"To keep it, comment:\n\n```\n{PREFIX} extend {format_duration(by)}\n```\n"
     )
     return (
-        f"⚠️ {who}, the preview environment {_code(env_id)} expires "
-        f"{humanize_until(expires_at, now)} ({_utc(expires_at)}) and will then be destroyed.\n\n"
+        f"⚠️ {who}, the preview environment {inline_code(env_id)} expires "
+        f"{humanize_until(expires_at, now)} ({utc(expires_at)}) and will then be destroyed.\n\n"
         + action
     )
 
 
 def render_reply(title: str, body_markdown: str) -> str:
     """A reply to a command: an escaped one-line title, then our (trusted, capped) markdown."""
-    heading = escape_markdown_inline(_clip(_one_line(title).strip(), _FIELD_CHARS)) or "runbot"
-    body = _cap_markdown(_defuse_markers(body_markdown.strip("\n")), _BODY_CHARS)
+    heading = escape_markdown_inline(clip(one_line(title).strip(), FIELD_CHARS)) or "runbot"
+    body = _cap_markdown(defuse_markers(body_markdown.strip("\n")), _BODY_CHARS)
     return f"### {heading}\n\n{body}\n" if body else f"### {heading}\n"
 
 
@@ -578,7 +463,7 @@ def render_status_reply(view: StatusView, last_run: RunSummary | None) -> str:
     """
     emoji, heading, label = _STATES.get(
         view.state,
-        ("⚪", "Preview environment", escape_markdown_inline(_clip(str(view.state), 40))),
+        ("⚪", "Preview environment", escape_markdown_inline(clip(str(view.state), 40))),
     )
     lines = _table(view, label)
     run = "—"
@@ -586,9 +471,9 @@ def render_status_reply(view: StatusView, last_run: RunSummary | None) -> str:
         moment = last_run.finished_at or last_run.started_at
         verb = "finished" if last_run.finished_at else "started"
         run = (
-            f"run `{last_run.id}`: {_code(last_run.operation, 40)}, "
-            f"{escape_markdown_inline(_clip(last_run.status, 40))}, "
-            f"{verb} {humanize_until(moment, view.now)} ({_utc(moment)})"
+            f"run `{last_run.id}`: {inline_code(last_run.operation, 40)}, "
+            f"{escape_markdown_inline(clip(last_run.status, 40))}, "
+            f"{verb} {humanize_until(moment, view.now)} ({utc(moment)})"
         )
     lines.append(f"| **Last run** | {run} |")
     notes = _notes(view)
@@ -617,6 +502,6 @@ def deployment_state(view: StatusView) -> tuple[str, str]:
     except KeyError:
         raise ValueError(f"no deployment status for runbot state {view.state!r}") from None
     label = _STATES[view.state][2]
-    reason = " ".join(_one_line(view.reason or "").split())
+    reason = " ".join(one_line(view.reason or "").split())
     text = f"{label}: {reason}" if reason else label
-    return state, _clip(text, DEPLOYMENT_DESCRIPTION_CHARS)
+    return state, clip(text, DEPLOYMENT_DESCRIPTION_CHARS)

@@ -5,13 +5,15 @@ from __future__ import annotations
 from app.db.models import Environment, PullRequest, Run
 from app.db.session import Database
 from app.github.comment import StatusView
+from app.github.origin import PoolOrigin
 from app.lifecycle.outputs import wakes_on_request
+from app.lifecycle.pool import CLAIMED, CLAIMING, FALLBACK, FALLBACK_TRIGGER
 from app.lifecycle.service import lifetime_limit
 from app.lifecycle.states import HoldKind, Status
 from app.lifecycle.timings import ordered
 from app.ttl.policy import record_sleep_after
 
-__all__ = ["HOLD_TO_VIEW", "STATUS_TO_VIEW", "ready_phases", "status_view"]
+__all__ = ["HOLD_TO_VIEW", "STATUS_TO_VIEW", "pool_origin", "ready_phases", "status_view"]
 
 #: The view state of a PR held back, by why; every other hold shows as "not_deployed".
 HOLD_TO_VIEW = {
@@ -31,6 +33,22 @@ STATUS_TO_VIEW = {
     Status.DESTROY_FAILED: "destroy_failed",
     Status.DESTROYED: "destroyed",
 }
+
+
+def pool_origin(env: Environment) -> PoolOrigin:
+    """Where the PR's environment came from, by its `pool_state`.
+
+    A claim that failed is `claiming` and failed until the pool keeper falls back; the keeper
+    then marks it `claimed` only to win it over other replicas, and destroys it with the
+    trigger `pool-fallback`: that one still reads as the failed claim it is.
+    """
+    if env.pool_state == FALLBACK:
+        return PoolOrigin.FALLBACK
+    if env.pool_state == CLAIMING:
+        return PoolOrigin.CLAIM_FAILED if env.status == Status.FAILED else PoolOrigin.CLAIMING
+    if env.pool_state == CLAIMED:
+        return PoolOrigin.CLAIM_FAILED if env.trigger == FALLBACK_TRIGGER else PoolOrigin.CLAIMED
+    return PoolOrigin.NONE
 
 
 def status_view(
@@ -89,6 +107,7 @@ def status_view(
         sleep_reason=env.sleep_reason,
         sleep_after=record_sleep_after(env.ttl),
         wakes_on_request=wakes,
+        pool_origin=pool_origin(env),
         app_slug=app_slug,
         commands_help=commands_help,
     )

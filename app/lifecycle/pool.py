@@ -25,10 +25,12 @@ from app.ttl.policy import TTLPolicy, expiry_after_activity, policy_from_record,
 if TYPE_CHECKING:
     from app.db.session import Database
 
-__all__ = ["Pooling", "PullValues", "of_a_pr", "pause_after"]
+__all__ = ["FALLBACK_TRIGGER", "Pooling", "PullValues", "of_a_pr", "pause_after"]
 
 #: `Environment.pool_state` values.
 WARM, CLAIMING, CLAIMED, FALLBACK = "warm", "claiming", "claimed", "fallback"
+#: The trigger of a failed claim's destroy and of the fresh create that replaces it.
+FALLBACK_TRIGGER = "pool-fallback"
 
 
 def of_a_pr() -> ColumnElement[bool]:

@@ -23,7 +23,7 @@ from sqlmodel import col, select
 
 from app.db.budgets import Levels, levels
 from app.db.models import Environment, Silo, WarmPool, utcnow
-from app.lifecycle.pool import CLAIMED, CLAIMING, FALLBACK, pause_after
+from app.lifecycle.pool import CLAIMED, CLAIMING, FALLBACK, FALLBACK_TRIGGER, pause_after
 from app.lifecycle.service import LifecycleError
 from app.lifecycle.states import Desired, Status
 from app.pool.plan import Member, Plan, Want, plan_pool, pool_key, pool_size
@@ -178,7 +178,7 @@ class PoolKeeper:
             try:
                 fresh = self.lifecycle.redeploy(
                     env.id,
-                    trigger="pool-fallback",
+                    trigger=FALLBACK_TRIGGER,
                     reason=f"the warm instance could not take this PR's values ({why})",
                     pool_state=FALLBACK,
                 )
