@@ -8,6 +8,7 @@ exactly one gets it, and a PR that already has an environment is refused by the 
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +25,14 @@ from app.ttl.policy import TTLPolicy, expiry_after_activity, policy_record
 if TYPE_CHECKING:
     from app.db.session import Database
 
-__all__ = ["PoolClaim", "Pooling", "of_a_pr", "pause_after"]
+__all__ = ["CLAIM_STATS", "PoolClaim", "Pooling", "of_a_pr", "pause_after"]
 
 #: `Environment.pool_state` values.
 WARM, CLAIMING, CLAIMED, FALLBACK = "warm", "claiming", "claimed", "fallback"
+#: Claims this process made, by outcome, for metrics: ``claimed`` (a PR took an instance),
+#: ``empty`` (the repository has a pool in the silo but none was ready: a cold create),
+#: ``fallback`` (a claimed instance failed to take its PR's values: a fresh create).
+CLAIM_STATS: Counter[str] = Counter()
 
 
 def of_a_pr() -> ColumnElement[bool]:
@@ -120,6 +125,8 @@ class Pooling:
                 query = query.with_for_update(skip_locked=True)
             found = session.exec(query).first()
             if found is None:
+                if _wants_pool(session, silo, values.repository):
+                    CLAIM_STATS["empty"] += 1
                 return None
             taken = session.exec(
                 update(Environment)
@@ -136,6 +143,7 @@ class Pooling:
             except IntegrityError:  # the PR got an environment meanwhile: this one stays warm
                 session.rollback()
                 return None
+            CLAIM_STATS["claimed"] += 1
             return env
 
     @staticmethod
@@ -251,6 +259,11 @@ class Pooling:
     def pools(self) -> list[WarmPool]:
         with self.db.session() as session:
             return list(session.exec(select(WarmPool).order_by(col(WarmPool.silo_name))))
+
+
+def _wants_pool(session: Any, silo: str, repository: str) -> bool:
+    row = session.get(WarmPool, (silo, repository))
+    return row is not None and row.size > 0
 
 
 #: How long a pool whose instances keep failing waits before making another: doubling.
