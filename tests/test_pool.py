@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -30,12 +31,17 @@ CONFIG = "stack: pooled\nsilo: pool\n"
 
 @contextmanager
 def pooled(
-    tmp_path: Path, fake: FakeGitHub, size: int = 2, database_url: str | None = None
+    tmp_path: Path,
+    fake: FakeGitHub,
+    size: int = 2,
+    database_url: str | None = None,
+    **overrides: Any,
 ) -> Iterator[AppServer]:
-    """runbot serving the `pooled` stack, its silo `pool` asking for ``size`` warm ones."""
+    """runbot serving the `pooled` stack, its silo `pool` asking for ``size`` warm ones
+    (``overrides``: more settings, e.g. an API token)."""
     seed_repo(fake, CONFIG)
     settings = app_settings(
-        tmp_path, fake, database_url, templates_dir=POOLED, scheduler_interval=1.0
+        tmp_path, fake, database_url, templates_dir=POOLED, scheduler_interval=1.0, **overrides
     )
     with AppServer(settings) as server:
         lifecycle = server.runtime.lifecycle
