@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlmodel import select
 
@@ -21,6 +22,7 @@ from tests.fakegithub.server import FakeGitHub
 from tests.fakegithub.webhooks import deliver
 from tests.helpers import wait_for
 from tests.test_trust import WEBHOOK_SECRET
+from tests.test_web_metrics import value
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 pytestmark = pytest.mark.engine
@@ -72,6 +74,12 @@ def warm_ready(server: AppServer) -> list[Environment]:
         for env in members
         if env.status == Status.READY and env.generation == env.observed_generation
     ]
+
+
+def fallback_claims(server: AppServer) -> float:
+    """`runbot_pool_claims_total{outcome="fallback"}` on the server's /metrics."""
+    text = httpx.get(f"{server.url}/metrics", trust_env=False, timeout=20).text
+    return value(text, "runbot_pool_claims_total", outcome="fallback")
 
 
 def live(server: AppServer, number: int) -> Environment | None:
@@ -130,6 +138,7 @@ def test_a_claim_that_fails_to_update_falls_back_to_a_fresh_create(
 ) -> None:
     fake = fake_github
     with pooled(tmp_path, fake, size=1, database_url=database_url) as server:
+        fallbacks = fallback_claims(server)
         open_pull(server, fake, 1, "1" * 40)
         wait_for(lambda: ready_with(server, 1, "1" * 40), timeout=90)
         wait_for(lambda: len(warm_ready(server)) == 1, timeout=90)
@@ -144,6 +153,7 @@ def test_a_claim_that_fails_to_update_falls_back_to_a_fresh_create(
         assert gone.desired == "absent" and gone.trigger == "pool-fallback"
         assert (gone.reason or "").startswith("the warm instance could not take this PR's")
         assert "apply failed" in (gone.reason or "")  # the run's log holds the rest
+        assert fallback_claims(server) == fallbacks + 1
 
 
 def test_the_pool_is_made_again_when_the_default_branch_moves(

@@ -218,6 +218,36 @@ def test_metrics_count_pool_instances_by_silo_and_state(site: Site) -> None:
     assert value(text, "runbot_pool_instances", silo="pool", state="retiring") == 1
 
 
+def test_claims_are_counted_by_outcome(site: Site) -> None:
+    def scrape() -> str:
+        return httpx.get(f"{site.server.url}/metrics", trust_env=False).text
+
+    def claim(repository: str, number: int) -> Environment | None:
+        values = PoolClaim(
+            repository,
+            number,
+            f"{number:040x}",
+            f"b{number}",
+            WRITER,
+            {},
+            installation_id=INSTALLATION,
+            ttl=TTLPolicy(),
+            config_sha="c" * 40,
+        )
+        return site.runtime.lifecycle.claim_warm("pool", values)  # type: ignore[no-any-return]
+
+    before = scrape()
+    assert claim(REPO, 6) is not None  # warm-b
+    assert claim(REPO, 7) is None  # the pool is empty now
+    assert claim(OTHER, 8) is None  # a pool with no instance yet
+    assert claim("octo-org/no-pool", 9) is None  # no pool at all: not a claim
+    after = scrape()
+    assert claims(after, "claimed") == claims(before, "claimed") + 1
+    assert claims(after, "empty") == claims(before, "empty") + 2
+    assert claims(after, "fallback") == claims(before, "fallback")
+    assert value(after, "runbot_pool_instances", silo="pool", state="claiming") == 2
+
+
 def test_the_dashboard_marks_warm_and_claimed_instances_and_lists_pools(site: Site) -> None:
     with site.token() as api:
         home = api.get("/").text
