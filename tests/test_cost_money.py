@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from app.cost.money import (
     month_to_date,
     next_month_start,
     per_day,
+    split_at_claim,
 )
 from app.cost.rates import (
     ASLEEP_STATUSES,
@@ -102,3 +104,20 @@ def test_a_long_span_splits_over_every_day() -> None:
     assert sorted(days) == [("o/a", date(2026, 1, d)) for d in (1, 2, 3, 4)]
     assert [round(days[k], 6) for k in sorted(days)] == [12.0, 24.0, 24.0, 12.0]
     assert current_hourly([]) == 0.0
+
+
+def test_a_pool_instance_is_the_pools_until_its_claim_and_the_prs_after() -> None:
+    hour = timedelta(hours=1)
+    before = Span("warm-a", "o/r", "s", "creating", 1.0, T0, T0 + hour)
+    across = Span("warm-a", "o/r", "s", "ready", 2.0, T0 + hour)  # open, claimed at +3h
+    unclaimed = Span("warm-b", "o/r", "s", "ready", 2.0, T0)
+    pr = Span("pr-1-x", "o/r", "s", "ready", 2.0, T0)
+    pool, prs = split_at_claim(
+        [before, across, unclaimed, pr], {"warm-a": T0 + 3 * hour, "warm-b": None}
+    )
+    assert pool == [before, replace(across, ended_at=T0 + 3 * hour), unclaimed]
+    assert prs == [replace(across, started_at=T0 + 3 * hour), pr]
+    now = T0 + 5 * hour
+    assert money(pool, now) == pytest.approx(1.0 + 4.0 + 10.0)
+    assert money(prs, now) == pytest.approx(4.0 + 10.0)
+    assert money(pool, now) + money(prs, now) == pytest.approx(money([before, across], now) + 20)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from sqlmodel import select
 
@@ -21,6 +23,7 @@ from tests.fakegithub.server import FakeGitHub
 from tests.fakegithub.webhooks import deliver
 from tests.helpers import wait_for
 from tests.test_trust import WEBHOOK_SECRET
+from tests.test_web_metrics import value
 
 pytest_plugins = ["tests.fakegithub.pytest_plugin"]
 pytestmark = pytest.mark.engine
@@ -40,12 +43,17 @@ FALLBACK_ROW = (
 
 @contextmanager
 def pooled(
-    tmp_path: Path, fake: FakeGitHub, size: int = 2, database_url: str | None = None
+    tmp_path: Path,
+    fake: FakeGitHub,
+    size: int = 2,
+    database_url: str | None = None,
+    **overrides: Any,
 ) -> Iterator[AppServer]:
-    """runbot serving the `pooled` stack, its silo `pool` asking for ``size`` warm ones."""
+    """runbot serving the `pooled` stack, its silo `pool` asking for ``size`` warm ones
+    (``overrides``: more settings, e.g. an API token)."""
     seed_repo(fake, CONFIG)
     settings = app_settings(
-        tmp_path, fake, database_url, templates_dir=POOLED, scheduler_interval=1.0
+        tmp_path, fake, database_url, templates_dir=POOLED, scheduler_interval=1.0, **overrides
     )
     with AppServer(settings) as server:
         lifecycle = server.runtime.lifecycle
@@ -86,6 +94,12 @@ def status_comment(fake: FakeGitHub, number: int) -> str:
 def check_summary(fake: FakeGitHub, sha: str) -> str:
     runs = [run for run in fake.check_runs(REPO, sha) if run["name"] == "runbot"]
     return runs[-1]["output"]["summary"] if runs else ""
+
+
+def fallback_claims(server: AppServer) -> float:
+    """`runbot_pool_claims_total{outcome="fallback"}` on the server's /metrics."""
+    text = httpx.get(f"{server.url}/metrics", trust_env=False, timeout=20).text
+    return value(text, "runbot_pool_claims_total", outcome="fallback")
 
 
 def live(server: AppServer, number: int) -> Environment | None:
@@ -149,6 +163,7 @@ def test_a_claim_that_fails_to_update_falls_back_to_a_fresh_create(
 ) -> None:
     fake = fake_github
     with pooled(tmp_path, fake, size=1, database_url=database_url) as server:
+        fallbacks = fallback_claims(server)
         open_pull(server, fake, 1, "1" * 40)
         wait_for(lambda: ready_with(server, 1, "1" * 40), timeout=90)
         wait_for(lambda: len(warm_ready(server)) == 1, timeout=90)
@@ -166,6 +181,8 @@ def test_a_claim_that_fails_to_update_falls_back_to_a_fresh_create(
         wait_for(lambda: FALLBACK_ROW in status_comment(fake, 2), timeout=30)
         comment = status_comment(fake, 2)
         assert f"`{fresh.id}`" in comment and CLAIMED not in comment
+
+        assert fallback_claims(server) == fallbacks + 1
 
 
 def test_the_pool_is_made_again_when_the_default_branch_moves(

@@ -198,7 +198,7 @@ def test_the_pool_key_follows_template_contents_not_file_times(tmp_path: Path) -
     assert catalog.get_with_digest("pooled") == (catalog.get("pooled"), after)
 
 
-def test_a_warm_instance_cannot_be_redeployed_and_is_left_as_it_was(database_url: str) -> None:
+def test_a_warm_instance_is_not_redeployed_extended_or_slept_by_hand(database_url: str) -> None:
     from app.lifecycle.service import Conflict, Lifecycle
     from app.stacks.catalog import Catalog
 
@@ -208,6 +208,13 @@ def test_a_warm_instance_cannot_be_redeployed_and_is_left_as_it_was(database_url
     lifecycle = Lifecycle(db, Catalog(ROOT / "infra-templates"))
     with pytest.raises(Conflict, match=r"warm pool instance.*runbot_pool_size"):
         lifecycle.redeploy("warm-00000000", trigger="api")
+    with pytest.raises(Conflict, match="cannot be extended"):
+        lifecycle.extend("warm-00000000", timedelta(hours=4))
+    with pytest.raises(Conflict, match="cannot be put to sleep"):
+        lifecycle.set_suspended("warm-00000000", True)
+    # Automatic sleep (idle, budget) asks by a conditional UPDATE: it never matches one.
+    assert not lifecycle.put_to_sleep("warm-00000000", "budget", datetime.now(UTC))
     kept = lifecycle.get_environment("warm-00000000")
     assert (kept.pool_state, kept.desired, kept.generation) == ("warm", "present", 1)
+    assert (kept.expires_at, kept.slept_at) == (None, None)
     assert len(lifecycle.list_environments()) == WARM

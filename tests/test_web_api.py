@@ -19,6 +19,7 @@ from sqlmodel import select
 
 from app.db.models import Environment, Silo
 from app.server import create_app
+from app.settings import Settings
 from tests.apphost import INSTALLATION, REPO, free_port, sign_in_settings
 from tests.fakegithub.server import FakeGitHub
 from tests.webtools import WebServer, csrf_of, seed_env, seed_run, seed_silo, sign_in
@@ -56,16 +57,24 @@ class Site:
         return sign_in(self.server.url)
 
 
-@pytest.fixture
-def site(tmp_path: Path, fake_github: FakeGitHub, database_url: str) -> Iterator[Site]:
-    fake = fake_github
+def readers_and_writers(
+    tmp_path: Path, fake: FakeGitHub, database_url: str
+) -> tuple[int, Settings]:
+    """REPO (READER reads it, WRITER writes) and the private OTHER; settings with GitHub
+    sign-in and the API token, for a runbot served on the port returned."""
     fake.add_repo(REPO, files={"main": {".runbot.yml": "stack: local\n"}})
     fake.add_repo(OTHER, private=True)
     fake.add_installation(INSTALLATION, "octo-org", [REPO, OTHER])
     fake.set_permission(REPO, READER, "read")
     fake.set_permission(REPO, WRITER, "write")
     port = free_port()
-    settings = sign_in_settings(tmp_path, fake, database_url, port, api_token=API_TOKEN)
+    return port, sign_in_settings(tmp_path, fake, database_url, port, api_token=API_TOKEN)
+
+
+@pytest.fixture
+def site(tmp_path: Path, fake_github: FakeGitHub, database_url: str) -> Iterator[Site]:
+    fake = fake_github
+    port, settings = readers_and_writers(tmp_path, fake, database_url)
     app = create_app(settings, background=False)
     db = app.state.runtime.db
     seed_silo(
@@ -123,6 +132,7 @@ def endpoints(runs: dict[str, int]) -> list[tuple[str, str, dict | None, Expect]
         ("GET", f"/api/runs/{mine}/log", None, expect(401, 200, 200, 200)),
         ("GET", f"/api/runs/{other}/log?after=0", None, expect(401, 404, 404, 200)),
         ("GET", "/api/usage", None, expect(401, 200, 200, 200)),
+        ("GET", "/api/pools", None, expect(401, 200, 200, 200)),
         ("GET", "/api/outbox", None, expect(401, 403, 403, 200)),
         ("GET", f"/api/policy/{REPO}", None, expect(401, 403, 403, 200)),
         ("POST", "/api/environments/pr-1-aaaaa/extend", {"by": "2h"}, expect(401, 403, 200, 200)),
@@ -331,6 +341,7 @@ def test_validation_errors_are_plain(site: Site) -> None:
         "/api/environments/{env_id}/extend",
         "/api/silos/{name}/destroy",
         "/api/runs/{run_id}/log",
+        "/api/pools",
     ):
         assert path in docs["paths"], path
     # Served straight from the ASGI server (RunbotApp), yet still described.

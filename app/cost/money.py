@@ -8,8 +8,8 @@ month need no real time.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
 HOUR = 3600.0
@@ -103,6 +103,35 @@ def per_day(
             out[(key(span), day)] += span.hourly * (cut - begin).total_seconds() / HOUR
             begin, day = cut, day + timedelta(days=1)
     return dict(out)
+
+
+def split_at_claim(
+    spans: Iterable[Span], pooled: Mapping[str, datetime | None]
+) -> tuple[list[Span], list[Span]]:
+    """(the warm pool's, the PRs') parts of ``spans``. ``pooled`` maps each pool instance to
+    when a PR claimed it (None: still unclaimed); a span across the claim is cut there."""
+    pool: list[Span] = []
+    prs: list[Span] = []
+    for span in spans:
+        if span.environment_id not in pooled:
+            prs.append(span)
+            continue
+        claimed = pooled[span.environment_id]
+        if claimed is None or (span.ended_at is not None and span.ended_at <= claimed):
+            pool.append(span)
+        elif span.started_at >= claimed:
+            prs.append(span)
+        else:
+            pool.append(replace(span, ended_at=claimed))
+            prs.append(replace(span, started_at=claimed))
+    return pool, prs
+
+
+def hours_per_day(
+    spans: Iterable[Span], now: datetime, since: datetime
+) -> dict[tuple[str, date], float]:
+    """Hours per (repository, UTC day), whatever the rate: ``per_day`` at one an hour."""
+    return per_day([replace(span, hourly=1.0) for span in spans], now, since)
 
 
 def month_to_date(

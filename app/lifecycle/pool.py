@@ -8,6 +8,7 @@ exactly one gets it, and a PR that already has an environment is refused by the 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from app.db.models import Environment, WarmPool, utcnow
+from app.lifecycle.errors import Conflict
 from app.lifecycle.ids import new_pool_id
 from app.lifecycle.pulls import mark_pull_dirty
 from app.lifecycle.states import Desired, Status
@@ -25,12 +27,36 @@ from app.ttl.policy import TTLPolicy, expiry_after_activity, policy_from_record,
 if TYPE_CHECKING:
     from app.db.session import Database
 
-__all__ = ["FALLBACK_TRIGGER", "Pooling", "PullValues", "of_a_pr", "pause_after"]
+__all__ = [
+    "CLAIM_STATS",
+    "FALLBACK_TRIGGER",
+    "Pooling",
+    "PullValues",
+    "of_a_pr",
+    "pause_after",
+    "refuse_warm",
+]
 
 #: `Environment.pool_state` values.
 WARM, CLAIMING, CLAIMED, FALLBACK = "warm", "claiming", "claimed", "fallback"
 #: The trigger of a failed claim's destroy and of the fresh create that replaces it.
 FALLBACK_TRIGGER = "pool-fallback"
+#: Claims this process made, by outcome, for metrics: ``claimed`` (a PR took an instance),
+#: ``empty`` (the repository has a pool in the silo but none was ready: a cold create),
+#: ``fallback`` (a claimed instance failed to take its PR's values: a fresh create).
+CLAIM_STATS: Counter[str] = Counter()
+
+
+def refuse_warm(env: Environment, done: str) -> None:
+    """An unclaimed warm-pool instance is the pool keeper's, not a PR's: acting on it by hand
+    would leave the pool with an instance no PR can claim."""
+    if env.pool_state == WARM:
+        raise Conflict(
+            f"environment '{env.id}' is a warm pool instance and cannot be {done}: the pool"
+            " keeper remakes it when its templates or default branch change; to change the"
+            " pool, change its size (the stack's `pool.size`, the silo's `runbot_pool_size`,"
+            " the policy's `max_pool`), or destroy the instance and the keeper makes a new one"
+        )
 
 
 def of_a_pr() -> ColumnElement[bool]:
@@ -132,6 +158,8 @@ class Pooling:
                 query = query.with_for_update(skip_locked=True)
             found = session.exec(query).first()
             if found is None:
+                if _wants_pool(session, silo, values.repository):
+                    CLAIM_STATS["empty"] += 1
                 return None
             taken = session.exec(
                 update(Environment)
@@ -148,6 +176,7 @@ class Pooling:
             except IntegrityError:  # the PR got an environment meanwhile: this one stays warm
                 session.rollback()
                 return None
+            CLAIM_STATS["claimed"] += 1
             return env
 
     @staticmethod
@@ -263,6 +292,11 @@ class Pooling:
     def pools(self) -> list[WarmPool]:
         with self.db.session() as session:
             return list(session.exec(select(WarmPool).order_by(col(WarmPool.silo_name))))
+
+
+def _wants_pool(session: Any, silo: str, repository: str) -> bool:
+    row = session.get(WarmPool, (silo, repository))
+    return row is not None and row.size > 0
 
 
 #: How long a pool whose instances keep failing waits before making another: doubling.

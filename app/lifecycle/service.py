@@ -17,8 +17,9 @@ from sqlmodel import Session, col, select
 
 from app.db.models import Environment, Silo, utcnow
 from app.db.session import Database
+from app.lifecycle.errors import Conflict, LifecycleError, NotFound
 from app.lifecycle.ids import new_environment_id
-from app.lifecycle.pool import WARM, Pooling, PullValues, of_a_pr
+from app.lifecycle.pool import Pooling, PullValues, of_a_pr, refuse_warm
 from app.lifecycle.pulls import mark_pull_dirty, pull_id
 from app.lifecycle.sleep import Sleeping
 from app.lifecycle.states import LIVE, Desired, Status
@@ -52,18 +53,6 @@ __all__ = [
 
 REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
 SHA = re.compile(r"^[0-9a-f]{4,64}$")
-
-
-class LifecycleError(Exception):
-    """A request that cannot be honoured; the message says why and what to do instead."""
-
-
-class NotFound(LifecycleError):
-    pass
-
-
-class Conflict(LifecycleError):
-    pass
 
 
 def ttl_policy_of(env: Environment) -> TTLPolicy:
@@ -364,7 +353,7 @@ class Lifecycle(Sleeping, Pooling):
         (reason ``command``), and asking counts as activity either way."""
         now = utcnow()
         with self.db.session() as session:
-            self._live_env(session, env_id)
+            refuse_warm(self._live_env(session, env_id), "put to sleep or woken")
         if suspended:
             self.sleep_by_command(env_id, trigger, now)
         elif not self.wake_up(env_id, trigger, now):
@@ -401,6 +390,7 @@ class Lifecycle(Sleeping, Pooling):
         now = now or utcnow()
         with self.db.session() as session:
             env = self._live_env(session, env_id)
+            refuse_warm(env, "extended")
             policy = ttl_policy_of(env)
             if ceiling is not None and ceiling < policy.max:
                 policy = dataclasses.replace(policy, max=ceiling)
@@ -505,12 +495,7 @@ class Lifecycle(Sleeping, Pooling):
         A warm pool instance is the keeper's to remake, not anyone's to redeploy."""
         with self.db.session() as session:
             env = self._load_env(session, env_id)
-        if env.pool_state == WARM:
-            raise Conflict(
-                f"environment '{env_id}' is a warm pool instance, not a PR's: the pool keeper"
-                " remakes it when its templates or default branch change; to change the pool,"
-                " change its size (the stack's `pool.size`, the silo's `runbot_pool_size`)"
-            )
+        refuse_warm(env, "redeployed")
         if env.status not in (Status.DESTROYED,) and env.desired != Desired.ABSENT:
             self.destroy_environment(env.id, reason=reason, trigger=trigger)
         return self.create_for_pull(env.silo_name, PullValues.of(env, trigger), pool_state)

@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, update
 from sqlmodel import col, select
 
 from app.db.models import Environment, utcnow, warning_time
+from app.lifecycle.pool import of_a_pr
 from app.lifecycle.pulls import mark_pull_dirty
 from app.lifecycle.states import Desired, Status
 from app.ttl.policy import expiry_after_activity, policy_from_record, sleep_due_at
@@ -84,6 +85,7 @@ class Sleeping:
                 .where(col(Environment.id) == env_id)
                 .where(col(Environment.desired) == Desired.PRESENT)
                 .where(col(Environment.status) != Status.DESTROYED)
+                .where(of_a_pr())  # asleep, a warm instance could not be claimed
             )
             for condition in conditions:
                 query = query.where(condition)

@@ -23,7 +23,14 @@ from sqlmodel import col, select
 
 from app.db.budgets import Levels, levels
 from app.db.models import Environment, Silo, WarmPool, utcnow
-from app.lifecycle.pool import CLAIMED, CLAIMING, FALLBACK, FALLBACK_TRIGGER, pause_after
+from app.lifecycle.pool import (
+    CLAIM_STATS,
+    CLAIMED,
+    CLAIMING,
+    FALLBACK,
+    FALLBACK_TRIGGER,
+    pause_after,
+)
 from app.lifecycle.service import LifecycleError
 from app.lifecycle.states import Desired, Status
 from app.pool.plan import Member, Plan, Want, plan_pool, pool_key, pool_size
@@ -186,6 +193,7 @@ class PoolKeeper:
                 log.warning("pool fallback for %s: %s", env.id, exc)
                 continue
             POOL_STATS["fallbacks"] += 1
+            CLAIM_STATS["fallback"] += 1
             report.fallbacks.append(fresh.id)
             log.info(
                 "%s failed to take %s#%s; created %s",

@@ -27,6 +27,7 @@ from app.web.views import (
     LogOut,
     OutboxOut,
     PageOut,
+    PoolOut,
     RunOut,
     SiloOut,
     UsageOut,
@@ -238,6 +239,13 @@ def api_router(service: Service, auth: Authenticator) -> APIRouter:
 
     for silo_action, text in SILO_ACTIONS.items():
         add_silo_action(silo_action, text)
+
+    @router.get("/pools", response_model=list[PoolOut], tags=["pools"])
+    async def pools(principal: Principal = Depends(someone)) -> list[PoolOut]:
+        """Each repository's warm pool in each silo (of the repositories you can read): the
+        size wanted, the instances ready, being made, failed or being claimed, and each
+        unclaimed instance (`pr_number` 0, `pr_url` null)."""
+        return await _sync(service.pools, principal)
 
     @router.get("/runs/{run_id}", response_model=RunOut, tags=["runs"])
     async def get_run(run_id: int, principal: Principal = Depends(someone)) -> RunOut:

@@ -483,8 +483,9 @@ class Dashboard:
         async def silos(request: Request, page: int = 1) -> Response:
             async def show(principal: Principal, session: Session, new: bool) -> Response:
                 result = await run_in_threadpool(service.list_silos, principal, None, page, 50)
+                pools = await run_in_threadpool(service.pools, principal)
                 return self.render(
-                    request, "silos.html", principal, session, new, result=result, now=utcnow()
+                    request, "silos.html", principal, session, new, result=result, pools=pools
                 )
 
             return await guarded(request, show)
@@ -568,6 +569,8 @@ class Dashboard:
                     ),
                     any_money=any(s.money_total > 0 for s in data.series),
                     total_hours=round(sum(s.total for s in data.series), 1),
+                    pool_hours=round(sum(s.total for s in data.pool), 1),
+                    pool_money=format_money(sum(s.money_total for s in data.pool), data.currency),
                 )
 
             return await guarded(request, show)

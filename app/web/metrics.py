@@ -25,16 +25,18 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
 from app.cost.money import money_by_repository
 from app.db.ledger import spans
-from app.db.models import Delivery, Environment, PullRequest, Run, Silo, utcnow
+from app.db.models import Delivery, Environment, PullRequest, Run, Silo, WarmPool, utcnow
 from app.db.session import Database
 from app.github.intake import HANDLED_EVENTS
 from app.github.transport import GATEWAY_STATS
 from app.lifecycle.orphans import OrphanKind
-from app.lifecycle.states import Status
+from app.lifecycle.pool import CLAIM_STATS, CLAIMING, WARM
+from app.lifecycle.states import Desired, Status
 from app.lifecycle.sweep import SweepReport
 from app.lifecycle.timings import ORDER
 
@@ -268,6 +270,82 @@ class OrphanCollector(Collector):
         yield from (gauge, swept)
 
 
+#: `runbot_pool_instances` states, and `runbot_pool_claims` outcomes.
+POOL_STATES = ("ready", "starting", "failed", "retiring", "claiming")
+CLAIM_OUTCOMES = ("claimed", "empty", "fallback")
+
+
+def pool_state_of(pool_state: str, status: str, desired: str, settled: bool) -> str:
+    """Where a pool instance stands, for `runbot_pool_instances` (pure)."""
+    if pool_state == CLAIMING:
+        return "claiming"
+    if desired == Desired.ABSENT:
+        return "retiring"
+    if settled and status in (Status.READY, Status.FAILED):
+        return "ready" if status == Status.READY else "failed"
+    return "starting"
+
+
+class PoolCollector(Collector):
+    """The warm pools per silo, from the database at scrape time (use `max` across
+    replicas), and the claims this process made (a counter: `sum` them). By silo only: an
+    open /metrics names no repository."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        instances = GaugeMetricFamily(
+            "runbot_pool_instances",
+            "Warm-pool instances by silo and state: ready (to be claimed), starting (being"
+            " made), failed (made again), retiring (being destroyed), claiming (taken by a PR,"
+            " still taking its values)",
+            labels=["silo", "state"],
+        )
+        wanted = GaugeMetricFamily(
+            "runbot_pool_size",
+            "Warm-pool instances wanted per silo (all its repositories' pools)",
+            labels=["silo"],
+        )
+        with self.db.session() as session:
+            rows = session.execute(
+                # SQLAlchemy's own select: sqlmodel's is typed for at most four columns.
+                sql_select(
+                    col(Environment.silo_name),
+                    col(Environment.pool_state),
+                    col(Environment.status),
+                    col(Environment.desired),
+                    col(Environment.generation) == col(Environment.observed_generation),
+                ).where(
+                    col(Environment.pool_state).in_([WARM, CLAIMING]),
+                    col(Environment.status) != Status.DESTROYED,
+                )
+            ).all()
+            sizes = session.exec(
+                select(WarmPool.silo_name, func.sum(WarmPool.size)).group_by(WarmPool.silo_name)
+            ).all()
+        counts: Counter_[tuple[str, str]] = Counter_()
+        for silo, pool_state, status, desired, settled in rows:
+            counts[(silo, pool_state_of(pool_state or "", status, desired, bool(settled)))] += 1
+        silos = sorted({silo for silo, _ in sizes} | {silo for silo, _ in counts})
+        for silo in silos:
+            for state in POOL_STATES:
+                instances.add_metric([silo, state], counts.get((silo, state), 0))
+        for silo, size in sorted(sizes):
+            wanted.add_metric([silo], int(size or 0))
+        claims = CounterMetricFamily(
+            "runbot_pool_claims",
+            "PRs that looked for a warm instance, by outcome: claimed (took one), empty (the"
+            " pool had none ready: a cold create), fallback (a claimed one failed to take the"
+            " PR's values: a fresh create)",
+            labels=["outcome"],
+        )
+        stats = dict(CLAIM_STATS)
+        for outcome in CLAIM_OUTCOMES:
+            claims.add_metric([outcome], stats.get(outcome, 0))
+        yield from (instances, wanted, claims)
+
+
 class GitHubCollector(Collector):
     """The gateway's process-wide call counters, as Prometheus counters."""
 
@@ -345,6 +423,7 @@ class Metrics:
         self.registry.register(StateCollector(db))
         self.registry.register(CostCollector(db, by_repository))
         self.registry.register(GitHubCollector())
+        self.registry.register(PoolCollector(db))
         self.registry.register(OrphanCollector(orphans))
 
     def count_delivery(self, event: str, outcome: str) -> None:

@@ -6,13 +6,14 @@ shows no money (None), not a made-up zero.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from app.cost.money import EnvironmentCost
+from app.cost.money import EnvironmentCost, hours_per_day, per_day, split_at_claim
 from app.cost.rates import read_rates
-from app.db.ledger import costs_of, daily_by_repository
+from app.db.ledger import costs_of, spans
 from app.db.models import Environment
 from app.db.session import Database
 
@@ -36,17 +37,42 @@ def cost_fields(env: Environment, cost: EnvironmentCost | None, currency: str) -
     }
 
 
-def money_per_day(
-    db: Database, repositories: list[str], start: datetime, now: datetime, days: list[date]
-) -> dict[str, list[float]]:
-    """Money per repository on each of ``days`` (UTC), from ``start`` up to ``now``."""
+@dataclass(frozen=True)
+class DailySpend:
+    """Per repository, one value per day: the PRs' money, and the warm pool's money and
+    hours (a claimed instance counts for the pool until its claim, for its PR after)."""
+
+    money: dict[str, list[float]]
+    pool_money: dict[str, list[float]]
+    pool_hours: dict[str, list[float]]
+
+
+def spend_per_day(
+    db: Database,
+    repositories: list[str],
+    pooled: Mapping[str, datetime | None],
+    start: datetime,
+    now: datetime,
+    days: list[date],
+) -> DailySpend:
+    """What ``repositories`` spent on each of ``days`` (UTC), from ``start`` up to ``now``;
+    ``pooled``: the pool instances and when each was claimed (None: not yet)."""
     if not repositories:
-        return {}
+        return DailySpend({}, {}, {})
     with db.session() as session:
-        spent = daily_by_repository(session, start, now, repositories)
+        found = spans(session, since=start, repositories=repositories)
+    pool, prs = split_at_claim(found, pooled)
     index = {day: i for i, day in enumerate(days)}
-    out: dict[str, list[float]] = {}
-    for (repository, day), amount in spent.items():
-        if day in index:
-            out.setdefault(repository, [0.0] * len(days))[index[day]] += amount
-    return out
+
+    def by_day(values: dict[tuple[str, date], float]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for (repository, day), amount in values.items():
+            if day in index:
+                out.setdefault(repository, [0.0] * len(days))[index[day]] += amount
+        return out
+
+    return DailySpend(
+        money=by_day(per_day(prs, now, start)),
+        pool_money=by_day(per_day(pool, now, start)),
+        pool_hours=by_day(hours_per_day(pool, now, start)),
+    )

@@ -1,8 +1,8 @@
 """Wires the dashboard, the REST API, sign-in and /metrics into the runbot app.
 
 `create_app` calls `mount_web` once; everything web-facing beyond intake and health lives in
-this package: `service` (the shared service layer), `views` (what it returns), `api`,
-`dashboard`, `auth`, `metrics`.
+this package: `service` (the shared service layer, with `visible`, `usage` and `pools`),
+`views` (what it returns), `api`, `dashboard`, `auth`, `metrics`.
 """
 
 from __future__ import annotations

@@ -15,11 +15,10 @@ its runs, is absent (404) in the same words as one that does not exist.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
 from sqlalchemy import func
-from sqlalchemy import select as sql_select
 from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
@@ -32,6 +31,7 @@ from app.db.models import Environment, OutboxMessage, PullRequest, Run, Silo, ut
 from app.engine.logs import read_log
 from app.engine.runner import Redactor
 from app.lifecycle.outputs import public_outputs, sensitive_values
+from app.lifecycle.pool import WARM
 from app.lifecycle.service import LifecycleError, pull_id
 from app.lifecycle.service import NotFound as LifecycleNotFound
 from app.lifecycle.states import LIVE, Status
@@ -39,7 +39,9 @@ from app.runtime import Runtime
 from app.ttl.durations import DurationError, parse_duration
 from app.web.applog import AppLogUnavailable, app_log_path, read_app_log
 from app.web.auth import Authenticator, AuthError, Principal
-from app.web.money import cost_fields, environment_costs, money_per_day
+from app.web.money import cost_fields, environment_costs
+from app.web.pools import PoolRefusal, pool_refusal, pools_of
+from app.web.usage import usage_of
 from app.web.views import (
     DEFAULT_PER_PAGE,
     MAX_PER_PAGE,
@@ -51,14 +53,15 @@ from app.web.views import (
     LogOut,
     OutboxOut,
     PageOut,
+    PoolOut,
     RunOut,
     SiloOut,
     UsageOut,
-    UsageSeries,
     pr_url,
     run_out,
     sleep_fields,
 )
+from app.web.visible import visible, visible_silos
 
 SiloAction = Literal["update", "destroy", "rotate-token"]
 SILO_ACTIONS: tuple[str, ...] = get_args(SiloAction)
@@ -143,6 +146,8 @@ class Service:
             outputs=public_outputs(env.outputs),
             retry_at=_retry_at(env),
             failed_attempts=env.attempts,
+            pool_state=env.pool_state,
+            claimed_at=env.claimed_at,
             **cost_fields(env, costs.get(env.id), self.settings.currency),
             **sleep_fields(env, live),
         )
@@ -178,27 +183,8 @@ class Service:
             failed_attempts=silo.attempts,
         )
 
-    @staticmethod
-    def _visible(query: Any, principal: Principal) -> Any | None:
-        """Restrict a query on Environment to readable repositories; None: nothing is."""
-        if principal.kind == "anonymous":
-            return None
-        if principal.readable is None:
-            return query
-        if not principal.readable:
-            return None
-        return query.where(func.lower(Environment.repository).in_(sorted(principal.readable)))
-
-    @classmethod
-    def _visible_silos(cls, query: Any, principal: Principal) -> Any | None:
-        """Restrict a query on Silo to silos with an environment of a readable repository (all
-        of them for operators); None: none is visible."""
-        used = cls._visible(select(Environment.silo_name).distinct(), principal)
-        if used is None:
-            return None
-        if principal.readable is None:
-            return query
-        return query.where(col(Silo.name).in_(used))
+    _visible = staticmethod(visible)
+    _visible_silos = staticmethod(visible_silos)
 
     # ----- environments ------------------------------------------------------------------------
 
@@ -383,77 +369,14 @@ class Service:
     def usage(
         self, principal: Principal, now: datetime | None = None, days: int = USAGE_DAYS
     ) -> UsageOut:
-        """Environment-hours per repository per UTC day over the last `days` days."""
-        now = now or utcnow()
-        first_day = (now - timedelta(days=days - 1)).date()
-        start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
-        day_list = [first_day + timedelta(days=i) for i in range(days)]
-        hours: dict[str, list[float]] = {}
-        counts: dict[str, int] = {}
-        query = self._visible(
-            # SQLAlchemy's own select: sqlmodel's is typed for at most four columns.
-            sql_select(
-                col(Environment.repository),
-                col(Environment.created_at),
-                col(Environment.destroyed_at),
-                col(Environment.status),
-                col(Environment.updated_at),
-            ).where(
-                col(Environment.created_at) < now,
-                (col(Environment.destroyed_at).is_(None))
-                | (col(Environment.destroyed_at) >= start),
-            ),
-            principal,
-        )
-        count_query = self._visible(
-            select(Environment.status, func.count())
-            .where(Environment.status != Status.DESTROYED)
-            .group_by(Environment.status),
-            principal,
-        )
-        silos = 0
-        silo_query = self._visible_silos(
-            select(func.count()).select_from(Silo).where(Silo.status != Status.DESTROYED),
-            principal,
-        )
-        with self.db.session() as session:
-            rows = session.execute(query).all() if query is not None else []
-            if count_query is not None:
-                counts = {status: n for status, n in session.exec(count_query).all()}
-            if silo_query is not None:
-                silos = session.exec(silo_query).one()
-        for repository, created, destroyed, status, updated in rows:
-            end = destroyed or (updated if status == Status.DESTROYED else now)
-            begin, end = max(created, start), min(end, now)
-            series = hours.setdefault(repository, [0.0] * days)
-            while begin < end:
-                index = (begin.date() - first_day).days
-                next_midnight = datetime(
-                    begin.year, begin.month, begin.day, tzinfo=UTC
-                ) + timedelta(days=1)
-                stop = min(end, next_midnight)
-                if 0 <= index < days:
-                    series[index] += (stop - begin).total_seconds() / 3600
-                begin = stop
-        ordered = sorted(hours.items(), key=lambda item: (-sum(item[1]), item[0].lower()))
-        money = money_per_day(self.db, list(hours), start, now, day_list)
-        return UsageOut(
-            days=day_list,
-            series=[
-                UsageSeries(
-                    repository=repo,
-                    hours=[round(h, 2) for h in values],
-                    total=round(sum(values), 2),
-                    money=[round(m, 2) for m in money.get(repo, [0.0] * days)],
-                    money_total=round(sum(money.get(repo, [])), 2),
-                )
-                for repo, values in ordered
-            ],
-            currency=self.settings.currency,
-            counts=counts,
-            live=sum(counts.values()),
-            silos=silos,
-        )
+        """Environment-hours and money per repository per UTC day, the warm pool apart."""
+        return usage_of(self.db, principal, self.settings.currency, now or utcnow(), days)
+
+    # ----- warm pools --------------------------------------------------------------------------
+
+    def pools(self, principal: Principal) -> list[PoolOut]:
+        """Each repository's warm pool in each silo, for the repositories the principal reads."""
+        return pools_of(self.rt.lifecycle, principal, self.environment_out)
 
     # ----- outbox ------------------------------------------------------------------------------
 
@@ -486,13 +409,19 @@ class Service:
         with self.db.session() as session:
             return session.get(PullRequest, pull_id(env.repository, env.pr_number))
 
-    async def _refusal(self, principal: Principal, env: Environment, action: str) -> str | None:
+    async def _refusal(
+        self, principal: Principal, env: Environment, action: str
+    ) -> str | PoolRefusal | None:
         """Why the principal may not do `action` to `env` (None: allowed).
+
+        An unclaimed warm-pool instance belongs to the pool, not to a PR (`pools.py`).
 
         The comment commands' rule, word for word: the command's `Access` from the registry,
         fed with the person's role on the repository, whether they authored the PR, and its
         state.
         """
+        if env.pool_state == WARM:
+            return pool_refusal(principal, action)
         if principal.operator:
             return None
         role = await self.auth.role(principal, env.repository, env.installation_id)
@@ -542,6 +471,8 @@ class Service:
         command = spec(action)
         assert command.action is not None
         refusal = await self._refusal(principal, env, action)
+        if isinstance(refusal, PoolRefusal):
+            raise Conflict(refusal.message)
         if refusal is not None:
             raise Forbidden(refusal)
         # A dashboard or API action is activity: it keeps the environment awake.

@@ -44,8 +44,8 @@ class PageOut(BaseModel, Generic[T]):
 class EnvironmentOut(BaseModel):
     id: str
     repository: str
-    pr_number: int
-    pr_url: str
+    pr_number: int = Field(description="0: an unclaimed warm-pool instance (no PR yet)")
+    pr_url: str | None = Field(description="The pull request; null for a warm-pool instance")
     author: str
     status: str
     desired: str
@@ -86,6 +86,12 @@ class EnvironmentOut(BaseModel):
         default=None, description="When it falls asleep if idle until then (ttl.sleep_after)"
     )
     wake_ways: list[str] = Field(default_factory=list, description="How to wake it")
+    pool_state: str | None = Field(
+        default=None,
+        description="warm (an unclaimed pool instance), claiming, claimed (a PR took it from"
+        " the pool), fallback (a fresh create after a failed claim); null: never pooled",
+    )
+    claimed_at: datetime | None = Field(default=None, description="When a PR took it")
 
 
 class SiloOut(BaseModel):
@@ -104,6 +110,22 @@ class SiloOut(BaseModel):
         default=None, description="destroy_failed: when the destroy is retried by itself"
     )
     failed_attempts: int = Field(default=0, description="Failed runs in a row")
+
+
+class PoolOut(BaseModel):
+    """One repository's warm pool in one silo."""
+
+    silo: str
+    repository: str
+    size: int = Field(description="Warm instances wanted (stack, silo output, policy cap)")
+    ready: int = Field(description="Warm instances applied and ready to be claimed")
+    starting: int = Field(description="Warm instances being made (or re-applied)")
+    failed: int = Field(description="Warm instances whose apply failed (made again)")
+    claiming: int = Field(description="Claimed instances still taking their PR's values")
+    failures: int = Field(description="Failed applies in a row; the pool waits after them")
+    paused_until: datetime | None = Field(description="No new instance before this")
+    members: list[EnvironmentOut] = Field(description="The unclaimed instances")
+    updated_at: datetime
 
 
 class PhaseOut(BaseModel):
@@ -158,10 +180,18 @@ class UsageSeries(BaseModel):
 class UsageOut(BaseModel):
     days: list[date]
     series: list[UsageSeries]
-    counts: dict[str, int] = Field(description="Environments now, by status (destroyed omitted)")
-    live: int
+    counts: dict[str, int] = Field(
+        description="PRs' environments now, by status (destroyed and warm omitted)"
+    )
+    live: int = Field(description="Environments of PRs now (warm-pool instances apart)")
+    pool_instances: int = Field(default=0, description="Unclaimed warm-pool instances now")
     silos: int
     currency: str = "USD"
+    pool: list[UsageSeries] = Field(
+        default_factory=list,
+        description="Warm-pool instances per repository, until claimed (not in `series`):"
+        " what keeping the pool costs",
+    )
 
 
 class OutboxOut(BaseModel):
@@ -180,8 +210,9 @@ class ActionOut(BaseModel):
     capped: bool | None = None
 
 
-def pr_url(github_url: str, repository: str, number: int) -> str:
-    return f"{github_url}/{repository}/pull/{number}"
+def pr_url(github_url: str, repository: str, number: int) -> str | None:
+    """None for number 0: an unclaimed pool instance belongs to no pull request."""
+    return f"{github_url}/{repository}/pull/{number}" if number > 0 else None
 
 
 def _duration(run: Run) -> float | None:
