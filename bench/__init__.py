@@ -1,6 +1,6 @@
 """runbot's benchmarks: real processes, each measured against a baseline run alongside it.
 
-`make bench` runs `python -m bench`: eleven benchmarks against real processes (`runbot serve` on
+`make bench` runs `python -m bench`: twelve benchmarks against real processes (`runbot serve` on
 loopback, the embedded engine on the local stack, the stateful fake GitHub, SQLite and
 PostgreSQL). It prints a table, writes `bench/results.json`, and renders `docs/performance.md`
 and the README's table of targets from that file (`python -m bench.report` renders them again).
@@ -37,4 +37,5 @@ BENCHMARKS = {
     "money": "bench.money",
     "cost": "bench.cost",
     "wake": "bench.wake",
+    "pool": "bench.pool",
 }

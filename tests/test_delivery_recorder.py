@@ -230,3 +230,46 @@ async def test_a_delivery_recorded_on_an_idle_queue_is_claimed_by_key(tmp_path: 
     claimed = intent.deliveries.claim()
     assert claimed is not None and claimed.id == "older"  # the queue's order stands
     rt.db.dispose()
+
+
+async def test_deliveries_sent_one_by_one_during_a_backlog_keep_their_order(
+    tmp_path: Path,
+) -> None:
+    """Webhooks sent one after another each look alone to the intake; one recorded as the
+    queue emptied jumped ahead of older ones still unlisted (in a burst of 20 PRs, #108 and
+    #113 took warm instances before #102). Once a delivery waits unlisted, hints wait too."""
+    rt = build_runtime(make_settings(tmp_path))
+    intent = Workers.build(rt).intent
+    recorder = DeliveryRecorder(rt.db)
+    start = utcnow() - timedelta(seconds=10)
+
+    async def arrive(name: str, second: int) -> None:
+        record = row(name)
+        record["received_at"] = start + timedelta(seconds=second)
+        assert await recorder.record(record)
+        ACTIVITY.in_flight += 1  # inside its own request, with no other in flight
+        try:
+            intent.hint(name)
+        finally:
+            ACTIVITY.in_flight -= 1
+
+    def next_claimed() -> str | None:
+        claimed = intent.deliveries.claim()
+        return None if claimed is None else claimed.id
+
+    try:
+        await arrive("a", 0)
+        assert next_claimed() == "a"  # an idle queue: by key
+        await arrive("b", 1)  # while a is processed: the queue holds nothing older
+        await arrive("c", 2)  # b waits in the hint: c is not listed yet
+        assert next_claimed() == "b"
+        await arrive("d", 3)  # the hints are empty again, but c still waits
+        assert [next_claimed(), next_claimed(), next_claimed()] == ["c", "d", None]
+
+        statements: list[str] = []
+        event.listen(rt.db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        await arrive("e", 4)  # the queue was found empty: by key again
+        assert next_claimed() == "e"
+        assert not any("ORDER BY" in sql for sql in statements), statements
+    finally:
+        rt.db.dispose()

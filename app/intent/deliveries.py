@@ -42,13 +42,21 @@ class DeliveryQueue:
         self.db = db
         self.lease = lease
         self._candidates: collections.deque[str] = collections.deque()
+        # The last listing found nothing, and every delivery recorded since was hinted: no
+        # older one waits unlisted, so a hinted one may go first without breaking the order.
+        self._drained = True
 
     def hint(self, delivery_id: str) -> None:
         """A delivery was just recorded by this process. When the queue is idle, lease it by
         key (one conditional UPDATE) instead of listing the queue first: that query sat on the
-        way to every create. During a flood the listing order stands."""
-        if not self._candidates and ACTIVITY.alone():
+        way to every create. During a flood the listing order stands: once one delivery waits
+        unlisted, none is hinted until a listing finds the queue empty (else, webhooks sent one
+        by one each looked alone, and one recorded as the queue emptied went ahead of older
+        ones: in a burst of PRs, later PRs took the warm pool's instances)."""
+        if self._drained and not self._candidates and ACTIVITY.alone():
             self._candidates.append(delivery_id)
+        else:
+            self._drained = False
 
     def claim(self) -> Delivery | None:
         """Lease the oldest pending delivery.
@@ -74,6 +82,7 @@ class DeliveryQueue:
                         return session.get(Delivery, delivery_id)
             with self.db.session() as session:
                 found = session.exec(oldest_claimable(now, self.lease, CLAIM_BATCH)).all()
+            self._drained = not found
             if not found:
                 return None
             self._candidates.extend(found)
