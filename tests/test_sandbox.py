@@ -17,13 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.runner import (
-    EngineCancelled,
-    EngineJob,
-    EngineMissing,
-    EngineRunner,
-    silo_credentials,
-)
+from app.engine.credentials import silo_credentials
+from app.engine.runner import EngineCancelled, EngineJob, EngineMissing, EngineRunner
 from app.engine.sandbox import Sandbox, make_plan, wrap
 from tests.helpers import wait_for
 

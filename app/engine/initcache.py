@@ -32,6 +32,24 @@ STAMP = "runbot-init.json"  # in TF_DATA_DIR: what it was initialised from, and 
 LOCK_FILE = ".terraform.lock.hcl"
 KEEP = 16  # initialised copies kept, most recently used first; one per template in use
 
+# Engine messages that mean "run init first"; they come before any change is made.
+_INIT_HINTS = (
+    "terraform init",
+    "tofu init",
+    "Backend initialization required",
+    "Inconsistent dependency lock file",
+    "Module not installed",
+    "Required plugins are not installed",
+    "Plugin reinitialization required",
+    "please run init",
+)
+
+
+def needs_init(lines: list[str]) -> bool:
+    """Whether a failed engine phase asks for `init` (so nothing was changed yet)."""
+    text = "\n".join(lines)
+    return any(hint.lower() in text.lower() for hint in _INIT_HINTS)
+
 
 class InitCache:
     def __init__(self, root: Path) -> None:

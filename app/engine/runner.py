@@ -15,7 +15,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -33,9 +32,31 @@ from app.engine.backends import (
     local_state_file,
     move_legacy_state,
 )
-from app.engine.initcache import InitCache
+from app.engine.credentials import Redactor, secretish_values, silo_credentials
+from app.engine.errors import EngineCancelled, EngineError, EngineFailed, EngineMissing
+from app.engine.initcache import InitCache, needs_init
+from app.engine.outputs import local_state_outputs, outputs_of
 from app.engine.process import EngineProcess, start
 from app.engine.sandbox import Sandbox
+
+# The errors are re-exported: the lifecycle, executors and CLI import them from here.
+__all__ = [
+    "BACKEND_FILE",
+    "PASSED_ENV",
+    "VAR_FILE",
+    "EngineCancelled",
+    "EngineError",
+    "EngineFailed",
+    "EngineJob",
+    "EngineMissing",
+    "EngineResult",
+    "EngineRunner",
+    "LineSink",
+    "PhaseSink",
+    "View",
+    "printable",
+    "resolve_engine",
+]
 
 LineSink = Callable[[str], None]
 PhaseSink = Callable[[str], None]
@@ -44,79 +65,11 @@ VAR_FILE = "runbot.tfvars.json"
 BACKEND_FILE = "runbot_backend_override.tf"
 _IGNORED = (".terraform", "*.tfstate", "*.tfstate.*", "*.tfvars.json")
 _COPY_IGNORE = shutil.ignore_patterns(*_IGNORED)
-# Engine messages that mean "run init first"; they come before any change is made.
-_INIT_HINTS = (
-    "terraform init",
-    "tofu init",
-    "Backend initialization required",
-    "Inconsistent dependency lock file",
-    "Module not installed",
-    "Required plugins are not installed",
-    "Plugin reinitialization required",
-    "please run init",
-)
 
 
 def _ignored(parts: tuple[str, ...]) -> bool:
     """Whether a template file is left out of working copies (so out of the init fingerprint)."""
     return any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in _IGNORED)
-
-
-def _needs_init(lines: list[str]) -> bool:
-    text = "\n".join(lines)
-    return any(hint.lower() in text.lower() for hint in _INIT_HINTS)
-
-
-def _local_state_outputs(
-    data_dir: Path, job: EngineJob, backend: Backend
-) -> dict[str, dict[str, Any]] | None:
-    """Outputs read from runbot's own local state file; None to ask the engine instead.
-
-    Only for the local backend runbot chose itself (a state file at a path it decided), and
-    only for the state format both OpenTofu and Terraform write today (version 4).
-    """
-    if job.declared_backend or backend.kind != "local":
-        return None
-    path = local_state_file(data_dir, job.target)
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    outputs = state.get("outputs") if isinstance(state, dict) else None
-    if state.get("version") != 4 or not isinstance(outputs, dict):
-        return None
-    if not all(isinstance(item, dict) and "value" in item for item in outputs.values()):
-        return None
-    return {
-        name: {
-            "value": item.get("value"),
-            "sensitive": bool(item.get("sensitive")),
-            "type": item.get("type"),
-        }
-        for name, item in outputs.items()
-    }
-
-
-class EngineError(Exception):
-    """Base for engine failures; messages are plain sentences."""
-
-
-class EngineMissing(EngineError):
-    pass
-
-
-class EngineFailed(EngineError):
-    def __init__(self, message: str, *, phase: str, exit_code: int | None) -> None:
-        super().__init__(message)
-        self.phase = phase
-        self.exit_code = exit_code
-        #: What a failed apply left in runbot's own local state (its log must not show the
-        #: sensitive ones either); empty when unknown.
-        self.outputs: dict[str, dict[str, Any]] = {}
-
-
-class EngineCancelled(EngineFailed):
-    pass
 
 
 @dataclass
@@ -162,42 +115,6 @@ class EngineResult:
     outputs: dict[str, dict[str, Any]]  # name -> {"value", "sensitive", "type"}
 
 
-_ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
-
-
-def silo_credentials(directory: Path | None, silo: str | None) -> dict[str, str]:
-    """`<directory>/<silo>.env`: KEY=VALUE lines (quotes stripped, `#` comments), or nothing.
-
-    A line that is not KEY=VALUE is an error naming the file and line, never a guess: a
-    credential silently dropped would fail much later, in a provider, with a worse message.
-    """
-    if directory is None or not silo:
-        return {}
-    path = directory / f"{silo}.env"
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise EngineMissing(f"cannot read the credentials of silo {silo} ({path}): {exc}") from exc
-    found: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _ENV_LINE.match(line)
-        if not match or match[1].startswith(("RUNBOT_", "TF_")):
-            raise EngineMissing(
-                f"{path} line {number} is not KEY=VALUE (RUNBOT_* and TF_* are runbot's own):"
-                " fix the line"
-            )
-        value = match[2].strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        found[match[1]] = value
-    return found
-
-
 def printable(raw: bytes) -> str:
     """One engine output line as text a log can store: engine output is untrusted (a
     provisioner may print anything, NUL bytes included, which PostgreSQL text refuses)."""
@@ -226,28 +143,6 @@ def resolve_engine(name: str) -> list[str]:
             f" ({embedded.INSTALL_HINT})."
         )
     return [found]
-
-
-# Names of environment variables that carry credentials (AWS_SECRET_ACCESS_KEY, GITHUB_TOKEN,
-# ARM_CLIENT_SECRET, PGPASSWORD, ...): their values are scrubbed from every stored or shown log.
-_SECRETISH = re.compile(r"SECRET|TOKEN|PASSW|PRIVATE|CREDENTIAL|ACCESS_KEY|API_KEY|CONN_STR", re.I)
-
-
-def secretish_values(env: dict[str, str]) -> list[str]:
-    return [value for name, value in env.items() if _SECRETISH.search(name) and len(value) >= 8]
-
-
-class Redactor:
-    """Scrubs secret values out of log lines before they are stored or shown anywhere."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-
-    def __call__(self, line: str) -> str:
-        for secret in self._secrets:
-            if secret in line:
-                line = line.replace(secret, "***")
-        return line
 
 
 class EngineRunner:
@@ -434,7 +329,7 @@ class EngineRunner:
             try:
                 await run(operation, main_args, keep if initialised else on_line)
             except EngineFailed as exc:
-                if not initialised or isinstance(exc, EngineCancelled) or not _needs_init(tail):
+                if not initialised or isinstance(exc, EngineCancelled) or not needs_init(tail):
                     raise
                 # Skipped init but the engine disagrees (plugin cache wiped, engine upgraded in
                 # place...): these errors come before any change is made, so init and retry.
@@ -446,7 +341,9 @@ class EngineRunner:
                 # runbot's own local backend: the outputs are in the state file the apply just
                 # wrote, so a second engine process (`output -json`, ~0.1 s) is not needed, nor
                 # a phase of its own.
-                local = _local_state_outputs(self.data_dir, job, backend)
+                local = local_state_outputs(
+                    self.data_dir, job.target, job.declared_backend, backend
+                )
                 if local is None and on_phase:
                     on_phase("output")
                 outputs = (
@@ -459,7 +356,10 @@ class EngineRunner:
             return EngineResult(outputs=outputs)
         except EngineFailed as exc:
             if job.operation == "apply" and not exc.outputs:
-                exc.outputs = _local_state_outputs(self.data_dir, job, backend) or {}
+                exc.outputs = (
+                    local_state_outputs(self.data_dir, job.target, job.declared_backend, backend)
+                    or {}
+                )
             raise
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -625,15 +525,7 @@ class EngineRunner:
         if proc.returncode != 0:
             on_line(redact(err.decode(errors="replace")))
             raise EngineFailed("reading outputs failed", phase="output", exit_code=proc.returncode)
-        parsed = json.loads(out or b"{}")
-        return {
-            name: {
-                "value": item.get("value"),
-                "sensitive": bool(item.get("sensitive")),
-                "type": item.get("type"),
-            }
-            for name, item in parsed.items()
-        }
+        return outputs_of(json.loads(out or b"{}"))
 
     def forget(self, target: str) -> None:
         """Drop a destroyed target's state and engine data, so nothing is left behind."""

@@ -47,6 +47,7 @@ from lightkube.types import CascadeType
 from app.db.session import Database
 from app.engine import pgrole
 from app.engine.backends import Backend, backend_for
+from app.engine.credentials import silo_credentials
 from app.engine.runner import (
     EngineCancelled,
     EngineError,
@@ -55,7 +56,6 @@ from app.engine.runner import (
     EngineResult,
     LineSink,
     PhaseSink,
-    silo_credentials,
 )
 from app.executor import spec as specs
 from app.executor import tickets

@@ -21,12 +21,13 @@ A PR waiting for its write slot or its settle time is set aside in memory, and t
 other PRs (other installations) meanwhile, waking exactly when the first one is due. Only when
 no PR has a write it could send does the loop do its `idle_work` (the capped answers to
 commenters below triage): a flood of commands never stands between a PR and its status comment.
+
+What each kind of write sends, and records once it landed, is in `sending` (mixed in).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -42,34 +43,19 @@ from app.db.leases import kept_alive
 from app.db.models import Environment, Installation, PullRequest, utcnow
 from app.db.session import Database
 from app.engine.logs import read_log
-from app.github import adopt
-from app.github.comment import (
-    CONFIG_MARKER,
-    MARKER,
-    StatusView,
-    render_config_error,
-    render_status_comment,
-)
-from app.github.gateway import (
-    CheckRunFields,
-    ForbiddenOnGitHub,
-    Gateway,
-    GitHubError,
-    NotFoundOnGitHub,
-    RetryLater,
-)
+from app.github.comment import MARKER, StatusView, render_config_error, render_status_comment
+from app.github.gateway import Gateway, GitHubError, RetryLater
 from app.github.installations import WriteGate, cutoff, record_of, write_gate
 from app.github.money import money_fields
 from app.github.public import public_text
+from app.github.sending import Sending
 from app.github.status import ready_phases, status_view
 from app.github.syncqueue import SyncQueue
 from app.github.writes import (
     IN_FLUX,
-    CheckRunWant,
     PlannedWrite,
     WriteKind,
     at_rest,
-    digest,
     next_followup_write,
     next_write,
 )
@@ -124,7 +110,7 @@ class _Pass:
     view: StatusView | None = None
 
 
-class Notifier:
+class Notifier(Sending):
     def __init__(
         self,
         db: Database,
@@ -446,103 +432,6 @@ class Notifier:
         planned = next_followup_write(pull, env, view)
         return None if planned is None else _Write(planned, self._sender(pull, planned))
 
-    def _sender(self, pull: PullRequest, planned: PlannedWrite) -> Callable[[], Awaitable[None]]:
-        """The I/O that performs a planned write and records that it landed."""
-        installation, repository = pull.installation_id, pull.repository
-        if planned.kind == WriteKind.CONFIG_ERROR:
-            return lambda: self._sync_config_error(pull, planned.body)
-        if planned.kind == WriteKind.COMMENT:
-            return lambda: self._sync_comment(pull, planned.body, planned.sha or None)
-        if planned.kind == WriteKind.DEPLOYMENT:
-            key, sha, text = planned.key, planned.sha, planned.description
-            return lambda: adopt.create_deployment(self.gateway, pull, key, sha, text, self._save)
-        if planned.kind == WriteKind.DEPLOYMENT_STATUS:
-            assert planned.deployment_id is not None
-            target = planned.deployment_id
-
-            async def status() -> None:
-                await self.gateway.create_deployment_status(
-                    installation,
-                    repository,
-                    target,
-                    planned.state,
-                    planned.url,
-                    planned.log_url,
-                    planned.description,
-                )
-                self._save(pull.id, deployment_state=planned.state)
-
-            return status
-        if planned.kind in (WriteKind.CHECK_RUN, WriteKind.CHECK_RUN_UPDATE):
-            return lambda: self._sync_check_run(pull, planned)
-        if planned.kind == WriteKind.TIDY:
-            return lambda: self._tidy(pull, planned)
-        return _nothing
-
-    async def _sync_check_run(self, pull: PullRequest, planned: PlannedWrite) -> None:
-        """Create or edit the `runbot` check run and record what it shows.
-
-        An installation that has not accepted `checks: write` yet answers 403: the check run
-        is skipped for this state (one refused request per change), so it never holds back
-        the deployment writes that follow it; the planner asks again on the next commit."""
-        want = planned.check
-        assert want is not None
-        try:
-            await self._write_check_run(pull, planned, want)
-        except ForbiddenOnGitHub as exc:
-            log.warning("%s: check run skipped: %s", pull.id, exc)
-            self._save(
-                pull.id,
-                check_run_sha=want.sha,
-                check_run_digest=want.digest,
-                check_run_done=True,
-                check_run_creating=None,
-            )
-
-    async def _write_check_run(
-        self, pull: PullRequest, planned: PlannedWrite, want: CheckRunWant
-    ) -> None:
-        fields = CheckRunFields(
-            status=want.status,
-            conclusion=want.conclusion,
-            title=want.title,
-            summary=want.summary,
-            details_url=want.details_url,
-        )
-        if planned.kind == WriteKind.CHECK_RUN_UPDATE and planned.check_run_id is not None:
-            # Gone with its commit (a force-push): nothing left to complete.
-            with contextlib.suppress(NotFoundOnGitHub):
-                await self.gateway.update_check_run(
-                    pull.installation_id, pull.repository, planned.check_run_id, fields
-                )
-            if want.sha != pull.head_sha:  # the superseded run: done, the head's is next
-                self._save(pull.id, check_run_done=True, check_run_digest=want.digest)
-                return
-            self._save(pull.id, check_run_digest=want.digest, check_run_done=want.done)
-            return
-        recorded = {
-            "check_run_sha": want.sha,
-            "check_run_digest": want.digest,
-            "check_run_done": want.done,
-        }
-        await adopt.create_check_run(self.gateway, pull, want.sha, fields, recorded, self._save)
-
-    async def _tidy(self, pull: PullRequest, planned: PlannedWrite) -> None:
-        """Delete a closed PR's deployments (each made inactive first if need be) and, when
-        the operator opted in, its GitHub environment."""
-        environment = planned.description
-        for deployment_id in await self.gateway.list_deployments(
-            pull.installation_id, pull.repository, environment
-        ):
-            await self.gateway.delete_deployment(
-                pull.installation_id, pull.repository, deployment_id
-            )
-        if self.delete_environments:
-            await self.gateway.delete_environment(
-                pull.installation_id, pull.repository, environment
-            )
-        self._save(pull.id, tidied_env=planned.key)
-
     def _settle_left(self, env: Environment | None, view: StatusView | None) -> float:
         """Seconds a state in flux is still too new to be worth a write (0: write now).
 
@@ -555,50 +444,3 @@ class Notifier:
         if view.state not in IN_FLUX and at_rest(env):
             return 0.0
         return max(0.0, self.settle - (utcnow() - env.updated_at).total_seconds())
-
-    def _save(self, key: str, **values: Any) -> None:
-        with self.db.session() as session:
-            session.exec(update(PullRequest).where(col(PullRequest.id) == key).values(**values))
-            session.commit()
-
-    async def _sync_config_error(self, pull: PullRequest, body: str) -> None:
-        sent = digest(body)
-        existing = await self.gateway.find_comment(
-            pull.installation_id, pull.repository, pull.number, CONFIG_MARKER
-        )
-        if existing:
-            await self.gateway.update_comment(pull.installation_id, pull.repository, existing, body)
-        else:
-            await self.gateway.create_comment(
-                pull.installation_id, pull.repository, pull.number, body
-            )
-        self._save(pull.id, config_comment_digest=sent)
-
-    async def _sync_comment(self, pull: PullRequest, body: str, shown_sha: str | None) -> None:
-        """Create or edit the status comment; remember which head commit it showed, the one
-        a maintainer's `/runbot deploy` approves."""
-        sent = digest(body)
-        if pull.comment_digest == sent and pull.comment_id:
-            return
-        comment_id = pull.comment_id
-        if comment_id is None and pull.id not in self._no_comment:
-            # Found again by its marker if the database lost the id.
-            comment_id = await self.gateway.find_comment(
-                pull.installation_id, pull.repository, pull.number, MARKER
-            )
-        if comment_id is not None:
-            try:
-                await self.gateway.update_comment(
-                    pull.installation_id, pull.repository, comment_id, body
-                )
-            except NotFoundOnGitHub:
-                comment_id = None  # someone deleted it: post a fresh one
-        if comment_id is None:
-            comment_id = await self.gateway.create_comment(
-                pull.installation_id, pull.repository, pull.number, body
-            )
-        self._save(pull.id, comment_id=comment_id, comment_digest=sent, shown_sha=shown_sha)
-
-
-async def _nothing() -> None:
-    return None

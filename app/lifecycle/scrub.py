@@ -14,7 +14,7 @@ from sqlmodel import select
 
 from app.db.models import RunLogChunk
 from app.db.session import Database
-from app.engine.runner import Redactor
+from app.engine.credentials import Redactor
 from app.lifecycle.outputs import sensitive_values
 
 __all__ = ["scrub_run_log"]

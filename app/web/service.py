@@ -28,8 +28,8 @@ from app.commands.actions import ActionRequest
 from app.commands.registry import ENV_ACTIONS, spec
 from app.cost.money import EnvironmentCost
 from app.db.models import Environment, OutboxMessage, PullRequest, Run, Silo, utcnow
+from app.engine.credentials import Redactor
 from app.engine.logs import read_log
-from app.engine.runner import Redactor
 from app.lifecycle.outputs import public_outputs, sensitive_values
 from app.lifecycle.pool import WARM
 from app.lifecycle.service import LifecycleError, pull_id
