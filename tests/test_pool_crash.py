@@ -99,9 +99,7 @@ def test_serve_killed_while_a_claim_applies_then_restarted(
 
         fake.update_pull(REPO, 2, state="closed")
         send(url, fake, "closed", 2)
-        wait_for(
-            lambda: rt.lifecycle.get_environment(claimed.id).status == Status.DESTROYED, 60
-        )
+        wait_for(lambda: rt.lifecycle.get_environment(claimed.id).status == Status.DESTROYED, 60)
         assert claimed.id not in [e.id for e in rt.lifecycle.pool_members("pool", REPO)]
         assert len(warm_ready(rt)) == 2
     rt.db.dispose()

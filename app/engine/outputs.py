@@ -40,8 +40,10 @@ def local_state_outputs(
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    outputs = state.get("outputs") if isinstance(state, dict) else None
-    if state.get("version") != 4 or not isinstance(outputs, dict):
+    if not isinstance(state, dict) or state.get("version") != 4:
+        return None  # not a state this reader knows (a list, a string): the engine reads it
+    outputs = state.get("outputs")
+    if not isinstance(outputs, dict):
         return None
     if not all(isinstance(item, dict) and "value" in item for item in outputs.values()):
         return None
