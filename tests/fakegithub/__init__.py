@@ -1,7 +1,8 @@
 """A fake GitHub for runbot's tests: real HTTP on loopback, validated against GitHub's OpenAPI.
 
-See ``server.FakeGitHub`` (REST/OAuth/manifest fake), ``webhooks`` (real
-payload fixtures, signing, delivery) and ``schema`` (validation helpers).
+See ``server.FakeGitHub`` (REST/OAuth/manifest fake: a facade over one mixin
+module per domain, with its records in ``state``), ``webhooks`` (real payload
+fixtures, signing, delivery) and ``schema`` (validation helpers).
 """
 
 from .server import FakeGitHub, RecordedRequest, Violation
