@@ -148,3 +148,40 @@ def test_the_cli_list_labels_warm_instances_not_pr_zero(
     assert shown.exit_code == 0, shown.output
     assert "pr        o/r warm pool" in shown.output and "#0" not in shown.output
     assert "pool      warm" in shown.output
+
+
+def test_the_cli_lists_each_pool_with_its_ready_starting_and_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from app.db.models import WarmPool
+
+    monkeypatch.setenv("RUNBOT_DATA_DIR", str(tmp_path / "data"))
+    runner = CliRunner()
+    runtime = build_runtime(make_settings(tmp_path))
+    empty = runner.invoke(cli, ["pool", "list"], catch_exceptions=False)
+    assert empty.exit_code == 0 and "no warm pools" in empty.output
+    assert "runbot_pool_size" in empty.output
+    with runtime.db.session() as session:
+        session.add(Silo(name="pool", stack="local", status="ready", observed_generation=1))
+        session.add(
+            WarmPool(
+                silo_name="pool",
+                repository="o/r",
+                size=3,
+                paused_until=datetime(2026, 5, 1, 12, 0, tzinfo=UTC),
+            )
+        )
+        session.commit()
+        session.add(env(id="warm-00000001", pr_number=0, pool_state="warm"))
+        session.add(env(id="warm-00000002", pr_number=0, pool_state="warm", status="failed"))
+        session.add(env(id="warm-00000003", pr_number=0, pool_state="warm", generation=3))
+        session.add(env(id="pr-7-abc", pr_number=7, pool_state="claimed"))  # not the pool's
+        session.commit()
+    listed = runner.invoke(cli, ["pool", "list"], catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    [line] = listed.output.splitlines()
+    assert line.split()[:2] == ["pool", "o/r"]
+    assert "size=3 ready=1 starting=1 failed=1" in line
+    assert "paused until 2026-05-01 12:00:00 UTC" in line

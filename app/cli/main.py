@@ -11,6 +11,7 @@ from app.cli import install, process
 from app.cli.engine import engine_cli
 from app.cli.orphans import orphans
 from app.cli.policy import policy_cli
+from app.cli.pools import pool_cli
 from app.cli.targets import env_cli, silo_cli
 
 cli = typer.Typer(
@@ -20,6 +21,7 @@ cli = typer.Typer(
 )
 cli.add_typer(silo_cli, name="silo")
 cli.add_typer(env_cli, name="env")
+cli.add_typer(pool_cli, name="pool")
 cli.add_typer(policy_cli, name="policy")
 cli.add_typer(engine_cli, name="engine")
 cli.command("serve")(process.serve)
