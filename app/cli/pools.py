@@ -4,34 +4,18 @@ an operator at a terminal (the dashboard's Silos page and `GET /api/pools` show 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 
 import typer
 
 from app.cli.common import runtime
-from app.db.models import Environment
-from app.lifecycle.states import Status
+from app.lifecycle.pool import standing_of
 
-__all__ = ["pool_cli", "standing"]
+__all__ = ["pool_cli"]
 
 pool_cli = typer.Typer(
     help="Warm pools: instances applied ahead of PRs (docs/writing-stacks.md).",
     no_args_is_help=True,
 )
-
-
-def standing(members: Iterable[Environment]) -> Counter[str]:
-    """How many unclaimed instances are ready to claim, on their way, or failed."""
-    counts: Counter[str] = Counter()
-    for env in members:
-        settled = env.generation == env.observed_generation
-        if settled and env.status == Status.READY:
-            counts["ready"] += 1
-        elif settled and env.status == Status.FAILED:
-            counts["failed"] += 1
-        else:
-            counts["starting"] += 1
-    return counts
 
 
 @pool_cli.command("list")
@@ -45,7 +29,8 @@ def pool_list() -> None:
             " stack's `pool.size`, and a repository gets one with its first PR there"
         )
     for pool in pools:
-        counts = standing(rt.lifecycle.pool_members(pool.silo_name, pool.repository))
+        members = rt.lifecycle.pool_members(pool.silo_name, pool.repository)
+        counts = Counter(standing_of(env) for env in members)
         line = (
             f"{pool.silo_name:20} {pool.repository:30} size={pool.size} ready={counts['ready']}"
             f" starting={counts['starting']} failed={counts['failed']}"

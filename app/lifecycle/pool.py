@@ -30,11 +30,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CLAIM_STATS",
     "FALLBACK_TRIGGER",
+    "RESIZE_HINT",
     "Pooling",
     "PullValues",
     "of_a_pr",
     "pause_after",
+    "pool_standing",
     "refuse_warm",
+    "standing_of",
 ]
 
 #: `Environment.pool_state` values.
@@ -47,16 +50,43 @@ FALLBACK_TRIGGER = "pool-fallback"
 CLAIM_STATS: Counter[str] = Counter()
 
 
+#: How an operator changes a pool, said wherever acting on a warm instance is refused.
+RESIZE_HINT = (
+    "to keep more or fewer warm, resize the pool through the silo (its `runbot_pool_size`"
+    " output, or the stack's `pool.size`) or the operator policy's `max_pool`"
+)
+
+
 def refuse_warm(env: Environment, done: str) -> None:
     """An unclaimed warm-pool instance is the pool keeper's, not a PR's: acting on it by hand
     would leave the pool with an instance no PR can claim."""
     if env.pool_state == WARM:
         raise Conflict(
             f"environment '{env.id}' is a warm pool instance and cannot be {done}: the pool"
-            " keeper remakes it when its templates or default branch change; to change the"
-            " pool, change its size (the stack's `pool.size`, the silo's `runbot_pool_size`,"
-            " the policy's `max_pool`), or destroy the instance and the keeper makes a new one"
+            f" keeper remakes it when its templates or default branch change; {RESIZE_HINT};"
+            " or destroy the instance and the keeper makes a new one"
         )
+
+
+def pool_standing(pool_state: str | None, status: str, desired: str, settled: bool) -> str:
+    """Where a pool instance stands: ``claiming`` (a PR took it), ``retiring``, ``ready`` (to
+    be claimed), ``failed`` (to be made again) or ``starting``; the keeper, the metrics, the
+    API and the CLI all count by it."""
+    if pool_state == CLAIMING:
+        return "claiming"
+    if desired == Desired.ABSENT:
+        return "retiring"
+    if settled and status == Status.READY:
+        return "ready"
+    if settled and status == Status.FAILED:
+        return "failed"
+    return "starting"
+
+
+def standing_of(env: Environment) -> str:
+    return pool_standing(
+        env.pool_state, env.status, env.desired, env.generation == env.observed_generation
+    )
 
 
 def of_a_pr() -> ColumnElement[bool]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -30,6 +29,7 @@ from app.lifecycle.pool import (
     FALLBACK,
     FALLBACK_TRIGGER,
     pause_after,
+    standing_of,
 )
 from app.lifecycle.service import LifecycleError
 from app.lifecycle.states import Desired, Status
@@ -42,12 +42,10 @@ if TYPE_CHECKING:
     from app.lifecycle.service import Lifecycle
     from app.policy.store import PolicyStore
 
-__all__ = ["POOL_STATS", "PoolKeeper", "PoolReport"]
+__all__ = ["PoolKeeper", "PoolReport"]
 
 log = logging.getLogger("runbot.pool")
 
-#: Counters for metrics: ``made``, ``retired:<why>``, ``fallbacks``.
-POOL_STATS: Counter[str] = Counter()
 #: Slots of a silo a pool never takes: PRs of repositories without a pool still find one.
 RESERVED_SLOTS = 1
 
@@ -116,7 +114,7 @@ class PoolKeeper:
         self.lifecycle.record_pool_size(pool.silo_name, pool.repository, size, key)
         if silo.status != Status.READY and not members:
             return
-        failed = {m.id for m in members if _failed(m)}
+        failed = {m.id for m in members if standing_of(m) == "failed"}
         paused_until = pool.paused_until
         want = Want(
             size=size,
@@ -143,11 +141,9 @@ class PoolKeeper:
     def _follow(self, plan: Plan, silo: Silo, pool: WarmPool, key: str, report: PoolReport) -> None:
         for env_id, why in plan.retire:
             if self.lifecycle.retire_pool_instance(env_id, _RETIRE_REASONS[why]):
-                POOL_STATS[f"retired:{why}"] += 1
                 report.retired.append(env_id)
         for _ in range(plan.create):
             made = self.lifecycle.create_pool_instance(silo, pool, key)
-            POOL_STATS["made"] += 1
             report.made.append(made.id)
         if not plan.idle:
             log.info(
@@ -192,7 +188,6 @@ class PoolKeeper:
             except LifecycleError as exc:
                 log.warning("pool fallback for %s: %s", env.id, exc)
                 continue
-            POOL_STATS["fallbacks"] += 1
             CLAIM_STATS["fallback"] += 1
             report.fallbacks.append(fresh.id)
             log.info(
@@ -202,7 +197,3 @@ class PoolKeeper:
                 env.pr_number,
                 fresh.id,
             )
-
-
-def _failed(env: Environment) -> bool:
-    return env.status == Status.FAILED and env.generation == env.observed_generation

@@ -35,8 +35,8 @@ from app.db.session import Database
 from app.github.intake import HANDLED_EVENTS
 from app.github.transport import GATEWAY_STATS
 from app.lifecycle.orphans import OrphanKind
-from app.lifecycle.pool import CLAIM_STATS, CLAIMING, WARM
-from app.lifecycle.states import Desired, Status
+from app.lifecycle.pool import CLAIM_STATS, CLAIMING, WARM, pool_standing
+from app.lifecycle.states import Status
 from app.lifecycle.sweep import SweepReport
 from app.lifecycle.timings import ORDER
 
@@ -275,17 +275,6 @@ POOL_STATES = ("ready", "starting", "failed", "retiring", "claiming")
 CLAIM_OUTCOMES = ("claimed", "empty", "fallback")
 
 
-def pool_state_of(pool_state: str, status: str, desired: str, settled: bool) -> str:
-    """Where a pool instance stands, for `runbot_pool_instances` (pure)."""
-    if pool_state == CLAIMING:
-        return "claiming"
-    if desired == Desired.ABSENT:
-        return "retiring"
-    if settled and status in (Status.READY, Status.FAILED):
-        return "ready" if status == Status.READY else "failed"
-    return "starting"
-
-
 class PoolCollector(Collector):
     """The warm pools per silo, from the database at scrape time (use `max` across
     replicas), and the claims this process made (a counter: `sum` them). By silo only: an
@@ -326,7 +315,7 @@ class PoolCollector(Collector):
             ).all()
         counts: Counter_[tuple[str, str]] = Counter_()
         for silo, pool_state, status, desired, settled in rows:
-            counts[(silo, pool_state_of(pool_state or "", status, desired, bool(settled)))] += 1
+            counts[(silo, pool_standing(pool_state, status, desired, bool(settled)))] += 1
         silos = sorted({silo for silo, _ in sizes} | {silo for silo, _ in counts})
         for silo in silos:
             for state in POOL_STATES:

@@ -10,6 +10,7 @@ not, whatever their role on the repository, since the pool is the operator's.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,18 +18,13 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from app.db.models import Environment
-from app.lifecycle.pool import CLAIMING
+from app.lifecycle.pool import CLAIMING, RESIZE_HINT, standing_of
 from app.lifecycle.service import Lifecycle
 from app.lifecycle.states import Desired, Status
 from app.web.auth import Principal
 from app.web.views import EnvironmentOut, PoolOut
 
 __all__ = ["PoolRefusal", "pool_refusal", "pools_of"]
-
-RESIZE = (
-    "to keep more or fewer warm, resize the pool through the silo (its `runbot_pool_size`"
-    " output, or the stack's `pool.size`) or the operator policy's `max_pool`"
-)
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,7 @@ def pool_refusal(principal: Principal, action: str) -> PoolRefusal | str | None:
         )
     return PoolRefusal(
         f"a warm-pool instance belongs to the pool, not to a PR, so it cannot {action}: the"
-        f" next PR of the repository claims it; {RESIZE}"
+        f" next PR of the repository claims it; {RESIZE_HINT}"
     )
 
 
@@ -81,16 +77,15 @@ def pools_of(
             continue
         members = lifecycle.pool_members(pool.silo_name, pool.repository)
         members.sort(key=lambda env: (env.created_at, env.id))
-        settled = [env for env in members if env.generation == env.observed_generation]
+        standing = Counter(standing_of(env) for env in members)
         out.append(
             PoolOut(
                 silo=pool.silo_name,
                 repository=pool.repository,
                 size=pool.size,
-                ready=sum(env.status == Status.READY for env in settled),
-                failed=sum(env.status == Status.FAILED for env in settled),
-                starting=len(members)
-                - sum(env.status in (Status.READY, Status.FAILED) for env in settled),
+                ready=standing["ready"],
+                failed=standing["failed"],
+                starting=standing["starting"],
                 claiming=claiming.get((pool.silo_name, pool.repository), 0),
                 failures=pool.failures,
                 paused_until=pool.paused_until,
