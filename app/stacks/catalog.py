@@ -180,15 +180,22 @@ def load_pool_spec(name: str, path: Path) -> PoolSpec | None:
     return PoolSpec(size=size, max_age_seconds=int(max_age.total_seconds()))
 
 
+def _template_entries(root: Path) -> list[tuple[str, os.DirEntry[str]]]:
+    """Every entry of a stack's two templates, by part then name (a part unreadable: none)."""
+    found: list[tuple[str, os.DirEntry[str]]] = []
+    for part in ("silo", "instance"):
+        with contextlib.suppress(OSError):
+            found += [(part, e) for e in sorted(os.scandir(root / part), key=lambda e: e.name)]
+    return found
+
+
 def template_fingerprint(root: Path) -> tuple[Any, ...]:
     """Name, size and mtime of every file of a stack's two templates."""
     found: list[Any] = []
-    for part in ("silo", "instance"):
+    for part, entry in _template_entries(root):
         with contextlib.suppress(OSError):
-            for entry in sorted(os.scandir(root / part), key=lambda e: e.name):
-                with contextlib.suppress(OSError):
-                    info = entry.stat()
-                    found.append((part, entry.name, info.st_size, info.st_mtime_ns))
+            info = entry.stat()
+            found.append((part, entry.name, info.st_size, info.st_mtime_ns))
     return tuple(found)
 
 
@@ -196,14 +203,12 @@ def template_digest(root: Path) -> str:
     """A hash of the contents of a stack's two templates: what its instances are made of,
     unchanged by a fresh checkout that rewrites the same files."""
     digest = hashlib.sha256()
-    for part in ("silo", "instance"):
-        with contextlib.suppress(OSError):
-            for entry in sorted(os.scandir(root / part), key=lambda e: e.name):
-                if entry.is_file():
-                    with contextlib.suppress(OSError):
-                        content = Path(entry.path).read_bytes()
-                        digest.update(f"{part}/{entry.name}:{len(content)}:".encode())
-                        digest.update(content)
+    for part, entry in _template_entries(root):
+        if entry.is_file():
+            with contextlib.suppress(OSError):
+                content = Path(entry.path).read_bytes()
+                digest.update(f"{part}/{entry.name}:{len(content)}:".encode())
+                digest.update(content)
     return digest.hexdigest()
 
 
