@@ -151,6 +151,8 @@ class Runs:
             # Outputs the failed apply left: the caller scrubs their sensitive values.
             return exc.outputs or None, f"the engine's {exc}", writer.tail
         except (EngineError, StackError, OSError) as exc:
+            if isinstance(exc, OSError):  # runbot's own I/O, not the engine: keep where
+                log.warning("%s %s: %s raised", claim.kind, claim.id, job.operation, exc_info=exc)
             writer.line(f"runbot: {exc}")
             self._finish(run, writer, marks, "failed", str(exc))
             return None, str(exc), writer.tail
